@@ -1,0 +1,1 @@
+"""Expert math on each weight format. Imports nothing from `offload`."""

@@ -1,0 +1,181 @@
+"""A checkpoint folder opened from its headers: every shard mapped once, tensors checked against the config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from offload.checkpoint.layout import expert_tensors, model_tensors
+from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
+from offload.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """A contiguous run of bytes in one shard file."""
+
+    path: Path
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class Checkpoint:
+    """The tensors of a checkpoint folder, by name, as zero-copy views over the mapped shards."""
+
+    def __init__(self, folder: str | Path, config: ModelConfig | None = None) -> None:
+        self.folder = Path(folder)
+        self.config = config if config is not None else ModelConfig.from_dir(self.folder)
+        self.shards: dict[str, SafetensorsFile] = {}
+        self._where: dict[str, tuple[SafetensorsFile, TensorInfo]] = {}
+        try:
+            self._open_shards()
+            self._validate()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- opening -------------------------------------------------------------------------------------------
+    def _open_shards(self) -> None:
+        index_path = self.folder / INDEX_FILE
+        if index_path.is_file():
+            try:
+                index = json.loads(index_path.read_text())
+                weight_map: dict[str, str] = index["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index_path} is corrupt: {e!r}; expected an object with a 'weight_map'") from None
+            first_tensor: dict[str, str] = {}
+            for name, fname in weight_map.items():
+                first_tensor.setdefault(fname, name)
+            for fname, name in first_tensor.items():
+                if not (self.folder / fname).is_file():
+                    raise CheckpointError(
+                        f"{index_path} maps tensor {name!r} to shard {fname}, but {self.folder / fname} does not exist "
+                        "(incomplete download?)"
+                    )
+                self.shards[fname] = SafetensorsFile(self.folder / fname)
+            for name, fname in weight_map.items():
+                shard = self.shards[fname]
+                info = shard.tensors.get(name)
+                if info is None:
+                    raise CheckpointError(f"{index_path} maps tensor {name!r} to {shard.path}, whose header lacks it")
+                self._where[name] = (shard, info)
+        elif (self.folder / SINGLE_FILE).is_file():
+            shard = SafetensorsFile(self.folder / SINGLE_FILE)
+            self.shards[SINGLE_FILE] = shard
+            self._where = {name: (shard, info) for name, info in shard.tensors.items()}
+        else:
+            raise CheckpointError(f"{self.folder} has neither {INDEX_FILE} nor {SINGLE_FILE}: not a safetensors checkpoint")
+
+    def _validate(self) -> None:
+        """Every tensor the config implies is present with its shape and dtype."""
+        expected = 0
+        for spec in model_tensors(self.config):
+            expected += 1
+            found = self._where.get(spec.name)
+            if found is None:
+                raise CheckpointError(
+                    f"tensor {spec.name!r} (shape {list(spec.shape)}, {spec.dtypes[0]}) is required by "
+                    f"{self.folder / 'config.json'} but is in no shard of {self.folder}"
+                )
+            shard, info = found
+            if info.shape != spec.shape:
+                raise CheckpointError(
+                    f"{shard.path}: tensor {spec.name!r} has shape {list(info.shape)}; config.json implies "
+                    f"{list(spec.shape)}"
+                )
+            if info.dtype not in spec.dtypes:
+                raise CheckpointError(
+                    f"{shard.path}: tensor {spec.name!r} is {info.dtype}; config.json implies "
+                    f"{' or '.join(spec.dtypes)}"
+                )
+        if len(self._where) > expected:
+            log.debug("%s: %d tensors outside the text model ignored", self.folder, len(self._where) - expected)
+
+    # ---- access ---------------------------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return self.config.tensor_prefix + name in self._where
+
+    def info(self, name: str) -> TensorInfo:
+        """Where tensor `name` (without the layout prefix, e.g. 'model.norm.weight') lies."""
+        return self._lookup(name)[1]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Zero-copy view of tensor `name` (without the layout prefix); reads nothing until touched."""
+        shard, info = self._lookup(name)
+        return shard.view(info.name)
+
+    def linear(self, module: str) -> dict[str, torch.Tensor]:
+        """The stored tensors of one Linear, by suffix: {'weight'} or {'weight_packed', 'weight_scale',
+        'weight_shape'} or {'weight', 'weight_scale_inv'}."""
+        prefix = f"{self.config.tensor_prefix}{module}."
+        out = {}
+        for suffix in ("weight", "weight_packed", "weight_scale", "weight_shape", "weight_scale_inv"):
+            found = self._where.get(prefix + suffix)
+            if found is not None:
+                out[suffix] = found[0].view(found[1].name)
+        if not out:
+            raise CheckpointError(f"{self.folder}: no weights for module {module!r}")
+        return out
+
+    def _lookup(self, name: str) -> tuple[SafetensorsFile, TensorInfo]:
+        full = self.config.tensor_prefix + name
+        found = self._where.get(full)
+        if found is None:
+            raise CheckpointError(f"{self.folder}: tensor {full!r} is not in the checkpoint")
+        return found
+
+    def all_tensors(self) -> list[tuple[SafetensorsFile, TensorInfo]]:
+        """Every tensor in the folder, the text model's and any other (vision tower, MTP layers)."""
+        return list(self._where.values())
+
+    def expert_ranges(self, layer: int, expert: int) -> list[ByteRange]:
+        """The file byte ranges holding routed expert (layer, expert): its tensors, adjacent ones merged."""
+        spans = sorted(
+            (self._where[spec.name][0].path, self._where[spec.name][1].start, self._where[spec.name][1].end)
+            for spec in expert_tensors(self.config, layer, expert)
+        )
+        merged: list[ByteRange] = []
+        for path, start, end in spans:
+            if merged and merged[-1].path == path and merged[-1].end == start:
+                merged[-1] = ByteRange(path, merged[-1].start, end)
+            else:
+                merged.append(ByteRange(path, start, end))
+        return merged
+
+    def bytes_by_part(self) -> dict[str, int]:
+        """Stored bytes by model part, from the headers; tensors outside the text model count as 'other'."""
+        parts: dict[str, int] = defaultdict(int)
+        seen = set()
+        for spec in model_tensors(self.config):
+            parts[spec.part] += self._where[spec.name][1].nbytes
+            seen.add(spec.name)
+        for name, (_, info) in self._where.items():
+            if name not in seen:
+                parts["other"] += info.nbytes
+        return dict(parts)
+
+    def close(self) -> None:
+        self._where.clear()
+        for shard in self.shards.values():
+            shard.close()
+        self.shards.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

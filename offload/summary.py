@@ -1,0 +1,86 @@
+"""What a checkpoint folder is, from its config and headers alone: the data behind `kimi-offload inspect`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from offload.checkpoint.reader import Checkpoint
+
+FORMAT_NAMES = {
+    "int4": "INT4 pack-quantized (compressed-tensors), group {group}",
+    "fp8": "FP8 e4m3, {b0}x{b1} blocks (weight_scale_inv)",
+    "bf16": "unquantized ({dtype})",
+}
+
+
+def describe(ckpt: Checkpoint) -> dict[str, Any]:
+    """A JSON-ready summary of an open checkpoint."""
+    c = ckpt.config
+    q = c.quant
+    fmt = FORMAT_NAMES[q.format].format(group=q.group_size, b0=q.block[0], b1=q.block[1], dtype=c.dtype)
+    dtypes: Counter[str] = Counter()
+    for _, info in ckpt.all_tensors():
+        dtypes[info.dtype] += info.nbytes
+    expert_quantized = q.quantizes(f"model.layers.{c.first_k_dense_replace}.mlp.experts.0.gate_proj", c.tensor_prefix)
+    attn_quantized = q.quantizes("model.layers.0.self_attn.kv_b_proj", c.tensor_prefix)
+    return {
+        "folder": str(ckpt.folder),
+        "layout": c.layout,
+        "tensor_prefix": c.tensor_prefix,
+        "weight_format": fmt,
+        "routed_experts_stored_as": q.format if expert_quantized else c.dtype,
+        "attention_stored_as": q.format if attn_quantized else c.dtype,
+        "layers": c.num_hidden_layers,
+        "dense_layers": c.first_k_dense_replace,
+        "moe_layers": len(c.moe_layers),
+        "hidden_size": c.hidden_size,
+        "routed_experts_per_layer": c.n_routed_experts,
+        "experts_per_token": c.num_experts_per_tok,
+        "shared_experts": c.n_shared_experts,
+        "n_group": c.n_group,
+        "topk_group": c.topk_group,
+        "attention": f"MLA: {c.num_attention_heads} heads, q_lora {c.q_lora_rank}, kv_lora {c.kv_lora_rank}, "
+        f"qk {c.qk_nope_head_dim}+{c.qk_rope_head_dim}, v {c.v_head_dim}",
+        "rope": (
+            f"yarn x{c.rope_scaling.factor:g} (from {c.rope_scaling.original_max_position_embeddings}), theta {c.rope_theta:g}"
+            if c.rope_scaling
+            else f"theta {c.rope_theta:g}"
+        ),
+        "max_position_embeddings": c.max_position_embeddings,
+        "vocab_size": c.vocab_size,
+        "expert_bytes": c.expert_bytes,
+        "routed_bytes_per_token": c.routed_bytes_per_token,
+        "kv_bytes_per_token": c.kv_bytes_per_token(),
+        "bytes_by_part": ckpt.bytes_by_part(),
+        "bytes_by_dtype": dict(dtypes),
+        "shards": len(ckpt.shards),
+        "shard_bytes": sum(s.size for s in ckpt.shards.values()),
+        "tensors": len(ckpt.all_tensors()),
+        "tokenizer": describe_tokenizer(ckpt.folder),
+    }
+
+
+def describe_tokenizer(folder: Path) -> dict[str, Any]:
+    """Which tokenizer files the folder has and what they hold."""
+    out: dict[str, Any] = {}
+    tk = folder / "tiktoken.model"
+    if tk.is_file():
+        with open(tk) as f:
+            out["kind"] = "tiktoken BPE (Kimi)"
+            out["base_tokens"] = sum(1 for line in f if line.strip())
+    elif (folder / "tokenizer.json").is_file():
+        out["kind"] = "Hugging Face tokenizer.json"
+    else:
+        out["kind"] = "none found (need tiktoken.model or tokenizer.json)"
+    cfg_path = folder / "tokenizer_config.json"
+    if cfg_path.is_file():
+        tc = json.loads(cfg_path.read_text())
+        decoder = tc.get("added_tokens_decoder", {})
+        out["special_tokens"] = len(decoder)
+        if decoder:
+            out["first_special_id"] = min(int(k) for k in decoder)
+        out["chat_template"] = bool(tc.get("chat_template")) or (folder / "chat_template.jinja").is_file()
+    return out

@@ -1,0 +1,1 @@
+"""Synthetic checkpoints in the exact published format, for tests and benchmarks."""
