@@ -30,7 +30,9 @@ def _check(w_shape: tuple[int, ...], s_shape: tuple[int, ...], block: tuple[int,
         raise ValueError(f"FP8 weight must be 2-D [out, in], got {w_shape}")
     want = (-(-w_shape[0] // block[0]), -(-w_shape[1] // block[1]))
     if tuple(s_shape) != want:
-        raise ValueError(f"weight_scale_inv shape {tuple(s_shape)}; expected {want} for weight {w_shape} and block {block}")
+        raise ValueError(
+            f"weight_scale_inv shape {tuple(s_shape)}; expected {want} for weight {w_shape} and block {block}"
+        )
 
 
 def dequantize_fp8_ref(bits: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int] = (128, 128)) -> np.ndarray:

@@ -92,6 +92,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """int8 q [out, in] in [-8, 7] -> int32 [out, in/8]."""
     if q.dtype != torch.int8 or q.dim() != 2 or q.shape[1] % 8:
         raise ValueError(f"expected torch.int8 [out, in] with in a multiple of 8, got {q.dtype} {tuple(q.shape)}")
+    if q.numel() and (int(q.min()) < QMIN or int(q.max()) > QMAX):
+        raise ValueError(f"values outside [{QMIN}, {QMAX}]: min {int(q.min())}, max {int(q.max())}")
     n = (q.to(torch.int16) + 8).to(torch.uint8).reshape(q.shape[0], -1, 2)  # [out, in/2, 2]
     b = n[..., 0] | (n[..., 1] << 4)  # [out, in/2]
     return b.contiguous().view(torch.int32)
@@ -108,7 +110,11 @@ def dequantize_int4(
 
 
 def quantize_int4(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric group quantization (compressed-tensors' rule): returns (weight_packed, weight_scale bf16)."""
+    """Symmetric group quantization (compressed-tensors' rule): returns (weight_packed, weight_scale bf16).
+
+    The scale is the library's (absmax / 7.5, stored bf16). The division w / scale is done in float32; the library
+    divides in the weight's dtype, so for bf16 weights about 1% of values land one step apart (ours is the more
+    accurate rounding). For float32 weights the two agree bit for bit (tests/test_formats.py)."""
     if w.dim() != 2 or w.shape[1] % group:
         raise ValueError(f"expected [out, in] with in a multiple of {group}, got {tuple(w.shape)}")
     g = w.to(torch.float32).view(w.shape[0], -1, group)  # [out, in/group, group]

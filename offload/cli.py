@@ -19,7 +19,7 @@ from offload.quant import ConfigError
 app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages hold paths: never wrap them
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
@@ -29,17 +29,25 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command("make-model")
 def make_model(
     out: Annotated[Path, typer.Option(help="Folder to create (must not exist or be empty).")],
-    preset: Annotated[str, typer.Option(help="tiny (a few MB), mini (~200 MB, 384 experts), bench (several GB).")] = "tiny",
+    preset: Annotated[
+        str, typer.Option(help="tiny (a few MB), mini (~200 MB, 384 experts), bench (several GB).")
+    ] = "tiny",
     layout: Annotated[str, typer.Option(help="k2.5 (nested, language_model. prefix), k2, or deepseek-v3.")] = "k2.5",
-    experts: Annotated[str, typer.Option(help="int4 (like K2.5), fp8 (like K2-Instruct / DeepSeek-V3), bf16.")] = "int4",
+    experts: Annotated[
+        str, typer.Option(help="int4 (like K2.5), fp8 (like K2-Instruct / DeepSeek-V3), bf16.")
+    ] = "int4",
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same weights in every layout.")] = 0,
-    skew: Annotated[float, typer.Option(help="Expert popularity skew through e_score_correction_bias (0 = none).")] = 0.0,
+    skew: Annotated[
+        float, typer.Option(help="Expert popularity skew through e_score_correction_bias (0 = none).")
+    ] = 0.0,
 ) -> None:
     """Write a synthetic checkpoint in the exact published format (config, sharded safetensors, tokenizer)."""
     from offload.synth.generator import SynthOptions, data_bytes, write_model

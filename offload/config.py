@@ -181,7 +181,9 @@ class ModelConfig:
         """Read `config.json` from a checkpoint folder."""
         folder = Path(path)
         if not folder.is_dir():
-            raise ConfigError(f"checkpoint folder {folder} does not exist (pass --model with a folder that has config.json)")
+            raise ConfigError(
+                f"checkpoint folder {folder} does not exist (pass --model with a folder that has config.json)"
+            )
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise ConfigError(f"{cfg_path} is missing: a checkpoint folder needs its config.json")
@@ -281,15 +283,15 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
     elif model_type in ("kimi_k2", "deepseek_v3"):
         d, layout = raw, model_type
     else:
-        raise ConfigError(
-            f"model_type = {model_type!r} is not supported; supported: deepseek_v3, kimi_k2, kimi_k25"
-        )
+        raise ConfigError(f"model_type = {model_type!r} is not supported; supported: deepseek_v3, kimi_k2, kimi_k25")
 
     for key, want in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc"), ("hidden_act", "silu")):
         if key in d and d[key] != want:
             raise ConfigError(f"{key} = {d[key]!r} is not supported; Kimi / DeepSeek-V3 use {want!r}")
     if d.get("moe_layer_freq", 1) != 1:
-        raise ConfigError(f"moe_layer_freq = {d['moe_layer_freq']!r}; only 1 (every layer after the dense ones) is supported")
+        raise ConfigError(
+            f"moe_layer_freq = {d['moe_layer_freq']!r}; only 1 (every layer after the dense ones) is supported"
+        )
     if d.get("attention_bias", False):
         raise ConfigError("attention_bias = true is not supported; Kimi / DeepSeek-V3 attention has no biases")
 
@@ -357,9 +359,14 @@ def _serialize(c: ModelConfig) -> dict[str, Any]:
     if c.rope_scaling is not None:
         rs = c.rope_scaling
         rope = {
-            "type": "yarn", "factor": rs.factor, "original_max_position_embeddings": rs.original_max_position_embeddings,
-            "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow, "mscale": rs.mscale, "mscale_all_dim": rs.mscale_all_dim,
-        }  # fmt: skip
+            "type": "yarn",
+            "factor": rs.factor,
+            "original_max_position_embeddings": rs.original_max_position_embeddings,
+            "beta_fast": rs.beta_fast,
+            "beta_slow": rs.beta_slow,
+            "mscale": rs.mscale,
+            "mscale_all_dim": rs.mscale_all_dim,
+        }
     text: dict[str, Any] = {
         "architectures": ["DeepseekV3ForCausalLM"],
         "model_type": "deepseek_v3" if c.layout == "deepseek_v3" else "kimi_k2",

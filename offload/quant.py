@@ -47,7 +47,9 @@ class QuantConfig:
                 return False
         return True
 
-    def linear_tensors(self, out_f: int, in_f: int, dtype: str, quantized: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+    def linear_tensors(
+        self, out_f: int, in_f: int, dtype: str, quantized: bool
+    ) -> dict[str, tuple[tuple[int, ...], str]]:
         """Tensor suffix -> (shape, safetensors dtype) for one Linear [out_f, in_f] as stored."""
         if not quantized:
             return {"weight": ((out_f, in_f), dtype)}
@@ -64,7 +66,9 @@ class QuantConfig:
         }
 
     def linear_bytes(self, out_f: int, in_f: int, dtype: str, quantized: bool) -> int:
-        return sum(math.prod(s) * DTYPE_BYTES[d] for s, d in self.linear_tensors(out_f, in_f, dtype, quantized).values())
+        return sum(
+            math.prod(s) * DTYPE_BYTES[d] for s, d in self.linear_tensors(out_f, in_f, dtype, quantized).values()
+        )
 
     def to_dict(self) -> dict[str, Any] | None:
         """The `quantization_config` entry of config.json (None for unquantized checkpoints)."""
@@ -137,7 +141,7 @@ def _parse_compressed_tensors(q: dict[str, Any]) -> QuantConfig:
     groups = q.get("config_groups") or {}
     if len(groups) != 1:
         raise ConfigError(f"quantization_config.config_groups has {len(groups)} groups; exactly one is supported")
-    (gname, group), = groups.items()
+    ((gname, group),) = groups.items()
     w = group.get("weights") or {}
     where = f"quantization_config.config_groups.{gname}.weights"
     expected = {"num_bits": 4, "type": "int", "strategy": "group", "symmetric": True}

@@ -45,7 +45,8 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
         "attention": f"MLA: {c.num_attention_heads} heads, q_lora {c.q_lora_rank}, kv_lora {c.kv_lora_rank}, "
         f"qk {c.qk_nope_head_dim}+{c.qk_rope_head_dim}, v {c.v_head_dim}",
         "rope": (
-            f"yarn x{c.rope_scaling.factor:g} (from {c.rope_scaling.original_max_position_embeddings}), theta {c.rope_theta:g}"
+            f"yarn x{c.rope_scaling.factor:g} (from {c.rope_scaling.original_max_position_embeddings}), "
+            f"theta {c.rope_theta:g}"
             if c.rope_scaling
             else f"theta {c.rope_theta:g}"
         ),

@@ -20,7 +20,7 @@ from .conftest import make
 
 
 def test_every_layout_and_format_opens_and_matches_safetensors(tiny_dirs):
-    for (layout, experts), folder in tiny_dirs.items():
+    for (_layout, experts), folder in tiny_dirs.items():
         with Checkpoint(folder) as ck:
             assert ck.config.quant.format == experts
             for shard, info in ck.all_tensors():
@@ -72,7 +72,7 @@ def test_expert_ranges_cover_exactly_the_expert_tensors(tiny_k25):
                 # packed weights and shapes (int32) are adjacent, scales (bf16) elsewhere: two runs per expert
                 assert len(ranges) == 2
                 for spec in expert_tensors(c, layer, e):
-                    info = ck.info(spec.name[len(c.tensor_prefix):])
+                    info = ck.info(spec.name[len(c.tensor_prefix) :])
                     assert any(r.start <= info.start and info.end <= r.end for r in ranges)
                 with open(ranges[0].path, "rb") as f:
                     f.seek(ranges[0].start)
@@ -164,7 +164,7 @@ def test_corrupt_index(victim):
 def test_no_weights_at_all(victim):
     for p in victim.glob("model*"):
         p.unlink()
-    with pytest.raises(CheckpointError, match="neither model.safetensors.index.json nor model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"neither model\.safetensors\.index\.json nor model\.safetensors"):
         Checkpoint(victim)
 
 
@@ -232,7 +232,9 @@ def test_offsets_disagree_with_shape(victim):
         h[name]["dtype"] = "F32"
 
     rewrite_header(shard_holding(victim, name), edit)
-    with pytest.raises(CheckpointError, match=rf"tensor '{name}' \(F32 \[64\]\) needs 256 bytes but its data_offsets span 128"):
+    with pytest.raises(
+        CheckpointError, match=rf"tensor '{name}' \(F32 \[64\]\) needs 256 bytes but its data_offsets span 128"
+    ):
         Checkpoint(victim)
 
 
@@ -240,7 +242,9 @@ def test_config_disagrees_with_weights(tmp_path, victim):
     cfg = json.loads((victim / "config.json").read_text())
     cfg["text_config"]["n_routed_experts"] = 32
     (victim / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"mlp\.gate\.weight' has shape \[16, 64\]; config.json implies \[32, 64\]"):
+    with pytest.raises(
+        CheckpointError, match=r"mlp\.gate\.weight' has shape \[16, 64\]; config.json implies \[32, 64\]"
+    ):
         Checkpoint(victim)
 
 

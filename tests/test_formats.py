@@ -389,9 +389,7 @@ def test_fp8_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match=not_fp8 + "bfloat16"):
         dequantize_fp8(w.float().bfloat16(), scale_inv)
 
-    bad = re.escape(
-        "weight_scale_inv shape (1, 2); expected (2, 2) for weight (130, 200) and block (128, 128)"
-    )
+    bad = re.escape("weight_scale_inv shape (1, 2); expected (2, 2) for weight (130, 200) and block (128, 128)")
     with pytest.raises(ValueError, match=bad):
         dequantize_fp8(w, scale_inv[:1])
     with pytest.raises(ValueError, match=bad):

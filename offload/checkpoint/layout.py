@@ -20,7 +20,8 @@ class TensorSpec:
     dtypes: tuple[str, ...]  # accepted safetensors dtypes; the first is what the generator writes
     part: str  # one of PARTS
     module: str  # owning module without the prefix, e.g. "model.layers.1.mlp.experts.7.up_proj"
-    role: str  # "weight" | "weight_packed" | "weight_scale" | "weight_shape" | "weight_scale_inv" | "norm" | "bias" | "embed"
+    # "weight" | "weight_packed" | "weight_scale" | "weight_shape" | "weight_scale_inv" | "norm" | "bias" | "embed"
+    role: str
     fan_in: int = 0  # [out, in] of the owning Linear (0 for vectors)
     fan_out: int = 0
     layer: int | None = None
@@ -35,8 +36,9 @@ def _linear(cfg: ModelConfig, module: str, out_f: int, in_f: int, part: str, lay
             expert: int | None = None) -> Iterator[TensorSpec]:  # fmt: skip
     quantized = cfg.quant.quantizes(module, cfg.tensor_prefix)
     for suffix, (shape, dtype) in cfg.quant.linear_tensors(out_f, in_f, cfg.safetensors_dtype, quantized).items():
-        yield TensorSpec(cfg.tensor_prefix + f"{module}.{suffix}", shape, (dtype,), part, module, suffix, in_f, out_f,
-                         layer, expert)
+        yield TensorSpec(
+            cfg.tensor_prefix + f"{module}.{suffix}", shape, (dtype,), part, module, suffix, in_f, out_f, layer, expert
+        )
 
 
 def _vector(cfg: ModelConfig, module: str, suffix: str, n: int, part: str, role: str, layer: int | None,

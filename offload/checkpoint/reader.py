@@ -56,7 +56,9 @@ class Checkpoint:
                 index = json.loads(index_path.read_text())
                 weight_map: dict[str, str] = index["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index_path} is corrupt: {e!r}; expected an object with a 'weight_map'") from None
+                raise CheckpointError(
+                    f"{index_path} is corrupt: {e!r}; expected an object with a 'weight_map'"
+                ) from None
             first_tensor: dict[str, str] = {}
             for name, fname in weight_map.items():
                 first_tensor.setdefault(fname, name)
@@ -78,7 +80,9 @@ class Checkpoint:
             self.shards[SINGLE_FILE] = shard
             self._where = {name: (shard, info) for name, info in shard.tensors.items()}
         else:
-            raise CheckpointError(f"{self.folder} has neither {INDEX_FILE} nor {SINGLE_FILE}: not a safetensors checkpoint")
+            raise CheckpointError(
+                f"{self.folder} has neither {INDEX_FILE} nor {SINGLE_FILE}: not a safetensors checkpoint"
+            )
 
     def _validate(self) -> None:
         """Every tensor the config implies is present with its shape and dtype."""

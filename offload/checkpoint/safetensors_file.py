@@ -80,7 +80,9 @@ def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> 
         raise CheckpointError(f"shard {path}: tensor {name!r} has unknown dtype {dtype!r}")
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise CheckpointError(f"shard {path}: tensor {name!r} has invalid shape {shape!r}")
-    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs) and 0 <= offs[0] <= offs[1]):
+    if not (
+        isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs) and 0 <= offs[0] <= offs[1]
+    ):
         raise CheckpointError(f"shard {path}: tensor {name!r} has invalid data_offsets {offs!r}")
     want = math.prod(shape) * DTYPE_BYTES[dtype]
     if offs[1] - offs[0] != want:

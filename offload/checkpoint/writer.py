@@ -62,8 +62,10 @@ def write_shard(
         for e in ordered:
             data = fill(e)
             if data.nbytes != e.nbytes or not data.flags.c_contiguous:
-                raise ValueError(f"fill gave {data.nbytes} bytes for {e.name} ({e.dtype} {e.shape}); expected {e.nbytes}")
-            f.write(memoryview(data).cast("B"))
+                raise ValueError(
+                    f"fill gave {data.nbytes} bytes for {e.name} ({e.dtype} {e.shape}); expected {e.nbytes}"
+                )
+            f.write(data.data.cast("B"))
             if on_bytes is not None:
                 on_bytes(e.nbytes)
     return total

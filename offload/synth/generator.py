@@ -28,7 +28,8 @@ class SynthOptions:
     seed: int = 0
     skew: float = 0.0  # std of the extra router bias per expert: 0 = balanced, 0.05+ = some experts favoured
     max_shard_bytes: int = 1 << 30
-    write_data: bool = True  # False: header-only sparse shards (for tests on real-sized shapes)
+    write_data: bool = True  # False: header-only sparse shards and no tokenizer (a replica of a real download's
+    # headers, for tests on real shapes such as K2.5's 595 GB)
 
 
 def vision_extras(cfg: ModelConfig) -> list[TensorSpec]:
@@ -71,8 +72,8 @@ def write_model(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it first")
-    vocab = train_bpe(cfg.vocab_size - NUM_SPECIAL)
-    if len(vocab) + NUM_SPECIAL != cfg.vocab_size:
+    vocab = train_bpe(cfg.vocab_size - NUM_SPECIAL) if options.write_data else ()
+    if options.write_data and len(vocab) + NUM_SPECIAL != cfg.vocab_size:
         raise ValueError(
             f"the tokenizer corpus yields {len(vocab)} base tokens but the config has vocab_size {cfg.vocab_size} "
             f"({cfg.vocab_size - NUM_SPECIAL} + {NUM_SPECIAL} specials)"
@@ -105,7 +106,8 @@ def write_model(
     gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids), "do_sample": True,
            "temperature": 1.0, "top_p": 0.95}  # fmt: skip
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    write_tokenizer(tmp, vocab)
+    if options.write_data:
+        write_tokenizer(tmp, vocab)
     synth = {"generator": "kimi-offload make-model", "seed": options.seed, "skew": options.skew}
     (tmp / "synthetic.json").write_text(json.dumps(synth, indent=2) + "\n")
     if out.exists():

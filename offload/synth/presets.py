@@ -49,7 +49,9 @@ PRESETS = {
 }  # fmt: skip
 
 
-def preset_config(preset: str, layout: str = "k2.5", experts: str = "int4", num_base_tokens: int | None = None) -> ModelConfig:
+def preset_config(
+    preset: str, layout: str = "k2.5", experts: str = "int4", num_base_tokens: int | None = None
+) -> ModelConfig:
     """The ModelConfig of a preset in a layout ('k2.5', 'k2', 'deepseek-v3') and expert format."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -86,8 +88,14 @@ def preset_config(preset: str, layout: str = "k2.5", experts: str = "int4", num_
         norm_topk_prob=True,
         first_k_dense_replace=1,
         rope_theta=50000.0,
-        rope_scaling=RopeScaling(factor=64.0, original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0,
-                                 mscale=1.0, mscale_all_dim=1.0),  # fmt: skip
+        rope_scaling=RopeScaling(
+            factor=64.0,
+            original_max_position_embeddings=4096,
+            beta_fast=32.0,
+            beta_slow=1.0,
+            mscale=1.0,
+            mscale_all_dim=1.0,
+        ),
         max_position_embeddings=262144,
         rms_norm_eps=1e-5,
         bos_token_id=base,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import re
 from collections import Counter
@@ -50,7 +51,7 @@ def train_bpe(num_base_tokens: int, text: str | None = None) -> tuple[bytes, ...
     while len(vocab) < num_base_tokens:
         pairs: Counter[tuple[int, int]] = Counter()
         for seq, n in seqs:
-            for a, b in zip(seq, seq[1:]):
+            for a, b in itertools.pairwise(seq):
                 pairs[(a, b)] += n
         if not pairs:
             break
@@ -68,7 +69,7 @@ def train_bpe(num_base_tokens: int, text: str | None = None) -> tuple[bytes, ...
 
 def _neg(b: bytes) -> tuple[int, ...]:
     """Sort key that prefers the lexicographically smaller byte string under max()."""
-    return tuple(-x for x in b) + (1,)
+    return (*(-x for x in b), 1)
 
 
 def special_tokens(num_base: int) -> dict[int, str]:
