@@ -18,7 +18,7 @@ from offload.quant import ConfigError
 
 app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # messages hold paths: never wrap them
 
 
