@@ -15,6 +15,9 @@ from rich.table import Table
 
 from offload.checkpoint import Checkpoint, CheckpointError
 from offload.quant import ConfigError
+from offload.synth.generator import SynthOptions
+
+SYNTH = SynthOptions()  # make-model's defaults come from the dataclass
 
 app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
@@ -44,13 +47,13 @@ def make_model(
     experts: Annotated[
         str, typer.Option(help="int4 (like K2.5), fp8 (like K2-Instruct / DeepSeek-V3), bf16.")
     ] = "int4",
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same weights in every layout.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same weights in every layout.")] = SYNTH.seed,
     skew: Annotated[
         float, typer.Option(help="Expert popularity skew through e_score_correction_bias (0 = none).")
-    ] = 0.0,
+    ] = SYNTH.skew,
 ) -> None:
     """Write a synthetic checkpoint in the exact published format (config, sharded safetensors, tokenizer)."""
-    from offload.synth.generator import SynthOptions, data_bytes, write_model
+    from offload.synth.generator import data_bytes, write_model
     from offload.synth.presets import PRESETS, preset_config
 
     try:
