@@ -241,9 +241,13 @@ def _validate(c: ModelConfig) -> None:
     if not c.rms_norm_eps > 0:
         raise ConfigError(f"rms_norm_eps = {c.rms_norm_eps!r}; expected a positive number")
     rs = c.rope_scaling
-    if rs is not None and (rs.factor <= 0 or rs.original_max_position_embeddings <= 0 or rs.beta_fast <= rs.beta_slow):
-        raise ConfigError(f"rope_scaling = {rs}: need factor > 0, original_max_position_embeddings > 0, "
-                          "beta_fast > beta_slow")  # fmt: skip
+    if rs is not None and (
+        rs.factor <= 0 or rs.original_max_position_embeddings <= 0 or rs.beta_slow <= 0 or rs.beta_fast < rs.beta_slow
+    ):
+        # K2-Instruct ships beta_fast == beta_slow == 1, so equality is allowed
+        raise ConfigError(
+            f"rope_scaling = {rs}: need factor > 0, original_max_position_embeddings > 0, beta_fast >= beta_slow > 0"
+        )
     if c.quant.format == "int4":
         gs = c.quant.group_size
         for name, width in (("hidden_size", c.hidden_size), ("moe_intermediate_size", c.moe_intermediate_size)):
@@ -316,7 +320,7 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
     elif rope_type != "default":
         raise ConfigError(f"rope_scaling type {rope_type!r} is not supported; expected 'yarn' or none")
 
-    eos = d.get("eos_token_id")
+    eos = d.get("eos_token_id", raw.get("eos_token_id"))
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
     return ModelConfig(
         layout=layout,  # type: ignore[arg-type]
@@ -345,9 +349,9 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         rms_norm_eps=float(_get(d, "rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))),
         rope_interleave=bool(d.get("rope_interleave", True)),
-        bos_token_id=d.get("bos_token_id"),
+        bos_token_id=d.get("bos_token_id", raw.get("bos_token_id")),
         eos_token_ids=eos_ids,
-        pad_token_id=d.get("pad_token_id"),
+        pad_token_id=d.get("pad_token_id", raw.get("pad_token_id")),
         dtype=d.get("torch_dtype") or d.get("dtype") or "bfloat16",
         num_nextn_predict_layers=int(d.get("num_nextn_predict_layers", 0) or 0),
         quant=parse_quantization(quant_raw),
@@ -401,6 +405,7 @@ def _serialize(c: ModelConfig) -> dict[str, Any]:
         "vision_config": {"model_type": "moonvit", "num_hidden_layers": 27, "hidden_size": 1152, "patch_size": 14},
         "tie_word_embeddings": c.tie_word_embeddings,
         "bos_token_id": c.bos_token_id,
+        "eos_token_id": text["eos_token_id"],
         "pad_token_id": c.pad_token_id,
         "torch_dtype": c.dtype,
     }

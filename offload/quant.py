@@ -43,8 +43,8 @@ class QuantConfig:
             if target.startswith("re:"):
                 if any(re.match(target[3:], n) for n in names):
                     return False
-            elif target in names:
-                return False
+            elif target in names or (self.format == "fp8" and any(target in n for n in names)):
+                return False  # fp8: transformers matches modules_to_not_convert as substrings
         return True
 
     def linear_tensors(
@@ -176,5 +176,7 @@ def _parse_fp8(q: dict[str, Any]) -> QuantConfig:
         raise ConfigError(
             f"quantization_config.weight_block_size = {block!r}; expected two positive ints such as [128, 128]"
         )
-    ignore = q.get("modules_to_not_convert") or ["lm_head"]
+    ignore = list(q.get("modules_to_not_convert") or [])
+    if "lm_head" not in ignore:
+        ignore.append("lm_head")  # never FP8 in DeepSeek-V3 / K2 checkpoints
     return QuantConfig(format="fp8", block=(block[0], block[1]), ignore=tuple(ignore))

@@ -258,3 +258,42 @@ def test_generator_refuses_non_empty_folder(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         write_model(preset_config("tiny"), out)
     assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_views_outlive_close(tiny_k25):
+    with Checkpoint(tiny_k25) as ck:
+        v = ck.tensor("model.embed_tokens.weight")
+        expected = v.float().sum().item()
+    assert v.float().sum().item() == expected  # the mapping stays until the last view is gone
+
+
+def test_overlapping_tensors_in_header(victim):
+    shard = first_shard(victim)
+
+    def edit(h):
+        names = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])
+        a, b = h[names[0]], h[names[1]]
+        b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + b["data_offsets"][1] - b["data_offsets"][0]]
+
+    rewrite_header(shard, edit)
+    with pytest.raises(CheckpointError, match=r"overlaps the tensor before it \(corrupt header\)"):
+        Checkpoint(victim)
+
+
+def test_malformed_header_entry(victim):
+    shard = first_shard(victim)
+
+    def edit(h):
+        name = next(k for k in h if k != "__metadata__")
+        h[name]["dtype"] = ["F32"]
+
+    rewrite_header(shard, edit)
+    with pytest.raises(CheckpointError, match=r"has unknown dtype \['F32'\]"):
+        Checkpoint(victim)
+
+
+@pytest.mark.parametrize("weight_map", [["a", "b"], {"t": None}, {"t": "../elsewhere.safetensors"}])
+def test_malformed_index_weight_map(victim, weight_map):
+    (victim / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=r"index\.json is corrupt: .*shard file names in this folder"):
+        Checkpoint(victim)

@@ -158,3 +158,32 @@ def test_missing_folder_and_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         ModelConfig.from_dir(tmp_path)
+
+
+def test_k2_instruct_fp8_config_with_equal_yarn_betas():
+    d = flat(K25, "kimi_k2")
+    d["rope_scaling"] = {"type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096, "beta_fast": 1.0,
+                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}  # fmt: skip
+    d.update(max_position_embeddings=131072, rms_norm_eps=1e-6)
+    d["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                "weight_block_size": [128, 128]}  # fmt: skip
+    c = ModelConfig.from_dict(d)
+    assert c.rope_scaling is not None and c.rope_scaling.beta_fast == c.rope_scaling.beta_slow == 1.0
+    assert c.quant.format == "fp8"
+
+
+def test_k25_token_ids_fall_back_to_the_top_level():
+    d = copy.deepcopy(K25)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        del d["text_config"][k]
+    c = ModelConfig.from_dict(d)
+    assert (c.bos_token_id, c.eos_token_ids, c.pad_token_id) == (163584, (163585,), 163839)
+
+
+def test_fp8_modules_to_not_convert_match_as_substrings():
+    d = flat(K25, "deepseek_v3")
+    d["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128],
+                                "modules_to_not_convert": ["model.layers.0.mlp"]}  # fmt: skip
+    q = ModelConfig.from_dict(d).quant
+    assert not q.quantizes("model.layers.0.mlp.down_proj") and not q.quantizes("lm_head")
+    assert q.quantizes("model.layers.1.mlp.experts.3.down_proj")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import shutil
 
 import psutil
 import pytest
@@ -39,3 +40,4 @@ def test_opening_a_multi_gb_checkpoint_reads_headers_only(tmp_path):
     assert rss() - opened > 0.9 * nbytes
     del views, touched
     ck.close()
+    shutil.rmtree(folder)  # 2 GB: do not leave it in pytest's kept temp folders

@@ -55,6 +55,10 @@ class Checkpoint:
             try:
                 index = json.loads(index_path.read_text())
                 weight_map: dict[str, str] = index["weight_map"]
+                if not isinstance(weight_map, dict) or not all(
+                    isinstance(f, str) and f and Path(f).name == f for f in weight_map.values()
+                ):
+                    raise TypeError("weight_map must map tensor names to shard file names in this folder")
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(
                     f"{index_path} is corrupt: {e!r}; expected an object with a 'weight_map'"

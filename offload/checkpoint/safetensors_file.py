@@ -65,20 +65,33 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
     if not isinstance(header, dict):
         raise CheckpointError(f"shard {path}: header must be a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"shard {path}: __metadata__ must be an object of strings, got {type(meta).__name__}")
     base = 8 + n
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         tensors[name] = _tensor_info(path, name, entry, base, size)
+    _check_packed_back_to_back(path, tensors, base)
     return tensors, meta, size
+
+
+def _check_packed_back_to_back(path: Path, tensors: dict[str, TensorInfo], base: int) -> None:
+    """Tensor bytes must tile the data region with no overlap and no gap, as the safetensors format requires."""
+    at = base
+    for info in sorted(tensors.values(), key=lambda i: (i.start, i.end)):
+        if info.start != at:
+            what = "overlaps the tensor before it" if info.start < at else f"leaves a gap of {info.start - at} bytes"
+            raise CheckpointError(f"shard {path}: tensor {info.name!r} at byte {info.start} {what} (corrupt header)")
+        at = info.end
 
 
 def _tensor_info(path: Path, name: str, entry: object, base: int, size: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise CheckpointError(f"shard {path}: header entry for {name!r} is not an object")
     dtype, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise CheckpointError(f"shard {path}: tensor {name!r} has unknown dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise CheckpointError(f"shard {path}: tensor {name!r} has invalid shape {shape!r}")
     if not (
         isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs) and 0 <= offs[0] <= offs[1]
@@ -106,8 +119,12 @@ class SafetensorsFile:
         self.path = Path(path)
         self.tensors, self.metadata, self.size = read_header(self.path)
         self._fd = os.open(self.path, os.O_RDONLY)
-        # ACCESS_COPY gives a writable buffer (torch.frombuffer wants one) that never writes back to the file
-        self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY) if self.size else None
+        try:
+            # ACCESS_COPY gives a writable buffer (torch.frombuffer wants one) that never writes back to the file
+            self._mm: mmap.mmap | None = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+        except OSError as e:
+            os.close(self._fd)
+            raise CheckpointError(f"shard {self.path}: cannot memory-map it ({e})") from None
 
     @property
     def fileno(self) -> int:
@@ -131,9 +148,9 @@ class SafetensorsFile:
         return torch.frombuffer(self.mapping, dtype=dt, count=n, offset=info.start).view(info.shape)
 
     def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()  # raises BufferError while views are alive, which is the safe outcome
-            self._mm = None
+        # Views hold a reference to the mmap object, so dropping ours unmaps only once the last view is gone;
+        # an explicit mmap.close() here would leave live views pointing at unmapped memory.
+        self._mm = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

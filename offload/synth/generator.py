@@ -31,6 +31,12 @@ class SynthOptions:
     write_data: bool = True  # False: header-only sparse shards and no tokenizer (a replica of a real download's
     # headers, for tests on real shapes such as K2.5's 595 GB)
 
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed = {self.seed}; expected 0 or more")
+        if self.max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes = {self.max_shard_bytes}; expected a positive size")
+
 
 def vision_extras(cfg: ModelConfig) -> list[TensorSpec]:
     """A token vision tower and projector, so a K2.5-layout folder holds tensors a text runtime must skip."""
