@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from offload.config import ModelConfig
 
 PARTS = ("embed", "attention", "norms", "dense_mlp", "router", "shared_experts", "routed_experts", "lm_head")
-EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,10 +127,6 @@ class SafetensorsFile:
             raise CheckpointError(f"shard {self.path}: cannot memory-map it ({e})") from None
 
     @property
-    def fileno(self) -> int:
-        return self._fd
-
-    @property
     def mapping(self) -> mmap.mmap:
         if self._mm is None:
             raise CheckpointError(f"shard {self.path} is empty")
