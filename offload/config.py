@@ -12,6 +12,8 @@ from offload.quant import FLOAT_DTYPES, ConfigError, QuantConfig, parse_quantiza
 Layout = Literal["deepseek_v3", "kimi_k2", "kimi_k25"]
 LAYOUTS: tuple[str, ...] = ("deepseek_v3", "kimi_k2", "kimi_k25")
 K25_PREFIX = "language_model."
+# the model parts sizes are reported by (routed_experts apart, the rest in nonexpert_bytes_by_part)
+PARTS = ("embed", "attention", "norms", "dense_mlp", "router", "shared_experts", "routed_experts", "lm_head")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ class ModelConfig:
     def nonexpert_bytes_by_part(self) -> dict[str, int]:
         """Bytes of everything but the routed experts, by part, as stored."""
         h, width = self.hidden_size, 2 if self.dtype != "float32" else 4
-        parts = dict.fromkeys(("embed", "attention", "dense_mlp", "shared_experts", "router", "norms", "lm_head"), 0)
+        parts = dict.fromkeys((p for p in PARTS if p != "routed_experts"), 0)
         parts["embed"] = self.vocab_size * h * width
         if not self.tie_word_embeddings:
             parts["lm_head"] = self._linear_bytes("lm_head", self.vocab_size, h)

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from offload.config import ModelConfig
 
-PARTS = ("embed", "attention", "norms", "dense_mlp", "router", "shared_experts", "routed_experts", "lm_head")
-
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -17,7 +15,7 @@ class TensorSpec:
     name: str  # full name as stored, prefix included
     shape: tuple[int, ...]
     dtypes: tuple[str, ...]  # accepted safetensors dtypes; the first is what the generator writes
-    part: str  # one of PARTS
+    part: str  # one of offload.config.PARTS
     module: str  # owning module without the prefix, e.g. "model.layers.1.mlp.experts.7.up_proj"
     # "weight" | "weight_packed" | "weight_scale" | "weight_shape" | "weight_scale_inv" | "norm" | "bias" | "embed"
     role: str
