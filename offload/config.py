@@ -26,6 +26,8 @@ class RopeScaling:
     beta_slow: float = 1.0
     mscale: float = 1.0
     mscale_all_dim: float = 0.0  # 0: no softmax rescale (transformers' default)
+    attention_factor: float | None = None  # cos/sin multiplier; None: derived from factor and the mscales
+    truncate: bool = True  # round the correction range to whole dimensions (YaRN as published)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,10 +316,12 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         scaling = RopeScaling(
             factor=float(rope["factor"]),
             original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
-            beta_fast=float(rope.get("beta_fast", 32)),
-            beta_slow=float(rope.get("beta_slow", 1)),
-            mscale=float(rope.get("mscale", 1)),
-            mscale_all_dim=float(rope.get("mscale_all_dim", 0)),
+            beta_fast=float(rope.get("beta_fast") or 32),
+            beta_slow=float(rope.get("beta_slow") or 1),
+            mscale=float(1 if rope.get("mscale") is None else rope["mscale"]),
+            mscale_all_dim=float(rope.get("mscale_all_dim") or 0),
+            attention_factor=None if rope.get("attention_factor") is None else float(rope["attention_factor"]),
+            truncate=bool(rope.get("truncate", True)),
         )
     elif rope_type != "default":
         raise ConfigError(f"rope_scaling type {rope_type!r} is not supported; expected 'yarn' or none")
@@ -373,6 +377,10 @@ def _serialize(c: ModelConfig) -> dict[str, Any]:
             "mscale": rs.mscale,
             "mscale_all_dim": rs.mscale_all_dim,
         }
+        if rs.attention_factor is not None:
+            rope["attention_factor"] = rs.attention_factor
+        if not rs.truncate:
+            rope["truncate"] = False
     text: dict[str, Any] = {
         "architectures": ["DeepseekV3ForCausalLM"],
         "model_type": "deepseek_v3" if c.layout == "deepseek_v3" else "kimi_k2",

@@ -1,0 +1,1 @@
+"""Generation: tokenizer, chat format, sampling and the generate loop."""

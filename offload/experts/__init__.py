@@ -1,0 +1,1 @@
+"""Routed experts: the interface the MoE layer calls, and its implementations."""

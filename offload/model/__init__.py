@@ -1,0 +1,1 @@
+"""The DeepSeek-V3 / Kimi K2 forward pass, in paper order."""

@@ -1,0 +1,94 @@
+"""Multi-head Latent Attention: expanded keys for prefill, absorbed weights over the latent cache for decode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from offload.config import ModelConfig
+from offload.model.cache import LatentCache
+from offload.model.norm import LATENT_NORM_EPS, rms_norm
+from offload.model.rope import Rope, softmax_scale
+
+
+@dataclass(frozen=True, slots=True)
+class MLAWeights:
+    """One layer's attention weights, [out, in], in the compute dtype."""
+
+    q_a: torch.Tensor | None  # [q_lora_rank, D]; None when the model has a plain q_proj
+    q_a_norm: torch.Tensor | None  # [q_lora_rank]
+    q_b: torch.Tensor  # [H * (nope + rope), q_lora_rank or D]  (q_proj when q_a is None)
+    kv_a: torch.Tensor  # [kv_lora_rank + rope, D]
+    kv_a_norm: torch.Tensor  # [kv_lora_rank]
+    kv_b: torch.Tensor  # [H * (nope + v), kv_lora_rank]
+    o: torch.Tensor  # [D, H * v]
+
+
+class MLA:
+    """Attention of one layer; caches only (normalised latent, roped k_pe) per token."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, w: MLAWeights, rope: Rope) -> None:
+        self.layer = layer
+        self.w = w
+        self.rope = rope
+        self.heads = cfg.num_attention_heads
+        self.nope, self.rope_dim, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.rank = cfg.kv_lora_rank
+        self.scale = softmax_scale(cfg)
+        kv_b = w.kv_b.view(self.heads, self.nope + self.v_dim, self.rank)  # [H, nope + v, rank]
+        self.w_uk = kv_b[:, : self.nope]  # [H, nope, rank]: absorbed into the query
+        self.w_uv = kv_b[:, self.nope :]  # [H, v, rank]: absorbed into the output
+
+    def __call__(self, x: torch.Tensor, start: int, cache: LatentCache, cos: torch.Tensor, sin: torch.Tensor):
+        """x [T, D] at positions start .. start + T - 1 -> [T, D]; writes those positions to the cache."""
+        T = x.shape[0]
+        w = self.w
+        if w.q_a is not None:
+            assert w.q_a_norm is not None
+            q = F.linear(rms_norm(F.linear(x, w.q_a), w.q_a_norm, LATENT_NORM_EPS), w.q_b)
+        else:
+            q = F.linear(x, w.q_b)
+        q = q.view(T, self.heads, self.nope + self.rope_dim)  # [T, H, 192]
+        q_nope, q_pe = q[..., : self.nope], self.rope.apply(q[..., self.nope :], cos, sin)
+
+        kv = F.linear(x, w.kv_a)  # [T, rank + rope]
+        latent = rms_norm(kv[:, : self.rank], w.kv_a_norm, LATENT_NORM_EPS)  # [T, 512]
+        k_pe = self.rope.apply(kv[:, self.rank :], cos, sin)  # [T, 64], shared by all heads
+        cache.write(self.layer, start, latent, k_pe)
+        all_latent, all_k_pe = cache.read(self.layer, start + T)  # [S, 512], [S, 64]
+
+        if T == 1:
+            out = self._absorbed(q_nope, q_pe, all_latent, all_k_pe, start)
+        else:
+            out = self._expanded(q_nope, q_pe, all_latent, all_k_pe, start)
+        return F.linear(out.reshape(T, self.heads * self.v_dim), w.o)
+
+    def _mask(self, T: int, S: int, start: int, device: torch.device) -> torch.Tensor:
+        """[T, S] True where query t (at position start + t) may attend to key s."""
+        return torch.arange(S, device=device)[None, :] <= (start + torch.arange(T, device=device))[:, None]
+
+    def _expanded(self, q_nope, q_pe, latent, k_pe, start: int) -> torch.Tensor:
+        """Prefill: expand the latent to per-head keys and values, then ordinary attention. -> [T, H, v]"""
+        T, S = q_nope.shape[0], latent.shape[0]
+        kv = F.linear(latent, self.w.kv_b).view(S, self.heads, self.nope + self.v_dim)  # [S, H, 256]
+        k = torch.cat((kv[..., : self.nope], k_pe[:, None, :].expand(S, self.heads, self.rope_dim)), dim=-1)
+        v = kv[..., self.nope :]  # [S, H, 128]
+        q = torch.cat((q_nope, q_pe), dim=-1)  # [T, H, 192]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            attn_mask=self._mask(T, S, start, q.device), scale=self.scale,
+        )  # fmt: skip
+        return out.transpose(0, 1)  # [T, H, 128]
+
+    def _absorbed(self, q_nope, q_pe, latent, k_pe, start: int) -> torch.Tensor:
+        """Decode: attend in latent space; per-head keys and values are never formed. -> [T, H, v]"""
+        T, S = q_nope.shape[0], latent.shape[0]
+        q_lat = torch.einsum("thd,hdc->thc", q_nope, self.w_uk)  # [T, H, 512]
+        scores = torch.einsum("thc,sc->ths", q_lat, latent) + torch.einsum("thr,sr->ths", q_pe, k_pe)  # [T, H, S]
+        scores = scores.float() * self.scale
+        scores.masked_fill_(~self._mask(T, S, start, scores.device)[:, None, :], float("-inf"))
+        p = scores.softmax(dim=-1).to(latent.dtype)
+        o_lat = torch.einsum("ths,sc->thc", p, latent)  # [T, H, 512]
+        return torch.einsum("thc,hvc->thv", o_lat, self.w_uv)  # [T, H, 128]

@@ -1,0 +1,42 @@
+"""The compressed MLA cache: per token and layer, the normalised latent (kv_lora_rank) and the roped k_pe."""
+
+from __future__ import annotations
+
+import torch
+
+from offload.config import ModelConfig
+
+
+class CacheFullError(RuntimeError):
+    """More tokens than the cache was sized for."""
+
+
+class LatentCache:
+    """kv_lora_rank + qk_rope_head_dim values per token per layer (576 for Kimi), allocated once."""
+
+    def __init__(self, cfg: ModelConfig, max_tokens: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens = {max_tokens}; the cache needs room for at least one token")
+        self.max_tokens = max_tokens
+        n = cfg.num_hidden_layers
+        self.latent = torch.zeros(n, max_tokens, cfg.kv_lora_rank, dtype=dtype, device=device)  # [L, S, 512]
+        self.k_pe = torch.zeros(n, max_tokens, cfg.qk_rope_head_dim, dtype=dtype, device=device)  # [L, S, 64]
+
+    @property
+    def nbytes(self) -> int:
+        return self.latent.nbytes + self.k_pe.nbytes
+
+    def write(self, layer: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor) -> None:
+        """Store tokens start .. start + T - 1 of one layer."""
+        end = start + latent.shape[0]
+        if end > self.max_tokens:
+            raise CacheFullError(
+                f"position {end - 1} does not fit a cache of {self.max_tokens} tokens; "
+                "start a new conversation or raise the context length"
+            )
+        self.latent[layer, start:end] = latent
+        self.k_pe[layer, start:end] = k_pe
+
+    def read(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens 0 .. length - 1 of one layer: latent [S, 512], k_pe [S, 64] (views)."""
+        return self.latent[layer, :length], self.k_pe[layer, :length]

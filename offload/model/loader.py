@@ -1,0 +1,78 @@
+"""Build a Transformer from an open checkpoint: every non-expert weight as a tensor, experts through a runtime."""
+
+from __future__ import annotations
+
+import torch
+
+from offload.checkpoint import Checkpoint
+from offload.checkpoint.dequant import dense_weight
+from offload.experts.runtime import ExpertRuntime
+from offload.model.attention import MLA, MLAWeights
+from offload.model.mlp import MLP, MoE
+from offload.model.rope import Rope
+from offload.model.router import Router
+from offload.model.transformer import Block, Transformer
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def compute_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not supported; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_transformer(
+    ckpt: Checkpoint, experts: ExpertRuntime, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+) -> Transformer:
+    """Weights already in `dtype` on the CPU stay zero-copy views of the mapped shards."""
+    cfg = ckpt.config
+
+    def linear(module: str) -> torch.Tensor:
+        return dense_weight(ckpt.linear(module), cfg.quant, dtype).to(device)
+
+    def vector(name: str) -> torch.Tensor:
+        return ckpt.tensor(name).to(device=device, dtype=dtype)
+
+    rope = Rope(cfg, device)
+    blocks = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}"
+        a = f"{p}.self_attn"
+        lora = cfg.q_lora_rank is not None
+        w = MLAWeights(
+            q_a=linear(f"{a}.q_a_proj") if lora else None,
+            q_a_norm=vector(f"{a}.q_a_layernorm.weight") if lora else None,
+            q_b=linear(f"{a}.q_b_proj" if lora else f"{a}.q_proj"),
+            kv_a=linear(f"{a}.kv_a_proj_with_mqa"),
+            kv_a_norm=vector(f"{a}.kv_a_layernorm.weight"),
+            kv_b=linear(f"{a}.kv_b_proj"),
+            o=linear(f"{a}.o_proj"),
+        )
+        mlp: MLP | MoE
+        if cfg.is_moe_layer(i):
+            router = Router.build(
+                cfg,
+                ckpt.tensor(f"{p}.mlp.gate.weight").to(device),
+                ckpt.tensor(f"{p}.mlp.gate.e_score_correction_bias").to(device),
+            )
+            s = f"{p}.mlp.shared_experts"
+            shared = (
+                MLP(linear(f"{s}.gate_proj"), linear(f"{s}.up_proj"), linear(f"{s}.down_proj"))
+                if cfg.n_shared_experts
+                else None
+            )
+            mlp = MoE(i, router, shared, experts)
+        else:
+            mlp = MLP(linear(f"{p}.mlp.gate_proj"), linear(f"{p}.mlp.up_proj"), linear(f"{p}.mlp.down_proj"))
+        blocks.append(
+            Block(
+                vector(f"{p}.input_layernorm.weight"),
+                MLA(cfg, i, w, rope),
+                vector(f"{p}.post_attention_layernorm.weight"),
+                mlp,
+            )
+        )
+    embed = ckpt.tensor("model.embed_tokens.weight").to(device)
+    lm_head = embed.to(dtype) if cfg.tie_word_embeddings else linear("lm_head")
+    return Transformer(cfg, embed, blocks, vector("model.norm.weight"), lm_head, rope, dtype)

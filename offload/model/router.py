@@ -1,0 +1,46 @@
+"""The DeepSeek-V3 router: sigmoid scores, a bias that steers the choice only, group-limited top-k; float32."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from offload.config import ModelConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    """Routing of one MoE layer."""
+
+    weight: torch.Tensor  # [E, D] float32
+    bias: torch.Tensor  # [E] float32, e_score_correction_bias
+    top_k: int
+    n_group: int
+    topk_group: int
+    norm_topk_prob: bool
+    scaling: float
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, weight: torch.Tensor, bias: torch.Tensor) -> Router:
+        return cls(
+            weight.float(), bias.float(), cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
+            cfg.norm_topk_prob, cfg.routed_scaling_factor,
+        )  # fmt: skip
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (expert ids [T, k] int64, weights [T, k] float32)."""
+        scores = torch.sigmoid(x.float() @ self.weight.T)  # [T, E]
+        choice = scores + self.bias
+        if self.n_group > 1:
+            T, E = choice.shape
+            grouped = choice.view(T, self.n_group, E // self.n_group)  # [T, G, E/G]
+            group_score = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [T, G]: sum of each group's best two
+            keep = torch.zeros_like(group_score, dtype=torch.bool)
+            keep.scatter_(1, group_score.topk(self.topk_group, dim=-1).indices, True)
+            choice = choice.masked_fill(~keep.repeat_interleave(E // self.n_group, dim=1), float("-inf"))
+        ids = choice.topk(self.top_k, dim=-1).indices  # [T, k]
+        w = scores.gather(1, ids)  # the unbiased scores weight the outputs
+        if self.norm_topk_prob:
+            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+        return ids, w * self.scaling

@@ -1,0 +1,58 @@
+"""The decoder stack: embed, (attention, MLP or MoE) per layer, final norm, lm_head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from offload.config import ModelConfig
+from offload.model.attention import MLA
+from offload.model.cache import LatentCache
+from offload.model.mlp import MLP, MoE
+from offload.model.norm import rms_norm
+from offload.model.rope import Rope
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """h += attn(norm(h)); h += mlp(norm(h))."""
+
+    attn_norm: torch.Tensor  # [D]
+    attn: MLA
+    mlp_norm: torch.Tensor  # [D]
+    mlp: MLP | MoE
+
+
+class Transformer:
+    """A DeepSeek-V3 / Kimi K2 text model over a latent cache; weights are plain tensors in one dtype."""
+
+    def __init__(
+        self, cfg: ModelConfig, embed: torch.Tensor, blocks: list[Block], norm: torch.Tensor, lm_head: torch.Tensor,
+        rope: Rope, dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.embed = embed  # [V, D], possibly still bf16 over the mapping; rows are cast when looked up
+        self.blocks = blocks
+        self.norm = norm
+        self.lm_head = lm_head  # [V, D]
+        self.rope = rope
+        self.dtype = dtype
+
+    def new_cache(self, max_tokens: int) -> LatentCache:
+        return LatentCache(self.cfg, max_tokens, self.dtype, self.norm.device)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, start: int, cache: LatentCache, last_only: bool = False) -> torch.Tensor:
+        """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only)."""
+        positions = torch.arange(start, start + ids.shape[0], device=ids.device)
+        cos, sin = self.rope.cos_sin(positions)  # [T, rope/2] each
+        h = F.embedding(ids, self.embed).to(self.dtype)  # [T, D]
+        eps = self.cfg.rms_norm_eps
+        for block in self.blocks:
+            h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin)
+            h = h + block.mlp(rms_norm(h, block.mlp_norm, eps))
+        if last_only:
+            h = h[-1:]
+        return F.linear(rms_norm(h, self.norm, eps), self.lm_head).float()
