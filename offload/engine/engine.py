@@ -1,0 +1,56 @@
+"""A loaded model ready to generate: checkpoint, tokenizer, chat format, transformer and expert runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from offload.checkpoint import Checkpoint
+from offload.engine.chat_format import ChatFormat
+from offload.engine.generate import Generation, StopConditions
+from offload.engine.sampling import SamplingParams
+from offload.engine.tokenizer import Tokenizer
+from offload.experts.dequantized import DequantizedExperts
+from offload.model.loader import load_transformer
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Everything `generate`, `chat` and `serve` need from one checkpoint folder."""
+
+    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_context: int | None = None):
+        self.folder = Path(folder)
+        self.ckpt = Checkpoint(self.folder)
+        try:
+            self.tokenizer = Tokenizer.from_dir(self.folder)
+            self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
+            self.experts = DequantizedExperts(self.ckpt, dtype)
+            self.model = load_transformer(self.ckpt, self.experts, dtype)
+        except BaseException:
+            self.ckpt.close()
+            raise
+        cfg = self.ckpt.config
+        self.max_context = min(max_context or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        self.stop_ids = self.tokenizer.stop_ids | frozenset(cfg.eos_token_ids)
+        log.info("loaded %s (%s, %d layers, %s compute)", self.folder, cfg.layout, cfg.num_hidden_layers, dtype)
+
+    def generate(
+        self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None, max_tokens: int = 256,
+        stop_strings: Sequence[str] = (),
+    ) -> Generation:  # fmt: skip
+        """A generation to iterate (streaming text) or `.run()`; stops on [EOS], <|im_end|> and `stop_strings`."""
+        stop = StopConditions(max_tokens, self.stop_ids, tuple(stop_strings))
+        return Generation(self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context)
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

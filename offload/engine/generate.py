@@ -1,0 +1,136 @@
+"""The generate loop: prefill the prompt, then decode one token at a time until a stop condition."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from offload.engine.sampling import Sampler, SamplingParams
+from offload.model.transformer import Transformer
+
+FinishReason = Literal["stop", "length"]
+
+
+class TextStream(Protocol):
+    def push(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
+class Detokenizer(Protocol):
+    def stream(self, skip_special: bool = False) -> TextStream: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StopConditions:
+    """Generation ends at the first of: a stop token, a stop string in the text, max_tokens generated."""
+
+    max_tokens: int = 256
+    stop_ids: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens = {self.max_tokens}; generate at least one token")
+        if any(not s for s in self.stop_strings):
+            raise ValueError("stop strings must not be empty")
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    """What one generation produced and how long its two phases took."""
+
+    token_ids: list[int] = field(default_factory=list)  # every generated id, the stop token included
+    text: str = ""  # the decoded text, without the stop token or stop string
+    finish_reason: FinishReason = "length"
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0  # prompt forward + first token
+    decode_s: float = 0.0  # every later token
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = len(self.token_ids) - 1
+        return n / self.decode_s if n > 0 and self.decode_s else 0.0
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+class Generation:
+    """One run of the loop: iterate it for text pieces as they become final; `result` is complete afterwards."""
+
+    def __init__(
+        self, model: Transformer, detok: Detokenizer, prompt_ids: Sequence[int], sampling: SamplingParams,
+        stop: StopConditions, max_context: int | None = None,
+    ) -> None:  # fmt: skip
+        if not prompt_ids:
+            raise ValueError("the prompt is empty; give at least one token")
+        limit = max_context or model.cfg.max_position_embeddings
+        if len(prompt_ids) >= limit:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {limit}")
+        self.model = model
+        self.detok = detok
+        self.prompt = torch.tensor(list(prompt_ids), dtype=torch.long)
+        self.sampler = Sampler(sampling)
+        self.stop = stop
+        self.max_new = min(stop.max_tokens, limit - len(prompt_ids))
+        self.result = GenerationResult(prompt_tokens=len(prompt_ids))
+
+    def __iter__(self) -> Iterator[str]:
+        r, stop = self.result, self.stop
+        cache = self.model.new_cache(len(self.prompt) + self.max_new)
+        text_stream = self.detok.stream()
+        emitted = 0  # characters of r.text already yielded
+        cut = False  # a stop string ended the text; what the detokenizer holds back is past it
+        t0 = time.perf_counter()
+        logits = self.model.forward(self.prompt, 0, cache, last_only=True)[0]
+        pos = len(self.prompt)
+        while True:
+            token = self.sampler(logits)
+            r.token_ids.append(token)
+            if len(r.token_ids) == 1:
+                r.prefill_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            if token in stop.stop_ids:
+                r.finish_reason = "stop"
+                break
+            r.text += text_stream.push(token)
+            hit = min((i for i in (r.text.find(s) for s in stop.stop_strings) if i >= 0), default=-1)
+            if hit >= 0:
+                r.text, r.finish_reason, cut = r.text[:hit], "stop", True
+                break
+            safe = len(r.text) - _held_back(r.text, stop.stop_strings)
+            if safe > emitted:
+                yield r.text[emitted:safe]
+                emitted = safe
+            if len(r.token_ids) >= self.max_new:
+                break
+            logits = self.model.forward(torch.tensor([token]), pos, cache)[0]
+            pos += 1
+        if not cut:
+            r.text += text_stream.flush()
+        if len(r.token_ids) > 1:
+            r.decode_s = time.perf_counter() - t0
+        if len(r.text) > emitted:
+            yield r.text[emitted:]
+
+    def run(self) -> GenerationResult:
+        """Run to the end without streaming."""
+        for _ in self:
+            pass
+        return self.result

@@ -1,0 +1,68 @@
+"""Turning logits into the next token: greedy, or temperature with top-k, top-p and min-p filters, seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """temperature 0 means greedy; the filters apply in the order top-k, top-p, min-p, then one draw."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0  # 0: no limit
+    min_p: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature = {self.temperature}; use 0 (greedy) or a positive value")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p = {self.top_p}; expected 0 < top_p <= 1")
+        if self.top_k < 0:
+            raise ValueError(f"top_k = {self.top_k}; use 0 (off) or a positive count")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p = {self.min_p}; expected 0 <= min_p < 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Sampler:
+    """Draws tokens with its own generator, so a seed reproduces a run whatever else uses torch's RNG."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = torch.Generator()
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [V] -> the filtered distribution [V] float32 that `__call__` draws from."""
+        p = self.params
+        scaled = logits.float() / p.temperature
+        if p.top_k and p.top_k < scaled.shape[-1]:
+            kth = scaled.topk(p.top_k).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = scaled.softmax(dim=-1)
+        if p.top_p < 1:
+            sorted_p, order = probs.sort(descending=True)
+            before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly ahead of each token
+            drop = torch.zeros_like(probs, dtype=torch.bool)
+            drop[order] = before >= p.top_p  # keep the smallest prefix reaching top_p (always the best token)
+            probs = probs.masked_fill(drop, 0.0)
+        if p.min_p > 0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        return probs / probs.sum()
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """logits [V] -> token id."""
+        if self.params.greedy:
+            return int(logits.argmax())
+        return int(torch.multinomial(self.probs(logits), 1, generator=self.generator))
