@@ -36,7 +36,7 @@ CONFIGS = {
         topk_group=2,
         rms_norm_eps=1e-6,
         rope_scaling={**YARN, "factor": 40.0, "beta_fast": 32.0, "mscale": 1.0, "mscale_all_dim": 0.0},
-    ),  # fmt: skip
+    ),
     # K2-Instruct's rope: beta_fast == beta_slow == 1
     "k2-instruct": dict(
         rms_norm_eps=1e-6, rope_scaling={**YARN, "factor": 32.0, "beta_fast": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
@@ -63,7 +63,7 @@ CONFIGS = {
         norm_topk_prob=False,
         routed_scaling_factor=1.5,
         rope_interleave=False,
-    ),  # fmt: skip
+    ),
 }
 PROMPT = 32
 
@@ -78,7 +78,7 @@ def reference_model(name: str, root: Path) -> tuple[Path, object]:
     model = transformers.DeepseekV3ForCausalLM(cfg).float().eval()
     g = torch.Generator().manual_seed(len(name))
     with torch.no_grad():
-        for pname, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:  # fan-in scaled, so activations stay O(1) through the layers
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
             else:  # norm weights near 1
