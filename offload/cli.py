@@ -14,10 +14,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from offload.checkpoint import Checkpoint, CheckpointError
+from offload.engine.generate import StopConditions
+from offload.engine.sampling import SamplingParams
 from offload.quant import ConfigError
 from offload.synth.generator import SynthOptions
 
 SYNTH = SynthOptions()  # make-model's defaults come from the dataclass
+SAMPLING = SamplingParams()  # and generate's from these
+STOP = StopConditions()
 
 app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
@@ -105,6 +109,118 @@ def inspect_cmd(
     t.add_row("by dtype", ", ".join(f"{d} {_gb(n)}" for d, n in sorted(info["bytes_by_dtype"].items())))
     t.add_row("tokenizer", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in info["tokenizer"].items()))
     console.print(t)
+
+
+def _model_dir(model: Path | None) -> Path:
+    """The given folder, or the built-in demo model (made on first use, with a progress bar)."""
+    if model is not None:
+        return model
+    from offload.synth.demo import demo_bytes, demo_dir, ensure_demo_model
+
+    err.print(
+        "[yellow]no --model given: using the built-in demo model, a synthetic checkpoint with random weights in "
+        "the real Kimi K2.5 format (its text is noise).[/] Point --model at a real checkpoint folder (config.json, "
+        "*.safetensors, tiktoken.model) to run Kimi."
+    )
+    if not demo_dir().is_dir():
+        columns = (TextColumn(f"making {demo_dir()}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("demo", total=demo_bytes())
+            try:
+                ensure_demo_model(lambda n: progress.advance(task, n))
+            except OSError as e:
+                raise _fail(f"could not write the demo model to {demo_dir()}: {e}; set KIMI_OFFLOAD_CACHE") from None
+    return demo_dir()
+
+
+def _parse_ids(prompt: str | None, prompt_ids: str | None, chat: bool) -> list[int] | None:
+    """--prompt-ids as a list (None when --prompt is used); checked before the model loads."""
+    if (prompt is None) == (prompt_ids is None):
+        raise _fail("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+    if prompt_ids is None:
+        return None
+    if chat:
+        raise _fail("--chat needs --prompt TEXT (token ids are used as they are)")
+    try:
+        ids = [int(x) for x in prompt_ids.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise _fail(f"--prompt-ids {prompt_ids!r}: expected comma-separated integers, e.g. 1,2,3") from None
+    if not ids:
+        raise _fail("--prompt-ids is empty; give at least one token id")
+    return ids
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint folder; default: the built-in demo model.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Prompt text (encoded as plain text).")] = None,
+    prompt_ids: Annotated[str | None, typer.Option(help="Prompt as token ids, e.g. 1,2,3.")] = None,
+    chat: Annotated[bool, typer.Option(help="Wrap --prompt as one user turn in the chat format.")] = False,
+    thinking: Annotated[bool, typer.Option(help="With --chat: let the model reason first (<think>).")] = True,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = STOP.max_tokens,
+    temperature: Annotated[float, typer.Option(help="0 decodes greedily.")] = SAMPLING.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = SAMPLING.top_p,
+    top_k: Annotated[int, typer.Option(help="Keep the k likeliest tokens (0 = all).")] = SAMPLING.top_k,
+    min_p: Annotated[float, typer.Option(help="Drop tokens below min_p x the likeliest one's probability.")] = (
+        SAMPLING.min_p
+    ),
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible runs).")] = SAMPLING.seed,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16, or float32 for exact comparisons.")] = (
+        "bfloat16"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+) -> None:
+    """Generate from a prompt: prefill, then decode token by token, streaming the text."""
+    from offload.engine.engine import Engine
+    from offload.engine.reasoning import parse_output
+    from offload.engine.tokenizer import TokenizerError
+    from offload.model.loader import compute_dtype
+
+    ids = _parse_ids(prompt, prompt_ids, chat)
+    folder = _model_dir(model)
+    try:
+        sampling = SamplingParams(temperature, top_p, top_k, min_p, seed)
+        torch_dtype = compute_dtype(dtype)
+        engine = Engine(folder, torch_dtype)
+    except (ValueError, ConfigError, CheckpointError, TokenizerError) as e:
+        raise _fail(str(e)) from None
+    with engine:
+        if ids is None:
+            assert prompt is not None
+            messages = [{"role": "user", "content": prompt}]
+            ids = engine.chat_format.encode(messages, thinking=thinking) if chat else engine.tokenizer.encode(prompt)
+        vocab = engine.ckpt.config.vocab_size
+        if bad := [i for i in ids if not 0 <= i < vocab]:
+            raise _fail(f"--prompt-ids {bad} outside 0..{vocab - 1}, the model's vocabulary")
+        try:
+            gen = engine.generate(ids, sampling, max_tokens, stop or ())
+        except ValueError as e:
+            raise _fail(str(e)) from None
+        if as_json:
+            r = gen.run()
+        else:
+            for piece in gen:
+                console.print(piece, end="", markup=False, highlight=False)
+            console.print()
+            r = gen.result
+    out = {
+        "model": str(folder), "dtype": dtype, "prompt_tokens": r.prompt_tokens, "token_ids": r.token_ids,
+        "text": r.text, "finish_reason": r.finish_reason, "generated_tokens": len(r.token_ids),
+        "prefill_s": round(r.prefill_s, 4), "decode_s": round(r.decode_s, 4),
+        "prefill_tok_s": round(r.prefill_tok_s, 2), "decode_tok_s": round(r.decode_tok_s, 2),
+    }  # fmt: skip
+    if chat:
+        parsed = parse_output(r.text, engine.chat_format.prompt_ends_in_thinking(ids))
+        out["reasoning"], out["content"] = parsed.reasoning, parsed.content
+        out["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.raw_arguments} for c in parsed.tool_calls]
+    if as_json:
+        console.print_json(json.dumps(out, ensure_ascii=False))
+        return
+    err.print(
+        f"[dim]{r.prompt_tokens} prompt tokens, {len(r.token_ids)} generated ({r.finish_reason}); "
+        f"prefill {r.prefill_tok_s:,.1f} tok/s, decode {r.decode_tok_s:,.1f} tok/s[/]"
+    )
 
 
 def _gb(n: object) -> str:

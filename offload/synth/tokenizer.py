@@ -11,10 +11,13 @@ import base64
 import functools
 import itertools
 import json
-import re
 from collections import Counter
 from importlib import resources
 from pathlib import Path
+
+import regex
+
+from offload.tokenizer_pattern import KIMI_PATTERN
 
 NUM_SPECIAL = 256
 # Kimi's special tokens by offset from the first special id (163584 in the real tokenizer)
@@ -27,8 +30,9 @@ SPECIAL_OFFSETS = {
     22: "<think>", 23: "</think>", 254: "[UNK]", 255: "[PAD]",
 }  # fmt: skip
 
-# GPT-2-like pre-split for training (merges never cross these pieces); Python `re` only.
-_SPLIT = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+# Training splits text exactly as the runtime does (Kimi's pattern), so no merge crosses a runtime piece. The
+# `regex` module (a dependency of tiktoken) understands the pattern's `&&` with its V1 flag; Python's `re` does not.
+_SPLIT = regex.compile(KIMI_PATTERN, regex.V1)
 
 
 def corpus_text() -> str:

@@ -1,0 +1,131 @@
+"""The generate loop: stop conditions and streaming (scripted model), and greedy tokens against transformers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from offload.engine.engine import Engine
+from offload.engine.generate import Generation, StopConditions
+from offload.engine.sampling import SamplingParams
+from offload.engine.tokenizer import Tokenizer
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@dataclass
+class _Cfg:
+    max_position_embeddings: int = 64
+
+
+class Scripted:
+    """A stand-in model whose next token is read from a script, whatever the input."""
+
+    def __init__(self, script: list[int], vocab: int) -> None:
+        self.cfg = _Cfg()
+        self.script = script
+        self.vocab = vocab
+        self.calls: list[tuple[list[int], int]] = []
+
+    def new_cache(self, max_tokens: int) -> int:
+        return max_tokens
+
+    def forward(self, ids: torch.Tensor, start: int, cache: int, last_only: bool = False) -> torch.Tensor:
+        assert start + len(ids) <= cache  # the loop sized the cache for prompt + max new tokens
+        self.calls.append((ids.tolist(), start))
+        logits = torch.zeros(1, self.vocab)
+        logits[0, self.script[len(self.calls) - 1]] = 1.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_k25) -> Tokenizer:
+    return Tokenizer.from_dir(tiny_k25)
+
+
+def run(tok: Tokenizer, text_or_ids: str | list[int], stop: StopConditions, prompt=(5, 6, 7)):
+    script = tok.encode(text_or_ids) if isinstance(text_or_ids, str) else text_or_ids
+    model = Scripted([*script, *[0] * 64], tok.vocab_size)
+    gen = Generation(model, tok, list(prompt), GREEDY, stop)  # type: ignore[arg-type]
+    pieces = list(gen)
+    return gen.result, pieces, model
+
+
+def test_positions_and_cache_use(tok):
+    r, _, model = run(tok, "abc def", StopConditions(max_tokens=4))
+    assert model.calls[0] == ([5, 6, 7], 0)  # one prefill of the prompt
+    assert [start for _, start in model.calls[1:]] == [3, 4, 5]  # then one token per step, at the next position
+    assert [ids for ids, _ in model.calls[1:]] == [[t] for t in r.token_ids[:3]]
+    assert len(r.token_ids) == 4 and r.finish_reason == "length"
+
+
+def test_stop_token_ends_and_is_not_text(tok):
+    im_end = tok.special_id("<|im_end|>")
+    ids = [*tok.encode("Hello there"), im_end, *tok.encode(" never")]
+    r, pieces, _ = run(tok, ids, StopConditions(max_tokens=50, stop_ids=tok.stop_ids))
+    assert r.finish_reason == "stop" and r.token_ids[-1] == im_end
+    assert r.text == "Hello there" == "".join(pieces)
+
+
+def test_stop_string_truncates_and_is_never_streamed(tok):
+    r, pieces, _ = run(tok, "The answer is 42. END more text", StopConditions(max_tokens=50, stop_strings=("END",)))
+    assert r.finish_reason == "stop" and r.text == "The answer is 42. "
+    assert "".join(pieces) == r.text and not any("E" in p for p in pieces)
+
+
+def test_partial_stop_string_is_released_when_it_does_not_complete(tok):
+    text = "one EN two ENDLESS"
+    r, pieces, _ = run(tok, text, StopConditions(max_tokens=len(tok.encode(text)), stop_strings=("ENDX",)))
+    assert r.finish_reason == "length" and r.text == text == "".join(pieces)
+
+
+def test_multibyte_text_streams_whole_characters(tok):
+    text = "héllo wörld 你好 🙂"
+    ids = []
+    for ch in text:  # force tokens that cut characters: one byte per token where the tiny BPE allows
+        ids += tok.encode(ch)
+    r, pieces, _ = run(tok, ids, StopConditions(max_tokens=len(ids)))
+    assert r.text == text == "".join(pieces)
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_max_tokens_is_capped_by_the_context(tok):
+    model = Scripted([1] * 100, tok.vocab_size)
+    r = Generation(model, tok, list(range(60)), GREEDY, StopConditions(max_tokens=50)).run()  # type: ignore[arg-type]
+    assert len(r.token_ids) == 4  # 64 positions - 60 prompt tokens
+
+
+def test_bad_requests(tok):
+    model = Scripted([1], tok.vocab_size)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        Generation(model, tok, [], GREEDY, StopConditions())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="context holds 64"):
+        Generation(model, tok, list(range(64)), GREEDY, StopConditions())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_tokens"):
+        StopConditions(max_tokens=0)
+
+
+# ---- the real model -----------------------------------------------------------------------------------------------
+def test_greedy_tokens_match_transformers(tiny_dirs):
+    transformers = pytest.importorskip("transformers")
+    folder = tiny_dirs[("deepseek-v3", "bf16")]
+    prompt = [11, 250, 3, 77, 5, 190]
+    with Engine(folder, torch.float32) as engine:
+        r = engine.generate(prompt, GREEDY, max_tokens=16).run()
+    ref = transformers.DeepseekV3ForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(len(r.token_ids)):  # no cache: every step recomputes the whole sequence
+            seq.append(int(ref(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert r.token_ids == seq[len(prompt) :]
+    assert r.prompt_tokens == len(prompt) and r.prefill_tok_s > 0 and r.decode_tok_s > 0
+
+
+def test_seeded_sampling_reproduces_through_the_engine(tiny_k25):
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=5)
+    with Engine(tiny_k25) as engine:
+        a = engine.generate([1, 2, 3], params, max_tokens=8).run().token_ids
+        b = engine.generate([1, 2, 3], params, max_tokens=8).run().token_ids
+    assert a == b
