@@ -41,7 +41,9 @@ class MLA:
         self.w_uk = kv_b[:, : self.nope]  # [H, nope, rank]: absorbed into the query
         self.w_uv = kv_b[:, self.nope :]  # [H, v, rank]: absorbed into the output
 
-    def __call__(self, x: torch.Tensor, start: int, cache: LatentCache, cos: torch.Tensor, sin: torch.Tensor):
+    def __call__(
+        self, x: torch.Tensor, start: int, cache: LatentCache, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """x [T, D] at positions start .. start + T - 1 -> [T, D]; writes those positions to the cache."""
         T = x.shape[0]
         w = self.w
@@ -69,7 +71,9 @@ class MLA:
         """[T, S] True where query t (at position start + t) may attend to key s."""
         return torch.arange(S, device=device)[None, :] <= (start + torch.arange(T, device=device))[:, None]
 
-    def _expanded(self, q_nope, q_pe, latent, k_pe, start: int) -> torch.Tensor:
+    def _expanded(
+        self, q_nope: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, start: int
+    ) -> torch.Tensor:
         """Prefill: expand the latent to per-head keys and values, then ordinary attention. -> [T, H, v]"""
         T, S = q_nope.shape[0], latent.shape[0]
         kv = F.linear(latent, self.w.kv_b).view(S, self.heads, self.nope + self.v_dim)  # [S, H, 256]
@@ -82,7 +86,9 @@ class MLA:
         )  # fmt: skip
         return out.transpose(0, 1)  # [T, H, 128]
 
-    def _absorbed(self, q_nope, q_pe, latent, k_pe, start: int) -> torch.Tensor:
+    def _absorbed(
+        self, q_nope: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, start: int
+    ) -> torch.Tensor:
         """Decode: attend in latent space; per-head keys and values are never formed. -> [T, H, v]"""
         T, S = q_nope.shape[0], latent.shape[0]
         q_lat = torch.einsum("thd,hdc->thc", q_nope, self.w_uk)  # [T, H, 512]
