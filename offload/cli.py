@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -189,7 +190,12 @@ def generate_cmd(
         if ids is None:
             assert prompt is not None
             messages = [{"role": "user", "content": prompt}]
-            ids = engine.chat_format.encode(messages, thinking=thinking) if chat else engine.tokenizer.encode(prompt)
+            try:
+                ids = (
+                    engine.chat_format.encode(messages, thinking=thinking) if chat else engine.tokenizer.encode(prompt)
+                )
+            except ValueError as e:  # ChatFormatError: the checkpoint's template refused the conversation
+                raise _fail(str(e)) from None
         vocab = engine.ckpt.config.vocab_size
         if bad := [i for i in ids if not 0 <= i < vocab]:
             raise _fail(f"--prompt-ids {bad} outside 0..{vocab - 1}, the model's vocabulary")
@@ -200,9 +206,10 @@ def generate_cmd(
         if as_json:
             r = gen.run()
         else:
-            for piece in gen:
-                console.print(piece, end="", markup=False, highlight=False)
-            console.print()
+            for piece in gen:  # the model's text exactly: no markup, emoji codes or wrapping
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
             r = gen.result
     out = {
         "model": str(folder), "dtype": dtype, "prompt_tokens": r.prompt_tokens, "token_ids": r.token_ids,

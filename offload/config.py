@@ -24,7 +24,7 @@ class RopeScaling:
     original_max_position_embeddings: int
     beta_fast: float = 32.0
     beta_slow: float = 1.0
-    mscale: float = 1.0
+    mscale: float = 1.0  # 0 when config.json omits it (transformers then ignores mscale_all_dim for cos/sin)
     mscale_all_dim: float = 0.0  # 0: no softmax rescale (transformers' default)
     attention_factor: float | None = None  # cos/sin multiplier; None: derived from factor and the mscales
     truncate: bool = True  # round the correction range to whole dimensions (YaRN as published)
@@ -185,9 +185,8 @@ class ModelConfig:
         """Read `config.json` from a checkpoint folder."""
         folder = Path(path)
         if not folder.is_dir():
-            raise ConfigError(
-                f"checkpoint folder {folder} does not exist (pass --model with a folder that has config.json)"
-            )
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"checkpoint folder {folder} {what} (pass --model with a folder that has config.json)")
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise ConfigError(f"{cfg_path} is missing: a checkpoint folder needs its config.json")
@@ -318,7 +317,8 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
             original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
             beta_fast=float(rope.get("beta_fast") or 32),
             beta_slow=float(rope.get("beta_slow") or 1),
-            mscale=float(1 if rope.get("mscale") is None else rope["mscale"]),
+            # absent mscale reads as 0: transformers then scales cos/sin by mscale(factor) alone, as we do
+            mscale=float(rope.get("mscale") or 0),
             mscale_all_dim=float(rope.get("mscale_all_dim") or 0),
             attention_factor=None if rope.get("attention_factor") is None else float(rope["attention_factor"]),
             truncate=bool(rope.get("truncate", True)),

@@ -75,6 +75,9 @@ def test_generate_chat_streams_and_splits_reasoning(tiny_k25):
     r = _generate("--model", str(tiny_k25), "--prompt", "Hello", "--max-tokens", "3", "--temperature", "0")
     assert r.exit_code == 0, r.output
     assert "prompt tokens" in r.stderr and "decode" in r.stderr  # the stats line goes to stderr
+    args = ["--model", str(tiny_k25), "--prompt", ":smile: [bold]x", "--max-tokens", "12", "--temperature", "0"]
+    streamed = _generate(*args).stdout
+    assert streamed == json.loads(_generate(*args, "--json").stdout)["text"] + "\n"  # exact text, no rich rewriting
 
 
 def test_generate_bad_input(tiny_k25, tmp_path):

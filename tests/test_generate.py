@@ -129,3 +129,25 @@ def test_seeded_sampling_reproduces_through_the_engine(tiny_k25):
         a = engine.generate([1, 2, 3], params, max_tokens=8).run().token_ids
         b = engine.generate([1, 2, 3], params, max_tokens=8).run().token_ids
     assert a == b
+
+
+def test_a_generation_runs_once(tok):
+    model = Scripted([1] * 10, tok.vocab_size)
+    gen = Generation(model, tok, [5], GREEDY, StopConditions(max_tokens=3))  # type: ignore[arg-type]
+    first = gen.run().token_ids
+    with pytest.raises(RuntimeError, match="runs once"):
+        gen.run()
+    assert gen.result.token_ids == first == [1, 1, 1]
+
+
+def test_ids_past_the_tokenizer_are_never_sampled(tok):
+    model = Scripted([tok.vocab_size + 3] * 4, tok.vocab_size + 8)  # a padded embedding favours an id with no text
+    gen = Generation(model, tok, [5], GREEDY, StopConditions(max_tokens=2), vocab_limit=tok.vocab_size)  # type: ignore[arg-type]
+    assert all(t < tok.vocab_size for t in gen.run().token_ids)
+
+
+def test_stop_strings_must_be_a_sequence(tiny_k25):
+    with pytest.raises(ValueError, match="stop_strings"):
+        StopConditions(stop_strings="END")  # type: ignore[arg-type]
+    with Engine(tiny_k25) as engine, pytest.raises(ValueError, match="sequence of strings"):
+        engine.generate([1, 2], GREEDY, stop_strings="END")

@@ -131,3 +131,28 @@ def test_experts_come_only_through_the_runtime(tiny_k25):
         assert runtime.calls == moe_layers  # one call per MoE layer per forward
         assert {layer for layer, _ in runtime.asked} == set(cfg.moe_layers)
         assert len(runtime.asked) <= moe_layers * 3 * cfg.num_experts_per_tok
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"factor": 64.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},  # K2.5
+        {"factor": 64.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale_all_dim": 1.0},  # mscale omitted
+        {"factor": 40.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.0},
+        {"factor": 32.0, "beta_fast": 1.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},  # K2-Instruct
+        {"factor": 8.0, "attention_factor": 1.3},
+        {"factor": 16.0, "beta_fast": 24.0, "beta_slow": 2.0, "truncate": False},
+    ],
+)
+def test_yarn_matches_transformers(rope):
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    params = {"rope_type": "yarn", "rope_theta": 50000.0, "original_max_position_embeddings": 4096, **rope}
+    hf = transformers.DeepseekV3Config(rope_parameters=params, max_position_embeddings=262144)
+    want_freq, want_factor = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")
+    raw = K25.to_dict()
+    raw["text_config"]["rope_scaling"] = {"type": "yarn", **params}
+    cfg = ModelConfig.from_dict(raw)
+    assert torch.allclose(inv_freq(64, 50000.0, cfg.rope_scaling), want_freq, rtol=1e-6, atol=0)
+    assert math.isclose(cos_sin_factor(cfg.rope_scaling), want_factor, rel_tol=1e-9)

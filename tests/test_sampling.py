@@ -74,3 +74,20 @@ def test_huge_logits_stay_finite():
     logits = torch.tensor([1e4, 1e4 - 1, -math.inf, 0.0])
     p = Sampler(SamplingParams(temperature=1.0, top_p=0.9, seed=0)).probs(logits)
     assert torch.isfinite(p).all() and p[2] == 0 and abs(p.sum().item() - 1) < 1e-6
+
+
+@pytest.mark.parametrize("t", [math.nan, math.inf])
+def test_non_finite_temperature_is_refused(t):
+    with pytest.raises(ValueError, match="positive finite"):
+        SamplingParams(temperature=t)
+
+
+def test_tiny_temperature_acts_like_greedy():
+    logits = torch.randn(500, generator=torch.Generator().manual_seed(2)) * 30
+    s = Sampler(SamplingParams(temperature=1e-45, top_p=1.0, seed=0))
+    assert all(s(logits) == int(logits.argmax()) for _ in range(5))
+
+
+def test_seed_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="seed"):
+        SamplingParams(seed=2**64)

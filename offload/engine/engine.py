@@ -43,8 +43,13 @@ class Engine:
         stop_strings: Sequence[str] = (),
     ) -> Generation:  # fmt: skip
         """A generation to iterate (streaming text) or `.run()`; stops on [EOS], <|im_end|> and `stop_strings`."""
+        if isinstance(stop_strings, str):
+            raise ValueError(f"stop_strings = {stop_strings!r}; pass a sequence of strings, e.g. [{stop_strings!r}]")
         stop = StopConditions(max_tokens, self.stop_ids, tuple(stop_strings))
-        return Generation(self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context)
+        return Generation(
+            self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context,
+            vocab_limit=min(self.tokenizer.vocab_size, self.ckpt.config.vocab_size),
+        )  # fmt: skip
 
     def close(self) -> None:
         self.ckpt.close()

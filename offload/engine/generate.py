@@ -35,8 +35,8 @@ class StopConditions:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens = {self.max_tokens}; generate at least one token")
-        if any(not s for s in self.stop_strings):
-            raise ValueError("stop strings must not be empty")
+        if isinstance(self.stop_strings, str) or not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise ValueError(f"stop_strings = {self.stop_strings!r}; expected a tuple of non-empty strings")
 
 
 @dataclass(slots=True)
@@ -76,7 +76,7 @@ class Generation:
 
     def __init__(
         self, model: Transformer, detok: Detokenizer, prompt_ids: Sequence[int], sampling: SamplingParams,
-        stop: StopConditions, max_context: int | None = None,
+        stop: StopConditions, max_context: int | None = None, vocab_limit: int | None = None,
     ) -> None:  # fmt: skip
         if not prompt_ids:
             raise ValueError("the prompt is empty; give at least one token")
@@ -89,10 +89,19 @@ class Generation:
         self.sampler = Sampler(sampling)
         self.stop = stop
         self.max_new = min(stop.max_tokens, limit - len(prompt_ids))
+        self.vocab_limit = vocab_limit  # ids past the tokenizer's (a padded embedding) are never sampled
         self.result = GenerationResult(prompt_tokens=len(prompt_ids))
+        self._started = False
+
+    def _next(self, logits: torch.Tensor) -> int:
+        return self.sampler(logits[: self.vocab_limit] if self.vocab_limit else logits)
 
     def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("a Generation runs once; call Engine.generate again for another run")
+        self._started = True
         r, stop = self.result, self.stop
+        longest_stop = max((len(s) for s in stop.stop_strings), default=0)
         cache = self.model.new_cache(len(self.prompt) + self.max_new)
         text_stream = self.detok.stream()
         emitted = 0  # characters of r.text already yielded
@@ -101,7 +110,7 @@ class Generation:
         logits = self.model.forward(self.prompt, 0, cache, last_only=True)[0]
         pos = len(self.prompt)
         while True:
-            token = self.sampler(logits)
+            token = self._next(logits)
             r.token_ids.append(token)
             if len(r.token_ids) == 1:
                 r.prefill_s = time.perf_counter() - t0
@@ -109,8 +118,10 @@ class Generation:
             if token in stop.stop_ids:
                 r.finish_reason = "stop"
                 break
-            r.text += text_stream.push(token)
-            hit = min((i for i in (r.text.find(s) for s in stop.stop_strings) if i >= 0), default=-1)
+            piece = text_stream.push(token)
+            r.text += piece
+            tail = max(0, len(r.text) - len(piece) - longest_stop)  # a new match must end in the new piece
+            hit = min((i for i in (r.text.find(s, tail) for s in stop.stop_strings) if i >= 0), default=-1)
             if hit >= 0:
                 r.text, r.finish_reason, cut = r.text[:hit], "stop", True
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,14 +19,16 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature = {self.temperature}; use 0 (greedy) or a positive value")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature = {self.temperature}; use 0 (greedy) or a positive finite value")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p = {self.top_p}; expected 0 < top_p <= 1")
         if self.top_k < 0:
             raise ValueError(f"top_k = {self.top_k}; use 0 (off) or a positive count")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p = {self.min_p}; expected 0 <= min_p < 1")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed = {self.seed}; expected 0 <= seed < 2**63")
 
     @property
     def greedy(self) -> bool:
@@ -46,7 +49,8 @@ class Sampler:
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [V] -> the filtered distribution [V] float32 that `__call__` draws from."""
         p = self.params
-        scaled = logits.float() / p.temperature
+        logits = logits.float()
+        scaled = (logits - logits.max()) / p.temperature  # shifted first: a tiny temperature cannot overflow
         if p.top_k and p.top_k < scaled.shape[-1]:
             kth = scaled.topk(p.top_k).values[-1]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))

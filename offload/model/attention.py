@@ -38,7 +38,10 @@ class MLA:
         self.rank = cfg.kv_lora_rank
         self.scale = softmax_scale(cfg)
         kv_b = w.kv_b.view(self.heads, self.nope + self.v_dim, self.rank)  # [H, nope + v, rank]
-        self.w_uk = kv_b[:, : self.nope]  # [H, nope, rank]: absorbed into the query
+        w_uk = kv_b[:, : self.nope].transpose(1, 2)  # [H, rank, nope]: absorbed into the query
+        # On the CPU a bf16 GEMM whose reduced dimension is contiguous runs ~6x faster (measured 6.4 -> 1.1 ms per
+        # K2.5 layer); the copy costs half of kv_b again (0.5 GB for K2.5), so only the CPU pays for it.
+        self.w_uk_t = w_uk.contiguous() if kv_b.device.type == "cpu" else w_uk
         self.w_uv = kv_b[:, self.nope :]  # [H, v, rank]: absorbed into the output
 
     def __call__(
@@ -91,10 +94,11 @@ class MLA:
     ) -> torch.Tensor:
         """Decode: attend in latent space; per-head keys and values are never formed. -> [T, H, v]"""
         T, S = q_nope.shape[0], latent.shape[0]
-        q_lat = torch.einsum("thd,hdc->thc", q_nope, self.w_uk)  # [T, H, 512]
+        q_lat = torch.einsum("thd,hcd->thc", q_nope, self.w_uk_t)  # [T, H, 512]
         scores = torch.einsum("thc,sc->ths", q_lat, latent) + torch.einsum("thr,sr->ths", q_pe, k_pe)  # [T, H, S]
         scores = scores.float() * self.scale
-        scores.masked_fill_(~self._mask(T, S, start, scores.device)[:, None, :], float("-inf"))
+        if T > 1:  # one new token sees every cached one
+            scores.masked_fill_(~self._mask(T, S, start, scores.device)[:, None, :], float("-inf"))
         p = scores.softmax(dim=-1).to(latent.dtype)
         o_lat = torch.einsum("ths,sc->thc", p, latent)  # [T, H, 512]
         return torch.einsum("thc,hvc->thv", o_lat, self.w_uv)  # [T, H, 128]

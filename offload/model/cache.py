@@ -19,8 +19,9 @@ class LatentCache:
             raise ValueError(f"max_tokens = {max_tokens}; the cache needs room for at least one token")
         self.max_tokens = max_tokens
         n = cfg.num_hidden_layers
-        self.latent = torch.zeros(n, max_tokens, cfg.kv_lora_rank, dtype=dtype, device=device)  # [L, S, 512]
-        self.k_pe = torch.zeros(n, max_tokens, cfg.qk_rope_head_dim, dtype=dtype, device=device)  # [L, S, 64]
+        # empty, not zeros: positions are written before they are read, and untouched pages cost no RAM
+        self.latent = torch.empty(n, max_tokens, cfg.kv_lora_rank, dtype=dtype, device=device)  # [L, S, 512]
+        self.k_pe = torch.empty(n, max_tokens, cfg.qk_rope_head_dim, dtype=dtype, device=device)  # [L, S, 64]
 
     @property
     def nbytes(self) -> int:
