@@ -11,20 +11,9 @@ import argparse
 
 import torch
 
-from kernels.fp8 import dequantize_fp8
-from kernels.int4 import dequantize_int4
 from offload.checkpoint import Checkpoint
-
-
-def weight(tensors: dict[str, torch.Tensor], group: int, block: tuple[int, int]) -> torch.Tensor:
-    """A Linear's float32 weight [out, in] from whichever format the checkpoint stores."""
-    if "weight_packed" in tensors:
-        return dequantize_int4(
-            tensors["weight_packed"], tensors["weight_scale"], int(tensors["weight_shape"][1]), group
-        )
-    if "weight_scale_inv" in tensors:
-        return dequantize_fp8(tensors["weight"], tensors["weight_scale_inv"], block)
-    return tensors["weight"].float()
+from offload.checkpoint.dequant import dense_weight
+from offload.checkpoint.layout import expert_module
 
 
 def main() -> None:
@@ -37,12 +26,8 @@ def main() -> None:
         c = ck.config
         for r in ck.expert_ranges(args.layer, args.expert):
             print(f"bytes {r.start:>12,} .. {r.end:>12,} of {r.path.name} ({r.length:,} B)")
-        w = {
-            proj: weight(
-                ck.linear(f"model.layers.{args.layer}.mlp.experts.{args.expert}.{proj}"),
-                c.quant.group_size,
-                c.quant.block,
-            )
+        w = {  # float32 [out, in] from whichever format the checkpoint stores (INT4, FP8 or plain)
+            proj: dense_weight(ck.linear(expert_module(args.layer, args.expert, proj)), c.quant, torch.float32)
             for proj in ("gate_proj", "up_proj", "down_proj")
         }
         x = torch.randn(1, c.hidden_size)  # [1, H]
