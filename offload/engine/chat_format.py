@@ -1,9 +1,18 @@
 """Kimi's chat format: a conversation becomes prompt ids, by the checkpoint's chat template or a built-in renderer.
 
-Only the format's own marker text may become special ids. Message text (content, reasoning, names, tool-call ids
-and arguments) is always encoded as plain text, so a user who types "<|im_end|>" gets those characters, never the
-token. Text between two special tokens is encoded as one run, exactly as encoding the whole rendered string would,
-so separating message text from template text never changes the BPE merges at their boundary.
+Only the format's own marker text may become special ids. Both paths render one string from an escaped copy of the
+conversation: in every string that came from the caller (message fields of any name, tool definitions, dict keys)
+each character that starts or ends a special token ("<", ">", "[", "]" for Kimi) is swapped for a private-use
+placeholder. No special token can then be spelled by caller text, alone or joined to other caller text (a tool name
+"<|im_" printed next to a description "end|>"), so every special token left in the rendered string was written by
+the template. The string is cut there; the text between is mapped back and encoded as plain text, one run per gap,
+so the ids equal Hugging Face's `apply_chat_template` + encode whenever the conversation holds no special-token text.
+
+Templates see the caller's real text, so filters (trim, split, upper, slicing, length) act as under Hugging Face,
+with one limit: a template that looks for the escaped characters inside message text (DeepSeek-R1's
+`content.split('</think>')`, `'<' in content`, `tojson(ensure_ascii=True)`) does not find them, as they are
+placeholders while it renders. A template is trusted to write each marker whole; one that wraps a field in half
+markers (`<{{ x }}>`) could still build one.
 """
 
 from __future__ import annotations
@@ -11,8 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,19 +37,14 @@ log = logging.getLogger(__name__)
 DEFAULT_SYSTEM_PROMPT = "You are Kimi, an AI assistant created by Moonshot AI."
 ROLES = ("system", "user", "assistant", "tool")
 _HEADER = {"system": "<|im_system|>", "user": "<|im_user|>", "assistant": "<|im_assistant|>", "tool": "<|im_system|>"}
+# Placeholders come from the supplementary private-use planes, skipping any code point the caller's data or the
+# template already holds, so mapping them back can never turn caller text into something else.
+_PRIVATE = re.compile("[\U000f0000-\U0010fffd]")
 Message = Mapping[str, Any]
 
 
 class ChatFormatError(ValueError):
     """A conversation or chat template that cannot be rendered; the message says what to change."""
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Rendered text: trusted template text may hold special tokens; message text never does."""
-
-    text: str
-    trusted: bool
 
 
 class ChatFormat:
@@ -53,6 +56,7 @@ class ChatFormat:
         self._template = _compile(template) if template is not None else None
         names = sorted(tokenizer.special_ids, key=len, reverse=True)  # longest first: no token hides a longer one
         self._specials = re.compile("|".join(map(re.escape, names)))
+        self._edges = sorted({n[0] for n in names} | {n[-1] for n in names})  # the characters to escape
         self._think_id = tokenizer.special_ids.get("<think>")
         by_id = {i: t for t, i in tokenizer.special_ids.items()}
         self._bos, self._eos = by_id[tokenizer.bos_id], by_id[tokenizer.eos_id]
@@ -76,149 +80,88 @@ class ChatFormat:
                thinking: bool = True, add_generation_prompt: bool = True,
                use_template: bool | None = None) -> list[int]:  # fmt: skip
         """Prompt ids; use_template None: the checkpoint's template when it has one, else the built-in renderer."""
-        pieces = self._pieces(messages, tools, thinking, add_generation_prompt, use_template)
+        text, back = self._render(messages, tools, thinking, add_generation_prompt, use_template)
         ids: list[int] = []
-        run: list[str] = []  # plain text since the last special token
-        for piece in pieces:
-            if not piece.trusted:
-                run.append(piece.text)
-                continue
-            pos = 0
-            for m in self._specials.finditer(piece.text):
-                run.append(piece.text[pos : m.start()])
-                ids += self.tokenizer.encode("".join(run))
-                run.clear()
-                ids.append(self.tokenizer.special_ids[m.group()])
-                pos = m.end()
-            run.append(piece.text[pos:])
-        return ids + self.tokenizer.encode("".join(run))
+        pos = 0
+        for m in self._specials.finditer(text):
+            ids += self.tokenizer.encode(text[pos : m.start()].translate(back))
+            ids.append(self.tokenizer.special_ids[m.group()])
+            pos = m.end()
+        return ids + self.tokenizer.encode(text[pos:].translate(back))
 
     def render_text(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None,
                     thinking: bool = True, add_generation_prompt: bool = True,
                     use_template: bool | None = None) -> str:  # fmt: skip
         """The same prompt as text (for --verbose and debugging)."""
-        return "".join(p.text for p in self._pieces(messages, tools, thinking, add_generation_prompt, use_template))
+        text, back = self._render(messages, tools, thinking, add_generation_prompt, use_template)
+        return text.translate(back)
 
     def prompt_ends_in_thinking(self, ids: Sequence[int]) -> bool:
         """True when the prompt's last special token is <think>: the model starts inside its reasoning."""
         last = next((i for i in reversed(ids) if self.tokenizer.is_special(i)), None)
         return last is not None and last == self._think_id
 
-    def _pieces(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None, thinking: bool,
-                add_generation_prompt: bool, use_template: bool | None) -> list[Piece]:  # fmt: skip
-        msgs = checked_messages(messages)
-        tool_list = self._checked_tools(tools)
+    def _render(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None, thinking: bool,
+                add_generation_prompt: bool, use_template: bool | None) -> tuple[str, dict[int, str]]:  # fmt: skip
+        """The prompt with caller text escaped, and the table (for str.translate) that maps it back."""
+        msgs, tool_list = checked_messages(messages), checked_tools(tools)
         if use_template and self._template is None:
             raise ChatFormatError("use_template=True but this checkpoint ships no chat template; pass None or False")
+        (msgs, tool_list), back = self._escape([msgs, tool_list])
         if self._template is None or use_template is False:
-            return builtin_pieces(msgs, tool_list, thinking, add_generation_prompt)
-        return self._template_pieces(self._template, msgs, tool_list, thinking, add_generation_prompt)
-
-    def _template_pieces(self, template: jinja2.Template, msgs: list[dict[str, Any]], tools: list[Any] | None,
-                         thinking: bool, add_generation_prompt: bool) -> list[Piece]:  # fmt: skip
-        # Render with every message string replaced by a sentinel (a code point no message or tool text holds, then
-        # the string's index), then cut the output there: what the template wrote is trusted, the strings are not.
-        blob = json.dumps([msgs, tools], ensure_ascii=False, default=str)
-        mark = next(chr(c) for c in range(0xF0000, 0xFFFFE) if chr(c) not in blob)
-        strings: list[str] = []
-
-        def hide(s: str) -> str:
-            strings.append(s)
-            return f"{mark}{len(strings) - 1}{mark}" if s else s  # "" stays "" so the template's truth tests hold
-
-        hidden = [_map_strings(m, hide) for m in msgs]
+            return builtin_text(msgs, tool_list, thinking, add_generation_prompt), back
         try:
-            text = template.render(messages=hidden, tools=tools, add_generation_prompt=add_generation_prompt,
-                                   thinking=thinking, bos_token=self._bos, eos_token=self._eos)  # fmt: skip
+            text = self._template.render(messages=msgs, tools=tool_list, add_generation_prompt=add_generation_prompt,
+                                         thinking=thinking, bos_token=self._bos, eos_token=self._eos)  # fmt: skip
         except jinja2.TemplateError as e:
             raise ChatFormatError(f"the chat template failed: {e}") from e
-        pieces: list[Piece] = []
-        pos = 0
-        for m in re.finditer(f"{mark}(\\d+){mark}", text):
-            pieces += [Piece(text[pos : m.start()], True), Piece(strings[int(m.group(1))], False)]
-            pos = m.end()
-        pieces.append(Piece(text[pos:], True))
-        if any(mark in p.text for p in pieces if p.trusted):
-            raise ChatFormatError(
-                "the chat template cut or transformed message text, so it cannot be encoded safely; "
-                "render with use_template=False (the built-in Kimi renderer)"
-            )
-        return pieces
+        return text, back
 
-    def _checked_tools(self, tools: Sequence[Mapping[str, Any]] | None) -> list[Any] | None:
-        """Tools as plain JSON data; their text may not spell special tokens (templates write it as trusted text)."""
-        if tools is None:
-            return None
-        if isinstance(tools, (str, Mapping)) or not all(isinstance(t, Mapping) for t in tools):
-            raise ChatFormatError("tools must be a list of OpenAI tool objects ({'type': 'function', ...})")
-        try:
-            data = json.loads(json.dumps(list(tools)))
-        except (TypeError, ValueError) as e:
-            raise ChatFormatError(f"tools must be JSON data (dicts, lists, strings, numbers): {e}") from e
-        found = self._specials.search(json.dumps(data, ensure_ascii=False))
-        if found:
-            raise ChatFormatError(f"a tool definition contains the special token text {found.group()!r}; remove it")
-        return data
+    def _escape(self, data: Any) -> tuple[Any, dict[int, str]]:
+        """A copy of data with each special token's first and last characters, wherever they occur in its strings,
+        swapped for placeholders no string in data or in the template holds; and the table that maps them back."""
+        text = json.dumps([data, self.template_source], ensure_ascii=False, default=str)
+        taken = set(_PRIVATE.findall(text))
+        free = (chr(c) for c in range(0xF0000, 0x10FFFE) if chr(c) not in taken and c & 0xFFFE != 0xFFFE)
+        marks = dict(zip(self._edges, free, strict=False))
+        if len(marks) < len(self._edges):
+            raise ChatFormatError("the conversation uses nearly every private-use code point; none are left to escape")
+        return _translated(data, str.maketrans(marks)), {ord(p): c for c, p in marks.items()}
 
 
-def builtin_pieces(msgs: list[dict[str, Any]], tools: list[Any] | None, thinking: bool,
-                   add_generation_prompt: bool) -> list[Piece]:  # fmt: skip
-    """KIMI.md §5's layout, for checked messages (see checked_messages)."""
-    out: list[Piece] = []
-
-    def mark(s: str) -> None:
-        out.append(Piece(s, True))
-
-    def text(s: str) -> None:
-        if s:
-            out.append(Piece(s, False))
-
+def builtin_text(msgs: list[dict[str, Any]], tools: list[Any] | None, thinking: bool,
+                 add_generation_prompt: bool) -> str:  # fmt: skip
+    """KIMI.md §5's layout for checked messages, as the checkpoint's template writes it (caller text escaped)."""
+    out: list[str] = []
     if tools:
-        mark("<|im_system|>tool_declare<|im_middle|>")
-        text(json.dumps(tools, ensure_ascii=False))  # as HF's tojson filter writes it
-        mark("<|im_end|>")
+        out.append(f"<|im_system|>tool_declare<|im_middle|>{json.dumps(tools, ensure_ascii=False)}<|im_end|>")
     if not msgs or msgs[0]["role"] != "system":
-        mark(f"<|im_system|>system<|im_middle|>{DEFAULT_SYSTEM_PROMPT}<|im_end|>")
+        out.append(f"<|im_system|>system<|im_middle|>{DEFAULT_SYSTEM_PROMPT}<|im_end|>")
     # Assistant turns up to the last plain (no tool calls) reply are history and lose their reasoning; later ones,
     # the tool-calling steps of the current answer, keep it.
     plain = [i for i, m in enumerate(msgs) if m["role"] == "assistant" and not m.get("tool_calls")]
     last_plain = plain[-1] if plain else -1
     for i, m in enumerate(msgs):
         role = m["role"]
-        mark(_HEADER[role])
-        if role == "tool" and m.get("name"):  # a tool result's turn is named after the tool
-            text(m["name"])
-        else:
-            mark(role)
-        mark("<|im_middle|>")
+        out += [_HEADER[role], m.get("name") or role, "<|im_middle|>"]  # Kimi labels a turn by its name, if any
         if role == "tool":
-            mark("## Return of ")
-            text(m["tool_call_id"])
-            mark("\n")
+            out.append(f"## Return of {m['tool_call_id']}\n")
         if role == "assistant":
-            mark("<think>")
-            if i > last_plain:
-                text(m.get("reasoning_content") or "")
-            mark("</think>")
-        text(content_text(m))
+            out.append(f"<think>{(m.get('reasoning_content') or '') if i > last_plain else ''}</think>")
+        out.append(content_text(m))
         if m.get("tool_calls"):
-            mark("<|tool_calls_section_begin|>")
+            out.append("<|tool_calls_section_begin|>")
             for k, call in enumerate(m["tool_calls"]):
-                mark("<|tool_call_begin|>")
-                if call.get("id"):
-                    text(call["id"])
-                else:
-                    mark("functions.")
-                    text(call["function"]["name"])
-                    mark(f":{k}")
-                mark("<|tool_call_argument_begin|>")
-                text(call["function"]["arguments"])
-                mark("<|tool_call_end|>")
-            mark("<|tool_calls_section_end|>")
-        mark("<|im_end|>")
+                fn = call["function"]
+                call_id = call.get("id") or f"functions.{fn['name']}:{k}"
+                out.append(
+                    f"<|tool_call_begin|>{call_id}<|tool_call_argument_begin|>{fn['arguments']}<|tool_call_end|>"
+                )
+            out.append("<|tool_calls_section_end|>")
+        out.append("<|im_end|>")
     if add_generation_prompt:
-        mark("<|im_assistant|>assistant<|im_middle|>" + ("<think>" if thinking else "<think></think>"))
-    return out
+        out.append("<|im_assistant|>assistant<|im_middle|>" + ("<think>" if thinking else "<think></think>"))
+    return "".join(out)
 
 
 def content_text(m: Message) -> str:
@@ -232,6 +175,19 @@ def checked_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     if isinstance(messages, (str, Mapping)) or not messages:
         raise ChatFormatError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
     return [_checked(i, m) for i, m in enumerate(messages)]
+
+
+def checked_tools(tools: Sequence[Mapping[str, Any]] | None) -> list[Any] | None:
+    """Tools as plain JSON data (a copy); their text may hold anything, as it is escaped like message text."""
+    if tools is None:
+        return None
+    if isinstance(tools, (str, Mapping)) or not all(isinstance(t, Mapping) for t in tools):
+        raise ChatFormatError("tools must be a list of OpenAI tool objects ({'type': 'function', ...})")
+    try:
+        data: list[Any] = json.loads(json.dumps(list(tools)))
+    except (TypeError, ValueError) as e:
+        raise ChatFormatError(f"tools must be JSON data (dicts, lists, strings, numbers): {e}") from e
+    return data
 
 
 def _checked(i: int, m: Message) -> dict[str, Any]:
@@ -282,24 +238,17 @@ def _checked_call(where: str, call: Any) -> dict[str, Any]:
     return {**call, "function": {**fn, "arguments": args}}
 
 
-def _map_strings(m: dict[str, Any], f: Callable[[str], str]) -> dict[str, Any]:
-    """A checked message with f applied to every string that came from the caller (not role or type names)."""
-    out = dict(m)
-    for key in ("reasoning_content", "name", "tool_call_id"):
-        if isinstance(m.get(key), str):
-            out[key] = f(m[key])
-    c = m.get("content")
-    out["content"] = f(c) if isinstance(c, str) else c and [{**p, "text": f(p["text"])} for p in c]
-    calls = []
-    for t in m.get("tool_calls") or []:
-        fn = t["function"]
-        call = {**t, "function": {**fn, "name": f(fn["name"]), "arguments": f(fn["arguments"])}}
-        if isinstance(t.get("id"), str):
-            call["id"] = f(t["id"])
-        calls.append(call)
-    if calls:
-        out["tool_calls"] = calls
-    return out
+def _translated(x: Any, table: dict[int, str]) -> Any:
+    """A copy of JSON data with every string, dict keys included, translated by table."""
+    if isinstance(x, str):
+        return x.translate(table)
+    if isinstance(x, Mapping):
+        return {_translated(k, table): _translated(v, table) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_translated(v, table) for v in x]
+    if x is None or isinstance(x, (bool, int, float)):
+        return x
+    raise ChatFormatError(f"messages and tools must be JSON data; got a {type(x).__name__}: {x!r:.60}")
 
 
 def _compile(source: str) -> jinja2.Template:

@@ -1,8 +1,9 @@
 """Splitting Kimi's output into reasoning, answer and tool calls, at the end or while it streams.
 
 Input is decoded text with special tokens spelled out (`decode(skip_special=False)`), minus the final stop token.
-Layout: [<think>] reasoning </think> answer [<|tool_calls_section_begin|> calls <|tool_calls_section_end|>].
-One state machine serves both uses, so a streamed split always adds up to the one-shot split.
+Layout: [<think>] reasoning </think> answer [<|tool_calls_section_begin|> calls <|tool_calls_section_end|>]; a
+tool-calls section may also follow the reasoning directly (no </think>): it ends the reasoning, and any text after
+the section is answer. One state machine serves both uses, so a streamed split always adds up to the one-shot split.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class AssistantOutput:
-    """A finished assistant turn; finished_thinking is False when the output ended inside <think>."""
+    """A finished assistant turn; finished_thinking is False when the output ended inside <think> (reasoning cut off,
+    not closed by </think> or by a tool-calls section)."""
 
     reasoning: str
     content: str
@@ -90,12 +92,14 @@ class ReasoningStream:
                 else:
                     self._state = "content"
             elif state == "think":
-                end = buf.find(THINK_CLOSE)
+                # K2.5 may call tools straight from its reasoning, with no </think>: the section then ends the
+                # reasoning too (finished, not cut off), and its calls are parsed as after </think>.
+                end, marker, nxt = _first(buf, (THINK_CLOSE, "content"), (SECTION_BEGIN, "tools"))
                 if end >= 0:
                     reasoning.append(buf[:end])
-                    self._buf, self._state, self._finished_thinking = buf[end + len(THINK_CLOSE) :], "content", True
+                    self._buf, self._state, self._finished_thinking = buf[end + len(marker) :], nxt, True
                 else:
-                    keep = 0 if final else _partial(buf, THINK_CLOSE)
+                    keep = 0 if final else max(_partial(buf, THINK_CLOSE), _partial(buf, SECTION_BEGIN))
                     reasoning.append(buf[: len(buf) - keep])
                     self._buf = buf[len(buf) - keep :]
                     break
@@ -141,6 +145,12 @@ def tool_name(call_id: str) -> str:
     base, _, idx = call_id.rpartition(":")
     name = base if base and idx.isdigit() else call_id
     return name.removeprefix("functions.")
+
+
+def _first(text: str, *markers: tuple[str, str]) -> tuple[int, str, str]:
+    """(position, marker, next state) of the earliest marker in text; position -1 when none occurs."""
+    found = [(text.find(m), m, nxt) for m, nxt in markers if m in text]
+    return min(found) if found else (-1, "", "")
 
 
 def _partial(text: str, marker: str) -> int:
