@@ -17,12 +17,14 @@ from rich.table import Table
 from offload.checkpoint import Checkpoint, CheckpointError
 from offload.engine.generate import StopConditions
 from offload.engine.sampling import SamplingParams
+from offload.planner.plan import RuntimeConfig
 from offload.quant import ConfigError
 from offload.synth.generator import SynthOptions
 
 SYNTH = SynthOptions()  # make-model's defaults come from the dataclass
 SAMPLING = SamplingParams()  # and generate's from these
 STOP = StopConditions()
+RUNTIME = RuntimeConfig()  # and plan's
 
 app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
@@ -170,22 +172,34 @@ def generate_cmd(
     dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16, or float32 for exact comparisons.")] = (
         "bfloat16"
     ),
+    context: Annotated[
+        int | None,
+        typer.Option(help=f"Tokens of context to plan for (default {RUNTIME.context}, at most the model's)."),
+    ] = None,
+    profile: Annotated[str, typer.Option(help="Hardware profile for the start-up plan: auto, a preset or a .toml.")] = (
+        "auto"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
 ) -> None:
     """Generate from a prompt: prefill, then decode token by token, streaming the text."""
-    from offload.engine.engine import Engine
+    from offload.engine.engine import Engine, PlanError
     from offload.engine.reasoning import parse_output
     from offload.engine.tokenizer import TokenizerError
     from offload.model.loader import compute_dtype
+    from offload.planner.profile import ProfileError, load_profile
+    from offload.planner.report import summary_lines
 
     ids = _parse_ids(prompt, prompt_ids, chat)
     folder = _model_dir(model)
     try:
         sampling = SamplingParams(temperature, top_p, top_k, min_p, seed)
         torch_dtype = compute_dtype(dtype)
-        engine = Engine(folder, torch_dtype)
-    except (ValueError, ConfigError, CheckpointError, TokenizerError) as e:
+        prof = load_profile(profile, probe=False)
+        engine = Engine(folder, torch_dtype, context or RUNTIME.context, prof)
+    except (ValueError, ConfigError, CheckpointError, TokenizerError, ProfileError, PlanError) as e:
         raise _fail(str(e)) from None
+    if not as_json:
+        err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
     with engine:
         if ids is None:
             assert prompt is not None
@@ -228,6 +242,78 @@ def generate_cmd(
         f"[dim]{r.prompt_tokens} prompt tokens, {len(r.token_ids)} generated ({r.finish_reason}); "
         f"prefill {r.prefill_tok_s:,.1f} tok/s, decode {r.decode_tok_s:,.1f} tok/s[/]"
     )
+
+
+@app.command("profiles")
+def profiles_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
+    """The hardware presets `plan --profile` knows (files in profiles/)."""
+    from dataclasses import asdict
+
+    from offload.planner.profile import list_profiles
+
+    presets = list_profiles()
+    if as_json:
+        console.print_json(json.dumps([asdict(p) for p in presets]))
+        return
+    t = Table(title="hardware profiles (peak spec values)")
+    for col in ("name", "GPU", "GPU GB/s", "PCIe GB/s", "RAM", "DRAM GB/s", "NVMe GB/s", "cores", "description"):
+        t.add_column(col)
+    for p in presets:
+        gpu = f"{p.gpu_memory_gib:g} GiB" if p.has_gpu else "-"
+        gpu_bw, pcie = (f"{p.gpu_bandwidth_gbs:g}", f"{p.pcie_gbs:g}") if p.has_gpu else ("-", "-")
+        t.add_row(p.name, gpu, gpu_bw, pcie, f"{p.ram_gib:g} GiB", f"{p.dram_gbs:g}", f"{p.nvme_gbs:g}",
+                  str(p.cpu_cores), p.description)  # fmt: skip
+    console.print(t)
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Built-in model (kimi-k2.5, kimi-k2-thinking, kimi-k2-instruct, deepseek-v3) or a checkpoint folder."
+        ),
+    ] = "kimi-k2.5",
+    profile: Annotated[
+        str, typer.Option(help="A preset (see `profiles`), auto (measure this machine), or a .toml file.")
+    ] = "auto",
+    context: Annotated[int, typer.Option(help="Tokens of KV cache to reserve.")] = RUNTIME.context,
+    gpu_weights: Annotated[
+        str, typer.Option(help="Non-expert weights on the GPU: bf16 or int8.")
+    ] = RUNTIME.gpu_weights,
+    lm_head: Annotated[str, typer.Option(help="Where lm_head runs: gpu or cpu.")] = RUNTIME.lm_head,
+    device: Annotated[str, typer.Option(help="auto (use the GPU when the profile has one) or cpu.")] = RUNTIME.device,
+    expert_bpw: Annotated[
+        float | None, typer.Option(help="What-if: bits per routed-expert weight (e.g. 2.5 for a Q2_K-class file).")
+    ] = RUNTIME.expert_bpw,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Will it run, how, and how fast: placement, GPU and RAM budgets, disk reads and the decode ceiling."""
+    from offload.planner.plan import make_plan
+    from offload.planner.profile import ProfileError, load_profile
+    from offload.planner.report import plan_sections
+    from offload.planner.shapes import resolve_model
+
+    try:
+        name, cfg = resolve_model(model)
+        prof = load_profile(profile)
+        # the strings are checked by RuntimeConfig itself, with a message naming the choices
+        rt = RuntimeConfig(context, gpu_weights, lm_head, device, expert_bpw=expert_bpw)  # type: ignore[arg-type]
+    except (ConfigError, ProfileError, ValueError) as e:
+        raise _fail(str(e)) from None
+    plan = make_plan(name, cfg, prof, rt)
+    if as_json:
+        console.print_json(json.dumps(plan.to_dict()))
+    else:
+        for title, rows in plan_sections(plan):
+            t = Table(title=title, show_header=False, title_justify="left")
+            t.add_column("what", style="bold")
+            t.add_column("value")
+            for k, v in rows:
+                t.add_row(k.replace("_", " "), v)
+            console.print(t)
+    if not plan.fits:
+        raise _fail(plan.refusal())
 
 
 def _gb(n: object) -> str:

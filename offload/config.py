@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from offload.quant import FLOAT_DTYPES, ConfigError, QuantConfig, parse_quantization
+from offload.quant import DTYPE_BYTES, FLOAT_DTYPES, ConfigError, QuantConfig, parse_quantization
 
 Layout = Literal["deepseek_v3", "kimi_k2", "kimi_k25"]
 LAYOUTS: tuple[str, ...] = ("deepseek_v3", "kimi_k2", "kimi_k25")
@@ -106,6 +107,21 @@ class ModelConfig:
             + self._linear_bytes(f"{m}.up_proj", i, h)
             + self._linear_bytes(f"{m}.down_proj", h, i)
         )
+
+    @property
+    def expert_weight_bytes(self) -> int:
+        """One routed expert's weights and scales, without INT4's 8-byte weight_shape tensors: what a kernel reads
+        and what memory must hold."""
+        m = f"model.layers.{self.first_k_dense_replace}.mlp.experts.0"
+        total = 0
+        for name, (out_f, in_f) in self.mlp_linears(self.moe_intermediate_size).items():
+            quantized = self.quant.quantizes(f"{m}.{name}", self.tensor_prefix)
+            for suffix, (shape, dt) in self.quant.linear_tensors(
+                out_f, in_f, self.safetensors_dtype, quantized
+            ).items():
+                if suffix != "weight_shape":
+                    total += math.prod(shape) * DTYPE_BYTES[dt]
+        return total
 
     @property
     def routed_expert_bytes(self) -> int:

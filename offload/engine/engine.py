@@ -15,16 +15,33 @@ from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.loader import load_transformer
+from offload.planner.plan import Plan, RuntimeConfig, make_plan
+from offload.planner.profile import Profile, detect_profile
 
 log = logging.getLogger(__name__)
+
+
+class PlanError(RuntimeError):
+    """The run does not fit the machine; the message has the numbers and the flags to change."""
 
 
 class Engine:
     """Everything `generate`, `chat` and `serve` need from one checkpoint folder."""
 
-    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_context: int | None = None):
+    def __init__(
+        self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_context: int | None = None,
+        profile: Profile | None = None,
+    ) -> None:  # fmt: skip
         self.folder = Path(folder)
         self.ckpt = Checkpoint(self.folder)
+        cfg = self.ckpt.config
+        self.max_context = min(max_context or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        # the same plan `kimi-offload plan` prints; this runtime computes on the CPU until the GPU path lands
+        runtime = RuntimeConfig(context=self.max_context, device="cpu")
+        self.plan: Plan = make_plan(str(self.folder), cfg, profile or detect_profile(probe=False), runtime)
+        if not self.plan.fits:
+            self.ckpt.close()
+            raise PlanError(self.plan.refusal())
         try:
             self.tokenizer = Tokenizer.from_dir(self.folder)
             self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
@@ -33,8 +50,6 @@ class Engine:
         except BaseException:
             self.ckpt.close()
             raise
-        cfg = self.ckpt.config
-        self.max_context = min(max_context or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.stop_ids = self.tokenizer.stop_ids | frozenset(cfg.eos_token_ids)
         log.info("loaded %s (%s, %d layers, %s compute)", self.folder, cfg.layout, cfg.num_hidden_layers, dtype)
 

@@ -1,0 +1,293 @@
+"""make_plan: where every byte goes and how fast decode can be, from the model, the machine and the run alone."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from offload.config import ModelConfig
+from offload.planner.profile import Profile
+from offload.planner.sizes import GpuWeights, PartParams, expert_params, part_params
+
+GiB = 1 << 30
+CHUNK = 1024  # suggested context lengths are rounded down to this
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """What this run wants. The CLI builds it; the defaults live here only."""
+
+    context: int = 32768  # tokens of KV cache to reserve
+    gpu_weights: GpuWeights = "bf16"  # format of the non-expert weights on the GPU
+    lm_head: Literal["gpu", "cpu"] = "gpu"
+    device: Literal["auto", "cpu"] = "auto"  # cpu: plan for the CPU alone even when the machine has a GPU
+    gpu_reserve_gib: float = 1.0  # CUDA context, allocator slack
+    workspace_gib: float = 1.0  # activations and prefill scratch where the model computes
+    ram_reserve_gib: float | None = None  # OS, Python, torch, the tensor index; None: 10% of RAM, at most 8 GiB
+    prefill_chunk: int = 4096  # tokens per prefill step
+    expert_bpw: float | None = None  # what-if: bits per routed-expert weight, scales included; None = as stored
+
+    def __post_init__(self) -> None:
+        if self.context < 1:
+            raise ValueError(f"context = {self.context}; reserve at least one token")
+        if self.gpu_weights not in ("bf16", "int8"):
+            raise ValueError(f"gpu_weights = {self.gpu_weights!r}; choose bf16 or int8")
+        if self.lm_head not in ("gpu", "cpu"):
+            raise ValueError(f"lm_head = {self.lm_head!r}; choose gpu or cpu")
+        if self.device not in ("auto", "cpu"):
+            raise ValueError(f"device = {self.device!r}; choose auto or cpu")
+        if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0 or self.prefill_chunk < 1:
+            raise ValueError("reserves and workspace must be >= 0 and prefill_chunk >= 1")
+        if self.expert_bpw is not None and not 1 <= self.expert_bpw <= 16:
+            raise ValueError(f"expert_bpw = {self.expert_bpw}; expected bits per weight between 1 and 16")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One part of the model: where it lives, in which format, how many bytes."""
+
+    part: str
+    where: Literal["gpu", "ram", "mmap"]  # mmap: read from the checkpoint through the page cache
+    fmt: str
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The arithmetic `plan` prints and the runtime obeys. Byte counts are exact; speeds are ceilings."""
+
+    model: str
+    profile: Profile
+    runtime: RuntimeConfig
+    on_gpu: bool
+    placements: tuple[Placement, ...]
+    expert_bytes: int  # one routed expert's weights and scales
+    n_experts: int  # routed experts in all MoE layers
+    routed_expert_bytes: int
+    routed_bytes_per_token: int
+    kv_bytes_per_token: int
+    gpu_budget: dict[str, int]  # part -> bytes on the GPU (weights, kv_cache, workspace, reserve, expert_slots)
+    gpu_expert_slots: int
+    ram_budget: dict[str, int]  # what RAM holds besides the experts' page cache, and that cache
+    ram_expert_bytes: int  # routed experts that stay in the page cache
+    shares: dict[str, float]  # fraction of routed experts in GPU slots / RAM / only on disk (uniform routing)
+    per_token_bytes: dict[str, int]  # decode bytes read per token from each link
+    seconds_per_token: dict[str, float]  # each resource's decode time per token if it were alone
+    decode_tok_s_ceiling: float
+    decode_tok_s_serial: float  # with no overlap between resources
+    limited_by: str
+    prefill_tok_s: float
+    prefill_limited_by: str
+    max_context: int  # the longest context that fits with everything else unchanged
+    fits: bool
+    problems: tuple[str, ...] = ()
+    suggestions: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def gpu_bytes(self) -> int:
+        return sum(self.gpu_budget.values())
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(self.ram_budget.values())
+
+    def refusal(self) -> str:
+        """The one message a run that does not fit stops with: the numbers and what to change."""
+        tries = f"; try {' or '.join(self.suggestions)}" if self.suggestions else ""
+        return "; ".join(self.problems) + tries
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("profile", "runtime", "placements")}
+        out.update(
+            profile=self.profile.name, runtime=asdict(self.runtime), gpu_bytes=self.gpu_bytes, ram_bytes=self.ram_bytes,
+            placements=[asdict(p) for p in self.placements], problems=list(self.problems),
+            suggestions=list(self.suggestions), warnings=list(self.warnings),
+        )  # fmt: skip
+        return out
+
+
+def _stored_fmt(cfg: ModelConfig) -> str:
+    return {"float32": "f32", "float16": "f16"}.get(cfg.dtype, "bf16")
+
+
+def _expert_fmt(cfg: ModelConfig, rt: RuntimeConfig) -> str:
+    if rt.expert_bpw is not None:
+        return f"{rt.expert_bpw:g} bpw (what-if)"
+    return {"int4": "int4 g32", "fp8": "fp8 block"}.get(cfg.quant.format, _stored_fmt(cfg))
+
+
+def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig) -> Plan:
+    """Pure arithmetic: no I/O, no torch. Uniform routing is assumed (a trained router's skew only helps)."""
+    on_gpu = profile.has_gpu and rt.device != "cpu"
+    params = part_params(cfg)
+    stored = cfg.nonexpert_bytes_by_part
+    n_moe, k = len(cfg.moe_layers), cfg.num_experts_per_tok
+    eb = cfg.expert_weight_bytes if rt.expert_bpw is None else math.ceil(expert_params(cfg) * rt.expert_bpw / 8)
+    n_experts = n_moe * cfg.n_routed_experts
+    routed, per_token = eb * n_experts, eb * k * n_moe
+    kv_tok = cfg.kv_bytes_per_token()
+    kv = kv_tok * rt.context
+
+    # ---- placement: the GPU takes every non-expert part but the embedding (one row a token) -------------------
+    gpu_parts = [p for p in params if on_gpu and p != "embed" and not (p == "lm_head" and rt.lm_head == "cpu")]
+    placements = [Placement(p, "gpu", rt.gpu_weights, params[p].nbytes(rt.gpu_weights)) for p in gpu_parts]
+    placements += [Placement(p, "ram", _stored_fmt(cfg), stored[p]) for p in params if p not in gpu_parts]
+    placements.append(Placement("routed_experts", "mmap", _expert_fmt(cfg, rt), routed))
+    placements.append(Placement("kv_cache", "gpu" if on_gpu else "ram", "bf16", kv))
+    gpu_weights = {p.part: p.nbytes for p in placements if p.where == "gpu" and p.part != "kv_cache"}
+    ram_weights = {p.part: p.nbytes for p in placements if p.where == "ram" and p.part != "kv_cache"}
+
+    # ---- GPU budget ------------------------------------------------------------------------------------------
+    gpu_budget: dict[str, int] = {}
+    slots = 0
+    if on_gpu:
+        fixed = {**gpu_weights, "kv_cache": kv, "workspace": int(rt.workspace_gib * GiB),
+                 "reserve": int(rt.gpu_reserve_gib * GiB)}  # fmt: skip
+        free = profile.gpu_bytes - sum(fixed.values())
+        slots = max(0, min(n_experts, free // eb))
+        gpu_budget = {**fixed, "expert_slots": slots * eb}
+
+    # ---- RAM budget: fixed needs first, the rest is page cache for routed experts ------------------------------
+    reserve_gib = rt.ram_reserve_gib if rt.ram_reserve_gib is not None else min(8.0, 0.1 * profile.ram_gib)
+    ram_fixed = {"reserve": int(reserve_gib * GiB), **ram_weights}
+    if on_gpu:
+        ram_fixed["pinned_staging"] = 2 * k * eb  # double buffer for one layer's experts on their way to the GPU
+    else:
+        ram_fixed["kv_cache"] = kv
+        ram_fixed["workspace"] = int(rt.workspace_gib * GiB)
+    ram_expert = max(0, min(routed, profile.ram_bytes - sum(ram_fixed.values())))
+    ram_budget = {**ram_fixed, "expert_page_cache": ram_expert}
+
+    g = slots * eb / routed
+    r = min(1.0 - g, ram_expert / routed)
+    d = max(0.0, 1.0 - g - r)
+    shares = {"gpu": g, "ram": r, "disk": d}
+
+    # ---- decode: bytes per token on each link, and the time each resource needs for them ------------------------
+    h = cfg.hidden_size
+    cpu_nonexpert = sum(v for p, v in ram_weights.items() if p != "embed") + 2 * h  # + one embedding row
+    active_nonexpert = sum(v.params for p, v in params.items() if p != "embed")
+    per = {
+        "gpu": (sum(gpu_weights.values()) + kv + round(g * per_token)) if on_gpu else 0,
+        "dram": cpu_nonexpert + (0 if on_gpu else kv) + round((r + d) * per_token),
+        "nvme": round(d * per_token),
+        "pcie": (2 * 2 * h * n_moe + (2 * h if rt.lm_head == "cpu" else 0)) if on_gpu else 0,
+    }
+    cpu_flops = 2 * expert_params(cfg) * k * n_moe * (r + d)
+    if not on_gpu:
+        cpu_flops += 2 * active_nonexpert
+    elif rt.lm_head == "cpu":
+        cpu_flops += 2 * params["lm_head"].params if "lm_head" in params else 0
+    secs = {
+        "GPU": per["gpu"] / (profile.gpu_bandwidth_gbs * 1e9) if on_gpu else 0.0,
+        "DRAM": per["dram"] / (profile.dram_gbs * 1e9),
+        "NVMe": per["nvme"] / (profile.nvme_gbs * 1e9) if per["nvme"] else 0.0,
+        "PCIe": per["pcie"] / (profile.pcie_gbs * 1e9) if on_gpu else 0.0,
+        "CPU": cpu_flops / (profile.cpu_gflops * 1e9),
+    }
+    limited_by = max(secs, key=lambda key: secs[key])
+    ceiling = 1.0 / secs[limited_by]
+    serial = 1.0 / sum(secs.values())
+
+    # ---- prefill: a chunk uses nearly every expert of a layer; on a GPU they are copied and run there ----------
+    p_tok = min(rt.prefill_chunk, rt.context)
+    used = 1.0 - (1.0 - k / cfg.n_routed_experts) ** p_tok
+    flops = 2.0 * (active_nonexpert + k * n_moe * expert_params(cfg)) * p_tok
+    pre = {
+        "NVMe": d * routed * used / (profile.nvme_gbs * 1e9),
+        "DRAM": ((r + d) * routed * used + (0 if on_gpu else sum(ram_weights.values()))) / (profile.dram_gbs * 1e9),
+    }
+    if on_gpu:
+        pre["PCIe"] = (1.0 - g) * routed * used / (profile.pcie_gbs * 1e9)
+        pre["GPU"] = flops / (profile.gpu_tflops * 1e12)
+    else:
+        pre["CPU"] = flops / (profile.cpu_gflops * 1e9)
+    prefill_limited_by = max(pre, key=lambda key: pre[key])
+    prefill_tok_s = p_tok / pre[prefill_limited_by]
+
+    # ---- does it fit, and what would make it fit ------------------------------------------------------------
+    problems: list[str] = []
+    suggestions: list[str] = []
+    if rt.context > cfg.max_position_embeddings:
+        problems.append(f"context {rt.context:,} exceeds the model's max_position_embeddings "
+                        f"{cfg.max_position_embeddings:,}")  # fmt: skip
+        suggestions.append(f"--context {cfg.max_position_embeddings}")
+    if on_gpu:
+        gpu_fixed = sum(v for key, v in gpu_budget.items() if key != "expert_slots")
+        max_context = (profile.gpu_bytes - (gpu_fixed - kv)) // kv_tok
+        if gpu_fixed > profile.gpu_bytes:
+            problems.append(
+                f"needs {gpu_fixed / GiB:.1f} GiB of GPU memory (weights {sum(gpu_weights.values()) / GiB:.1f}, "
+                f"KV cache {kv / GiB:.1f} for {rt.context:,} tokens, workspace and reserve "
+                f"{(rt.workspace_gib + rt.gpu_reserve_gib):.1f}), the profile has {profile.gpu_memory_gib:g} GiB"
+            )
+            fixes = _gpu_fixes(params, profile, rt, gpu_fixed, max_context)
+            if not fixes:  # even the smallest GPU footprint is too big: say how small it gets, offer the CPU
+                least = (
+                    _gpu_weight_bytes(params, "int8", "cpu")
+                    + CHUNK * kv_tok
+                    + gpu_fixed
+                    - sum(gpu_weights.values())
+                    - kv
+                )
+                problems.append(f"even --gpu-weights int8 --lm-head cpu --context {CHUNK} needs {least / GiB:.1f} GiB")
+                fixes = ["--device cpu"]
+            suggestions += fixes
+    else:
+        max_context = (profile.ram_bytes - (sum(ram_fixed.values()) - kv)) // kv_tok
+    max_context = max(0, min(max_context, cfg.max_position_embeddings))
+    ram_needed = sum(ram_fixed.values())
+    if ram_needed > profile.ram_bytes:
+        problems.append(f"needs {ram_needed / GiB:.1f} GiB of RAM before any expert is cached (reserve "
+                        f"{reserve_gib:g}, weights kept in RAM {sum(ram_weights.values()) / GiB:.1f}), "
+                        f"the profile has {profile.ram_gib:g} GiB")  # fmt: skip
+        if not on_gpu and max_context >= CHUNK and max_context < rt.context:
+            suggestions.append(f"--context {max_context // CHUNK * CHUNK}")
+
+    warnings: list[str] = []
+    if d > 0:
+        warnings.append(f"{d:.0%} of the routed experts do not fit in RAM: about {per['nvme'] / 1e9:.2f} GB per "
+                        f"token come from disk at {profile.nvme_gbs:g} GB/s")  # fmt: skip
+    if on_gpu and slots < k * n_moe:
+        warnings.append(f"{slots} GPU expert slots: fewer than one token's {k * n_moe} experts; decode computes "
+                        "almost every expert on the CPU")  # fmt: skip
+    if rt.expert_bpw is not None:
+        warnings.append(f"what-if: routed experts at {rt.expert_bpw:g} bits per weight; this runtime reads the "
+                        "checkpoint's own format (K2.5: INT4 group 32, bf16 scales: 4.5 bits per weight)")  # fmt: skip
+    if profile.source == "auto":
+        assumed = [f for f in ("dram_gbs", "nvme_gbs", "pcie_gbs", "cpu_gflops") if f not in profile.measured]
+        if assumed:
+            warnings.append(f"assumed, not measured, on this machine: {', '.join(assumed)}")
+
+    return Plan(
+        model=model, profile=profile, runtime=rt, on_gpu=on_gpu, placements=tuple(placements), expert_bytes=eb,
+        n_experts=n_experts, routed_expert_bytes=routed, routed_bytes_per_token=per_token, kv_bytes_per_token=kv_tok,
+        gpu_budget=gpu_budget, gpu_expert_slots=slots, ram_budget=ram_budget, ram_expert_bytes=ram_expert,
+        shares=shares, per_token_bytes=per, seconds_per_token=secs, decode_tok_s_ceiling=ceiling,
+        decode_tok_s_serial=serial, limited_by=limited_by, prefill_tok_s=prefill_tok_s,
+        prefill_limited_by=prefill_limited_by, max_context=max_context, fits=not problems,
+        problems=tuple(problems), suggestions=tuple(dict.fromkeys(suggestions)), warnings=tuple(warnings),
+    )  # fmt: skip
+
+
+def _gpu_weight_bytes(params: dict[str, PartParams], fmt: GpuWeights, lm_head: str) -> int:
+    return sum(v.nbytes(fmt) for p, v in params.items() if p != "embed" and not (p == "lm_head" and lm_head == "cpu"))
+
+
+def _gpu_fixes(params: dict[str, PartParams], profile: Profile, rt: RuntimeConfig, gpu_fixed: int,
+               max_context: int) -> list[str]:  # fmt: skip
+    """Flags that would make the GPU part fit, cheapest first (each tried with everything else unchanged)."""
+    out = [f"--context {max_context // CHUNK * CHUNK}"] if max_context >= CHUNK else []
+    now = _gpu_weight_bytes(params, rt.gpu_weights, rt.lm_head)
+    variants: list[tuple[str, GpuWeights, str]] = [
+        ("--gpu-weights int8", "int8", rt.lm_head), ("--lm-head cpu", rt.gpu_weights, "cpu"),
+        ("--gpu-weights int8 --lm-head cpu", "int8", "cpu"),
+    ]  # fmt: skip
+    for flags, fmt, lm in variants:
+        if (fmt, lm) == (rt.gpu_weights, rt.lm_head):
+            continue
+        if gpu_fixed - now + _gpu_weight_bytes(params, fmt, lm) <= profile.gpu_bytes:
+            out.append(flags)
+    return out

@@ -1,0 +1,58 @@
+"""Parameter counts of the non-expert parts, and their bytes in a GPU weight format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from offload.config import ModelConfig
+
+GpuWeights = Literal["bf16", "int8"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartParams:
+    """One part's parameters: Linear weights (with their output rows, for per-row scales) and the rest."""
+
+    linear: int = 0
+    rows: int = 0
+    other: int = 0  # norms, router weight (2-byte) ...
+    f32: int = 0  # ... and values kept in float32 (the router bias)
+
+    def nbytes(self, fmt: GpuWeights) -> int:
+        """bf16: 2 bytes a weight; int8 weight-only: 1 byte a weight plus a bf16 scale per output row."""
+        weights = 2 * self.linear if fmt == "bf16" else self.linear + 2 * self.rows
+        return weights + 2 * self.other + 4 * self.f32
+
+    @property
+    def params(self) -> int:
+        return self.linear + self.other + self.f32
+
+
+def part_params(cfg: ModelConfig) -> dict[str, PartParams]:
+    """Non-expert parts by name (as `offload.config.PARTS` names them), counted from the config's shapes."""
+    h = cfg.hidden_size
+    att = sum(o * i for o, i in cfg.attention_linears().values())
+    att_rows = sum(o for o, _ in cfg.attention_linears().values())
+    shared = cfg.mlp_linears(cfg.moe_intermediate_size * cfg.n_shared_experts) if cfg.n_shared_experts else {}
+    dense = cfg.mlp_linears(cfg.intermediate_size)
+    n_moe, n_dense, n = len(cfg.moe_layers), cfg.first_k_dense_replace, cfg.num_hidden_layers
+    per_layer_norms = 2 * h + cfg.kv_lora_rank + (cfg.q_lora_rank or 0)
+    parts = {
+        "embed": PartParams(other=cfg.vocab_size * h),
+        "attention": PartParams(linear=n * att, rows=n * att_rows),
+        "norms": PartParams(other=n * per_layer_norms + h),
+        "dense_mlp": PartParams(linear=n_dense * sum(o * i for o, i in dense.values()),
+                                rows=n_dense * sum(o for o, _ in dense.values())),
+        "router": PartParams(other=n_moe * cfg.n_routed_experts * h, f32=n_moe * cfg.n_routed_experts),
+        "shared_experts": PartParams(linear=n_moe * sum(o * i for o, i in shared.values()),
+                                     rows=n_moe * sum(o for o, _ in shared.values())),
+    }  # fmt: skip
+    if not cfg.tie_word_embeddings:
+        parts["lm_head"] = PartParams(linear=cfg.vocab_size * h, rows=cfg.vocab_size)
+    return parts
+
+
+def expert_params(cfg: ModelConfig) -> int:
+    """Weights of one routed expert (gate, up, down)."""
+    return 3 * cfg.hidden_size * cfg.moe_intermediate_size

@@ -1,0 +1,1 @@
+"""Hardware presets as TOML data, loaded by offload.planner.profile."""

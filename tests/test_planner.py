@@ -1,0 +1,202 @@
+"""The planner against hand arithmetic (Kimi K2.5 and friends on known machines)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from offload.planner.plan import GiB, RuntimeConfig, make_plan
+from offload.planner.profile import Profile
+from offload.planner.report import plan_sections, summary_lines
+from offload.planner.shapes import SHAPES, resolve_model, shape_config
+
+K25 = shape_config("kimi-k2.5")
+EXPERT = 24_772_608  # KIMI.md §3: one INT4 expert, packed weights and scales
+ROUTED = 60 * 384 * EXPERT
+PER_TOKEN = 8 * 60 * EXPERT  # 11.89 GB
+KV_TOKEN = 70_272  # 61 layers x 576 values x 2 bytes
+
+# non-expert parameters of K2.5, by hand from KIMI.md §1-§2
+ATT_LAYER = 1536 * 7168 + 12288 * 1536 + 576 * 7168 + 16384 * 512 + 7168 * 8192  # 101,122,048
+ATT_ROWS = 1536 + 12288 + 576 + 16384 + 7168  # output rows of the five projections
+SHARED_LAYER = 3 * 7168 * 2048
+DENSE = 3 * 7168 * 18432
+VOCAB_H = 163840 * 7168
+NORMS = 61 * (2 * 7168 + 512 + 1536) + 7168
+BF16 = {
+    "attention": 61 * ATT_LAYER * 2,  # 12,336,889,856
+    "norms": NORMS * 2,
+    "dense_mlp": DENSE * 2,
+    "router": 60 * 384 * 7168 * 2 + 60 * 384 * 4,  # bf16 weight + float32 bias
+    "shared_experts": 60 * SHARED_LAYER * 2,
+    "lm_head": VOCAB_H * 2,
+}
+
+BOX = Profile(
+    name="box", description="round numbers", gpu_name="G", gpu_memory_gib=24, gpu_bandwidth_gbs=1000,
+    gpu_tflops=100, pcie_gbs=25, ram_gib=256, dram_gbs=80, nvme_gbs=5, cpu_cores=16, cpu_gflops=1000,
+)  # fmt: skip
+CPU_BOX = Profile(
+    name="cpu", description="no gpu", gpu_name="", gpu_memory_gib=0, gpu_bandwidth_gbs=0, gpu_tflops=0, pcie_gbs=0,
+    ram_gib=256, dram_gbs=80, nvme_gbs=5, cpu_cores=16, cpu_gflops=1000,
+)  # fmt: skip
+
+
+def test_k25_sizes_by_hand():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig())
+    assert plan.expert_bytes == EXPERT and plan.n_experts == 23_040
+    assert plan.routed_expert_bytes == ROUTED == 570_760_888_320
+    assert plan.routed_bytes_per_token == PER_TOKEN == 11_890_851_840
+    assert plan.kv_bytes_per_token == KV_TOKEN
+    gpu = {p.part: p.nbytes for p in plan.placements if p.where == "gpu" and p.part != "kv_cache"}
+    assert gpu == BF16
+    assert BF16["attention"] == 12_336_889_856
+    ram = {p.part: p.nbytes for p in plan.placements if p.where == "ram"}
+    assert ram == {"embed": VOCAB_H * 2}  # one row a token: the embedding stays in RAM
+
+
+def test_int8_gpu_weights_by_hand():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_weights="int8"))
+    gpu = {p.part: p.nbytes for p in plan.placements if p.where == "gpu" and p.part != "kv_cache"}
+    assert gpu["attention"] == 61 * (ATT_LAYER + 2 * ATT_ROWS)  # 1 byte a weight + a bf16 scale a row
+    assert gpu["lm_head"] == VOCAB_H + 2 * 163840
+    assert gpu["norms"] == BF16["norms"] and gpu["router"] == BF16["router"]  # not Linear weights: unchanged
+
+
+def test_gpu_budget_slots_and_ram_by_hand():
+    rt = RuntimeConfig(context=32768)
+    plan = make_plan("kimi-k2.5", K25, BOX, rt)
+    kv = 32768 * KV_TOKEN
+    fixed = sum(BF16.values()) + kv + 1 * GiB + 1 * GiB  # weights, KV, workspace, reserve
+    assert fixed == 21_095_653_376 + kv + 2 * GiB
+    slots = (24 * GiB - fixed) // EXPERT
+    assert plan.gpu_expert_slots == slots == 9 and plan.gpu_bytes == fixed + slots * EXPERT
+    assert plan.fits
+    pinned = 2 * 8 * EXPERT
+    ram_experts = 256 * GiB - 8 * GiB - VOCAB_H * 2 - pinned
+    assert plan.ram_expert_bytes == ram_experts
+    assert plan.ram_budget == {"reserve": 8 * GiB, "embed": VOCAB_H * 2, "pinned_staging": pinned,
+                               "expert_page_cache": ram_experts}  # fmt: skip
+    g = slots * EXPERT / ROUTED
+    r = ram_experts / ROUTED
+    assert plan.shares == pytest.approx({"gpu": g, "ram": r, "disk": 1 - g - r})
+
+
+def test_decode_ceiling_by_hand():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
+    g, r, d = plan.shares["gpu"], plan.shares["ram"], plan.shares["disk"]
+    gpu_read = sum(BF16.values()) + 32768 * KV_TOKEN + round(g * PER_TOKEN)
+    dram_read = 2 * 7168 + round((r + d) * PER_TOKEN)  # one embedding row + CPU experts
+    nvme_read = round(d * PER_TOKEN)
+    assert plan.per_token_bytes == {"gpu": gpu_read, "dram": dram_read, "nvme": nvme_read, "pcie": 2 * 2 * 7168 * 60}
+    secs = plan.seconds_per_token
+    assert secs["GPU"] == pytest.approx(gpu_read / 1000e9)
+    assert secs["DRAM"] == pytest.approx(dram_read / 80e9)
+    assert secs["NVMe"] == pytest.approx(nvme_read / 5e9)
+    assert secs["CPU"] == pytest.approx(2 * 3 * 7168 * 2048 * 8 * 60 * (r + d) / 1000e9)
+    assert plan.limited_by == "NVMe"  # 531.6 GiB of experts cannot all sit in 256 GiB of RAM
+    assert plan.decode_tok_s_ceiling == pytest.approx(5e9 / nvme_read)
+    assert plan.decode_tok_s_serial == pytest.approx(1 / sum(secs.values()))
+
+
+def test_all_resident_is_dram_bound_at_the_kimi_md_figure():
+    """KIMI.md §6: 89.6 GB/s / 11.89 GB = 7.5 tok/s when every expert is in RAM."""
+    big = Profile(**{**_fields(BOX), "ram_gib": 1024, "dram_gbs": 89.6, "cpu_gflops": 1e5})
+    plan = make_plan("kimi-k2.5", K25, big, RuntimeConfig(context=4096))
+    assert plan.shares["disk"] == 0 and plan.limited_by == "DRAM"
+    assert plan.decode_tok_s_ceiling == pytest.approx(89.6e9 / plan.per_token_bytes["dram"])
+    assert 7.4 < plan.decode_tok_s_ceiling < 7.6
+
+
+def test_cpu_only_keeps_everything_in_ram():
+    plan = make_plan("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192))
+    assert not plan.on_gpu and plan.gpu_budget == {} and plan.gpu_expert_slots == 0
+    stored = K25.nonexpert_bytes_by_part
+    assert {p.part for p in plan.placements if p.where == "ram"} == set(stored) - {"routed_experts"} | {"kv_cache"}
+    kv = 8192 * KV_TOKEN
+    fixed = 8 * GiB + sum(v for k, v in stored.items() if k != "routed_experts") + kv + 1 * GiB
+    assert plan.ram_expert_bytes == 256 * GiB - fixed
+    nonexpert_read = sum(v for k, v in stored.items() if k not in ("routed_experts", "embed")) + 2 * 7168
+    d = plan.shares["disk"]
+    assert plan.per_token_bytes["dram"] == nonexpert_read + kv + round((1 - d) * PER_TOKEN + d * PER_TOKEN)
+
+
+def test_context_beyond_the_model_is_refused():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=300_000))
+    assert not plan.fits and "exceeds the model's max_position_embeddings 262,144" in plan.refusal()
+
+
+def test_too_small_gpu_says_what_fits():
+    small = Profile(**{**_fields(BOX), "gpu_memory_gib": 16})
+    plan = make_plan("kimi-k2.5", K25, small, RuntimeConfig(context=32768))
+    assert not plan.fits
+    msg = plan.refusal()
+    need = (sum(BF16.values()) + 32768 * KV_TOKEN + 2 * GiB) / GiB
+    assert f"needs {need:.1f} GiB of GPU memory" in msg and "the profile has 16 GiB" in msg
+    assert "--gpu-weights int8" in plan.suggestions and "--context" not in msg  # weights alone are > 16 GiB
+    fixed = make_plan("kimi-k2.5", K25, small, RuntimeConfig(context=32768, gpu_weights="int8"))
+    assert fixed.fits and fixed.gpu_expert_slots > 0
+
+
+def test_context_suggestion_is_the_largest_that_fits():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=262144))
+    free = 24 * GiB - (sum(BF16.values()) + 2 * GiB)
+    assert plan.max_context == free // KV_TOKEN
+    assert not plan.fits and f"--context {free // KV_TOKEN // 1024 * 1024}" in plan.suggestions
+    ok = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=free // KV_TOKEN // 1024 * 1024))
+    assert ok.fits
+
+
+def test_too_small_ram_is_refused():
+    tiny = Profile(**{**_fields(CPU_BOX), "ram_gib": 16})
+    plan = make_plan("kimi-k2.5", K25, tiny, RuntimeConfig(context=4096))
+    assert not plan.fits and "GiB of RAM before any expert is cached" in plan.refusal()
+
+
+def test_prefill_estimate_by_hand():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768, prefill_chunk=4096))
+    used = 1 - (1 - 8 / 384) ** 4096  # a 4096-token chunk uses essentially every expert of a layer
+    g, d = plan.shares["gpu"], plan.shares["disk"]
+    pcie = (1 - g) * ROUTED * used / 25e9
+    nvme = d * ROUTED * used / 5e9
+    assert plan.prefill_limited_by == ("NVMe" if nvme > pcie else "PCIe")
+    assert plan.prefill_tok_s == pytest.approx(4096 / max(pcie, nvme))
+
+
+def test_expert_bpw_what_if():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(expert_bpw=2.5))
+    assert plan.expert_bytes == math.ceil(3 * 7168 * 2048 * 2.5 / 8)
+    assert any("what-if" in w for w in plan.warnings)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_builtin_shapes(name):
+    cfg = shape_config(name)
+    assert cfg.hidden_size == 7168 and cfg.num_hidden_layers == 61
+    assert resolve_model(name)[1] == cfg
+    plan = make_plan(name, cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
+    assert plan.routed_expert_bytes == plan.expert_bytes * plan.n_experts
+    if name == "deepseek-v3":
+        assert plan.n_experts == 58 * 256 and plan.expert_bytes == 3 * 7168 * 2048 + 3 * 16 * 56 * 4  # FP8 + scales
+
+
+def test_a_checkpoint_folder_works_too(tiny_k25):
+    name, cfg = resolve_model(str(tiny_k25))
+    plan = make_plan(name, cfg, CPU_BOX, RuntimeConfig(context=512))
+    assert plan.fits and plan.routed_expert_bytes == cfg.expert_weight_bytes * cfg.n_routed_experts * 2
+
+
+def test_printed_numbers_come_from_the_plan():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
+    text = "\n".join(f"{k}: {v}" for _, rows in plan_sections(plan) for k, v in rows)
+    assert "23,040 x 24,772,608 B = 570.76 GB (531.56 GiB)" in text
+    assert "480 experts = 11.89 GB" in text
+    assert "70,272 B per token x 32,768 tokens = 2.14 GiB" in text
+    assert f"slots: {plan.gpu_expert_slots:,} experts" in text
+    assert f"{plan.decode_tok_s_ceiling:,.2f} tok/s, limited by NVMe" in text
+    assert summary_lines(plan)[0].startswith("plan: kimi-k2.5 on box (GPU + CPU), context 32,768 tokens")
+
+
+def _fields(p: Profile) -> dict:
+    return {f: getattr(p, f) for f in p.__dataclass_fields__}
