@@ -256,7 +256,8 @@ def profiles_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one
         console.print_json(json.dumps([asdict(p) for p in presets]))
         return
     t = Table(title="hardware profiles (peak spec values)")
-    for col in ("name", "GPU", "GPU GB/s", "PCIe GB/s", "RAM", "DRAM GB/s", "NVMe GB/s", "cores", "description"):
+    t.add_column("name", no_wrap=True, style="bold")
+    for col in ("GPU", "GPU GB/s", "PCIe GB/s", "RAM", "DRAM GB/s", "NVMe GB/s", "cores", "description"):
         t.add_column(col)
     for p in presets:
         gpu = f"{p.gpu_memory_gib:g} GiB" if p.has_gpu else "-"

@@ -110,3 +110,64 @@ def test_generate_without_model_makes_the_demo_once(tmp_path, monkeypatch):
     stamp = (demo / "config.json").stat().st_mtime_ns
     r = _generate("--prompt", "Hello", "--max-tokens", "2", "--temperature", "0", "--json")
     assert r.exit_code == 0 and (demo / "config.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+
+
+# ---- plan and profiles ----------------------------------------------------------------------------------------
+def test_profiles_lists_the_presets():
+    r = runner.invoke(app, ["profiles", "--json"])
+    assert r.exit_code == 0, r.output
+    names = {p["name"] for p in json.loads(r.stdout)}
+    assert {"rtx4090-256gb", "cpu-only-256gb", "h200-141gb-2tb", "laptop-4060-64gb"} <= names
+    r = runner.invoke(app, ["profiles"])
+    assert r.exit_code == 0 and "rtx4090-256gb" in r.stdout
+
+
+def test_plan_json_has_the_promised_keys():
+    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    for key in ("fits", "routed_expert_bytes", "kv_bytes_per_token", "gpu_bytes", "gpu_expert_slots",
+                "ram_expert_bytes", "decode_tok_s_ceiling", "limited_by"):  # fmt: skip
+        assert key in out
+    assert out["fits"] and out["routed_expert_bytes"] == 60 * 384 * 24_772_608 and out["kv_bytes_per_token"] == 70_272
+    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb"])
+    assert r.exit_code == 0 and "limited by" in r.stdout and "23,040 x 24,772,608 B" in r.stdout
+
+
+def test_plan_that_does_not_fit_exits_2_with_the_fix():
+    r = runner.invoke(app, ["plan", "--profile", "laptop-4060-64gb", "--json"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["fits"] is False
+    assert "GiB of GPU memory" in r.stderr and "--device cpu" in r.stderr
+    r = runner.invoke(app, ["plan", "--profile", "rtx4090-256gb", "--context", "131072"])
+    assert r.exit_code == 2 and "try --context" in r.stderr and "--gpu-weights int8" in r.stderr
+    r = runner.invoke(app, ["plan", "--profile", "rtx4090-256gb", "--context", "131072", "--gpu-weights", "int8"])
+    assert r.exit_code == 0, r.output
+
+
+def test_plan_bad_input(tmp_path):
+    r = runner.invoke(app, ["plan", "--profile", "rtx9090"])
+    assert r.exit_code == 2 and "rtx4090-256gb" in r.output  # the known names
+    r = runner.invoke(app, ["plan", "--model", "kimi-k3", "--profile", "rtx4090-256gb"])
+    assert r.exit_code == 2 and "kimi-k2.5" in r.output
+    r = runner.invoke(app, ["plan", "--profile", "rtx4090-256gb", "--lm-head", "disk"])
+    assert r.exit_code == 2 and "choose gpu or cpu" in r.output
+
+
+def test_plan_on_a_folder_and_auto(tiny_k25):
+    r = runner.invoke(app, ["plan", "--model", str(tiny_k25), "--profile", "auto", "--context", "256", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["fits"] and out["profile"] == "auto" and out["limited_by"] in ("DRAM", "CPU", "GPU")
+
+
+def test_generate_prints_the_plan_and_refuses_what_does_not_fit(tiny_k25, tmp_path):
+    r = _generate("--model", str(tiny_k25), "--prompt-ids", "1,2", "--max-tokens", "2", "--temperature", "0")
+    assert r.exit_code == 0 and "plan:" in r.stderr and "decode ceiling" in r.stderr
+    small = tmp_path / "small.toml"
+    small.write_text(
+        'name = "small"\ndescription = "too little RAM"\ngpu_name = ""\ngpu_memory_gib = 0.0\n'
+        "gpu_bandwidth_gbs = 0.0\ngpu_tflops = 0.0\npcie_gbs = 0.0\nram_gib = 0.5\ndram_gbs = 10.0\n"
+        "nvme_gbs = 1.0\ncpu_cores = 1\ncpu_gflops = 10.0\n"
+    )
+    r = _generate("--model", str(tiny_k25), "--prompt-ids", "1,2", "--profile", str(small))
+    assert r.exit_code == 2 and "GiB of RAM before any expert is cached" in r.output
