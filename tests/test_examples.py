@@ -23,3 +23,9 @@ def test_read_expert(tiny_k25):
 def test_chat_once(tiny_k25):
     out = _run("examples/chat_once.py", "--model", str(tiny_k25), "--max-tokens", "5", "Hello?")
     assert "reasoning:" in out and "tokens" in out
+
+
+def test_plan_table():
+    out = _run("examples/plan_table.py", "--bpw", "2.5")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "profile" not in line]
+    assert len(rows) == 9 and all("tok/s" in r for r in rows)
