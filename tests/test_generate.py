@@ -151,3 +151,26 @@ def test_stop_strings_must_be_a_sequence(tiny_k25):
         StopConditions(stop_strings="END")  # type: ignore[arg-type]
     with Engine(tiny_k25) as engine, pytest.raises(ValueError, match="sequence of strings"):
         engine.generate([1, 2], GREEDY, stop_strings="END")
+
+
+def test_cancel_stops_after_the_current_token(tok):
+    model = Scripted([1] * 50, tok.vocab_size)
+    gen = Generation(model, tok, [5], GREEDY, StopConditions(max_tokens=40))  # type: ignore[arg-type]
+    for n, _ in enumerate(gen):
+        if n == 2:
+            gen.cancel()
+    assert gen.result.finish_reason == "cancelled" and len(gen.result.token_ids) == 4
+
+
+def test_chat_turn_streams_reasoning_then_content(tiny_k25):
+    with Engine(tiny_k25, torch.float32) as engine:
+        turn = engine.chat([{"role": "user", "content": "Hi"}], thinking=True, sampling=GREEDY, max_tokens=6)
+        with pytest.raises(RuntimeError, match="not finished"):
+            _ = turn.output
+        pieces = list(turn)
+        out = turn.output
+        assert "".join(r for r, _ in pieces) == out.reasoning and "".join(c for _, c in pieces) == out.content
+        assert turn.result.prompt_tokens == len(turn.prompt_ids)
+        # the same reply through the plain generate path
+        same = engine.generate(turn.prompt_ids, GREEDY, max_tokens=6).run()
+        assert same.token_ids == turn.result.token_ids

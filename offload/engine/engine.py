@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from offload.checkpoint import Checkpoint
+from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormat
 from offload.engine.generate import Generation, StopConditions
 from offload.engine.sampling import SamplingParams
@@ -65,6 +67,10 @@ class Engine:
             self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context,
             vocab_limit=min(self.tokenizer.vocab_size, self.ckpt.config.vocab_size),
         )  # fmt: skip
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:
+        """One assistant reply (see ChatTurn for the options: tools, thinking, sampling, max_tokens, stop)."""
+        return ChatTurn(self, messages, **kwargs)
 
     def close(self) -> None:
         self.ckpt.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import torch
 from offload.engine.sampling import Sampler, SamplingParams
 from offload.model.transformer import Transformer
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "cancelled"]
 
 
 class TextStream(Protocol):
@@ -92,6 +93,11 @@ class Generation:
         self.vocab_limit = vocab_limit  # ids past the tokenizer's (a padded embedding) are never sampled
         self.result = GenerationResult(prompt_tokens=len(prompt_ids))
         self._started = False
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop after the current step (thread-safe): a client went away, or the user pressed Ctrl-C."""
+        self._cancel.set()
 
     def _next(self, logits: torch.Tensor) -> int:
         return self.sampler(logits[: self.vocab_limit] if self.vocab_limit else logits)
@@ -130,6 +136,9 @@ class Generation:
                 yield r.text[emitted:safe]
                 emitted = safe
             if len(r.token_ids) >= self.max_new:
+                break
+            if self._cancel.is_set():
+                r.finish_reason = "cancelled"
                 break
             logits = self.model.forward(torch.tensor([token]), pos, cache)[0]
             pos += 1
