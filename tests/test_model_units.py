@@ -156,3 +156,11 @@ def test_yarn_matches_transformers(rope):
     cfg = ModelConfig.from_dict(raw)
     assert torch.allclose(inv_freq(64, 50000.0, cfg.rope_scaling), want_freq, rtol=1e-6, atol=0)
     assert math.isclose(cos_sin_factor(cfg.rope_scaling), want_factor, rel_tol=1e-9)
+
+
+def test_loading_reports_every_non_expert_byte(tiny_dirs):
+    for key in (("k2.5", "int4"), ("deepseek-v3", "fp8")):
+        with Checkpoint(tiny_dirs[key]) as ckpt:
+            seen: list[int] = []
+            load_transformer(ckpt, DequantizedExperts(ckpt), torch.float32, on_bytes=seen.append)
+            assert sum(seen) == ckpt.config.nonexpert_bytes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ class Engine:
 
     def __init__(
         self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_context: int | None = None,
-        profile: Profile | None = None,
+        profile: Profile | None = None, on_bytes: Callable[[int], None] | None = None,
     ) -> None:  # fmt: skip
         self.folder = Path(folder)
         self.ckpt = Checkpoint(self.folder)
@@ -48,10 +48,11 @@ class Engine:
             self.tokenizer = Tokenizer.from_dir(self.folder)
             self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
             self.experts = DequantizedExperts(self.ckpt, dtype)
-            self.model = load_transformer(self.ckpt, self.experts, dtype)
+            self.model = load_transformer(self.ckpt, self.experts, dtype, on_bytes=on_bytes)
         except BaseException:
             self.ckpt.close()
             raise
+        self.dtype = dtype
         self.stop_ids = self.tokenizer.stop_ids | frozenset(cfg.eos_token_ids)
         log.info("loaded %s (%s, %d layers, %s compute)", self.folder, cfg.layout, cfg.num_hidden_layers, dtype)
 
@@ -67,6 +68,11 @@ class Engine:
             self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context,
             vocab_limit=min(self.tokenizer.vocab_size, self.ckpt.config.vocab_size),
         )  # fmt: skip
+
+    @property
+    def weight_bytes(self) -> int:
+        """Stored bytes of everything the model holds outside the routed experts (what loading prepares)."""
+        return self.ckpt.config.nonexpert_bytes
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:
         """One assistant reply (see ChatTurn for the options: tools, thinking, sampling, max_tokens, stop)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from offload.checkpoint import Checkpoint
@@ -23,16 +25,26 @@ def compute_dtype(name: str) -> torch.dtype:
 
 
 def load_transformer(
-    ckpt: Checkpoint, experts: ExpertRuntime, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
-) -> Transformer:
-    """Weights already in `dtype` on the CPU stay zero-copy views of the mapped shards."""
+    ckpt: Checkpoint, experts: ExpertRuntime, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+    on_bytes: Callable[[int], None] | None = None,
+) -> Transformer:  # fmt: skip
+    """Weights already in `dtype` on the CPU stay zero-copy views of the mapped shards. `on_bytes` hears the
+    stored size of each weight as it is prepared (for a progress bar)."""
     cfg = ckpt.config
+    report = on_bytes or (lambda n: None)
 
     def linear(module: str) -> torch.Tensor:
-        return dense_weight(ckpt.linear(module), cfg.quant, dtype).to(device)
+        stored = ckpt.linear(module)
+        report(sum(t.nbytes for t in stored.values()))
+        return dense_weight(stored, cfg.quant, dtype).to(device)
+
+    def raw(name: str) -> torch.Tensor:  # kept in its stored dtype (the router casts to float32 itself)
+        t = ckpt.tensor(name)
+        report(t.nbytes)
+        return t.to(device)
 
     def vector(name: str) -> torch.Tensor:
-        return ckpt.tensor(name).to(device=device, dtype=dtype)
+        return raw(name).to(dtype)
 
     rope = Rope(cfg, device)
     blocks = []
@@ -51,11 +63,7 @@ def load_transformer(
         )
         mlp: MLP | MoE
         if cfg.is_moe_layer(i):
-            router = Router.build(
-                cfg,
-                ckpt.tensor(f"{p}.mlp.gate.weight").to(device),
-                ckpt.tensor(f"{p}.mlp.gate.e_score_correction_bias").to(device),
-            )
+            router = Router.build(cfg, raw(f"{p}.mlp.gate.weight"), raw(f"{p}.mlp.gate.e_score_correction_bias"))
             s = f"{p}.mlp.shared_experts"
             shared = (
                 MLP(linear(f"{s}.gate_proj"), linear(f"{s}.up_proj"), linear(f"{s}.down_proj"))
@@ -73,6 +81,6 @@ def load_transformer(
                 mlp,
             )
         )
-    embed = ckpt.tensor("model.embed_tokens.weight").to(device)
+    embed = raw("model.embed_tokens.weight")
     lm_head = embed.to(dtype) if cfg.tie_word_embeddings else linear("lm_head")
     return Transformer(cfg, embed, blocks, vector("model.norm.weight"), lm_head, rope, dtype)
