@@ -244,6 +244,56 @@ def generate_cmd(
     )
 
 
+@app.command("chat")
+def chat_cmd(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint folder; default: the built-in demo model.")] = None,
+    profile: Annotated[str, typer.Option(help="Hardware profile for the start-up plan: auto, a preset or a .toml.")] = (
+        "auto"
+    ),
+    system: Annotated[str | None, typer.Option(help="System prompt (default: the model's own).")] = None,
+    think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason before answering.")] = True,
+    temperature: Annotated[
+        float | None, typer.Option(help="Default: 1.0 with thinking, 0.6 without (Kimi's advice).")
+    ] = None,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = SAMPLING.top_p,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 1024,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    context: Annotated[int | None, typer.Option(help=f"Context to plan for (default {RUNTIME.context}).")] = None,
+    dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16 or float32.")] = "bfloat16",
+) -> None:
+    """Chat in the terminal: streaming answers, thinking shown apart, /help for commands."""
+    from offload.cli_chat import run_chat
+
+    run_chat(
+        model_dir=_model_dir(model), profile=profile, system=system, think=think, temperature=temperature,
+        top_p=top_p, max_tokens=max_tokens, seed=seed, context=context or RUNTIME.context, dtype=dtype,
+        console=console, err=err, fail=_fail,
+    )  # fmt: skip
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint folder; default: the built-in demo model.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require `Authorization: Bearer KEY`.")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Name in /v1/models (default: the folder's name).")] = None,
+    profile: Annotated[str, typer.Option(help="Hardware profile for the start-up plan: auto, a preset or a .toml.")] = (
+        "auto"
+    ),
+    context: Annotated[int | None, typer.Option(help=f"Context to plan for (default {RUNTIME.context}).")] = None,
+    dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16 or float32.")] = "bfloat16",
+    max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
+) -> None:
+    """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
+    from offload.server.run import run_server
+
+    run_server(
+        model_dir=_model_dir(model), host=host, port=port, api_key=api_key, model_name=model_name, profile=profile,
+        context=context or RUNTIME.context, dtype=dtype, max_queue=max_queue, err=err, fail=_fail,
+    )  # fmt: skip
+
+
 @app.command("profiles")
 def profiles_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
     """The hardware presets `plan --profile` knows (files in profiles/)."""
