@@ -29,8 +29,10 @@ def main() -> None:
     ap.add_argument("--bpw", type=float, nargs="*", default=[None, 2.5, 1.8], help="expert bits per weight")
     args = ap.parse_args()
     cfg = shape_config(args.model)
-    print("| profile | experts | setting | fits | max context | decode ceiling | limited by | RAM-resident | prefill |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    cols = ["profile", "experts", "setting", "fits", "max context", "decode ceiling", "limited by", "in RAM",
+            "in GPU slots", "prefill"]  # fmt: skip
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
     for prof in list_profiles():
         for bpw in args.bpw:
             for label, kw in SETTINGS:
@@ -41,11 +43,10 @@ def main() -> None:
                 if plan.fits or label == "CPU only":
                     break
             experts = "as stored" if bpw is None else f"{bpw:g} bpw"
-            resident = plan.shares["ram"] + plan.shares["gpu"]
             print(
                 f"| {prof.name} | {experts} | {label} | {'yes' if plan.fits else 'no'} | {plan.max_context:,} | "
-                f"{plan.decode_tok_s_ceiling:.2f} tok/s | {plan.limited_by} | {resident:.0%} | "
-                f"{plan.prefill_tok_s:,.0f} tok/s |"
+                f"{plan.decode_tok_s_ceiling:.2f} tok/s | {plan.limited_by} | {plan.shares['ram']:.0%} | "
+                f"{plan.shares['gpu']:.1%} | {plan.prefill_tok_s:,.0f} tok/s |"
             )
 
 

@@ -195,7 +195,7 @@ def generate_cmd(
         sampling = SamplingParams(temperature, top_p, top_k, min_p, seed)
         torch_dtype = compute_dtype(dtype)
         prof = load_profile(profile, probe=False)
-        engine = Engine(folder, torch_dtype, context or RUNTIME.context, prof)
+        engine = Engine(folder, torch_dtype, context if context is not None else RUNTIME.context, prof)
     except (ValueError, ConfigError, CheckpointError, TokenizerError, ProfileError, PlanError) as e:
         raise _fail(str(e)) from None
     if not as_json:
@@ -266,8 +266,8 @@ def chat_cmd(
 
     run_chat(
         model_dir=_model_dir(model), profile=profile, system=system, think=think, temperature=temperature,
-        top_p=top_p, max_tokens=max_tokens, seed=seed, context=context or RUNTIME.context, dtype=dtype,
-        console=console, err=err, fail=_fail,
+        top_p=top_p, max_tokens=max_tokens, seed=seed, dtype=dtype, console=console, err=err, fail=_fail,
+        context=context if context is not None else RUNTIME.context,
     )  # fmt: skip
 
 
@@ -290,7 +290,8 @@ def serve_cmd(
 
     run_server(
         model_dir=_model_dir(model), host=host, port=port, api_key=api_key, model_name=model_name, profile=profile,
-        context=context or RUNTIME.context, dtype=dtype, max_queue=max_queue, err=err, fail=_fail,
+        context=context if context is not None else RUNTIME.context, dtype=dtype, max_queue=max_queue, err=err,
+        fail=_fail,
     )  # fmt: skip
 
 

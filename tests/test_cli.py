@@ -123,14 +123,15 @@ def test_profiles_lists_the_presets():
 
 
 def test_plan_json_has_the_promised_keys():
-    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--json"])
+    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--gpu-weights", "int8",
+                            "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     for key in ("fits", "routed_expert_bytes", "kv_bytes_per_token", "gpu_bytes", "gpu_expert_slots",
                 "ram_expert_bytes", "decode_tok_s_ceiling", "limited_by"):  # fmt: skip
         assert key in out
     assert out["fits"] and out["routed_expert_bytes"] == 60 * 384 * 24_772_608 and out["kv_bytes_per_token"] == 70_272
-    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb"])
+    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--context", "16384"])
     assert r.exit_code == 0 and "limited by" in r.stdout and "23,040 x 24,772,608 B" in r.stdout
 
 
@@ -139,7 +140,7 @@ def test_plan_that_does_not_fit_exits_2_with_the_fix():
     assert r.exit_code == 2 and json.loads(r.stdout)["fits"] is False
     assert "GiB of GPU memory" in r.stderr and "--device cpu" in r.stderr
     r = runner.invoke(app, ["plan", "--profile", "rtx4090-256gb", "--context", "131072"])
-    assert r.exit_code == 2 and "try --context" in r.stderr and "--gpu-weights int8" in r.stderr
+    assert r.exit_code == 2 and "any of these fits: --context 29696" in r.stderr and "--gpu-weights int8" in r.stderr
     r = runner.invoke(app, ["plan", "--profile", "rtx4090-256gb", "--context", "131072", "--gpu-weights", "int8"])
     assert r.exit_code == 0, r.output
 

@@ -83,15 +83,22 @@ def test_gpu_budget_slots_and_ram_by_hand():
     assert plan.shares == pytest.approx({"gpu": g, "ram": r, "disk": 1 - g - r})
 
 
+SLOTS_BOX = 9  # (24 GiB - weights - KV at 32K - 2 GiB) // EXPERT, checked in test_gpu_budget_slots_and_ram_by_hand
+PAGE_CACHE_BOX = 256 * GiB - 8 * GiB - VOCAB_H * 2 - 2 * 8 * EXPERT
+ATTN_32K = 2 * 61 * 64 * (512 + 64 + 512) * 32768  # absorbed decode over 32K cached tokens
+
+
 def test_decode_ceiling_by_hand():
     plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
-    g, r, d = plan.shares["gpu"], plan.shares["ram"], plan.shares["disk"]
+    g = SLOTS_BOX * EXPERT / ROUTED
+    r = PAGE_CACHE_BOX / ROUTED
+    d = 1 - g - r
     gpu_read = sum(BF16.values()) + 32768 * KV_TOKEN + round(g * PER_TOKEN)
     dram_read = 2 * 7168 + round((r + d) * PER_TOKEN)  # one embedding row + CPU experts
     nvme_read = round(d * PER_TOKEN)
     assert plan.per_token_bytes == {"gpu": gpu_read, "dram": dram_read, "nvme": nvme_read, "pcie": 2 * 2 * 7168 * 60}
     secs = plan.seconds_per_token
-    assert secs["GPU"] == pytest.approx(gpu_read / 1000e9)
+    assert secs["GPU"] == pytest.approx(gpu_read / 1000e9 + ATTN_32K / 100e12)
     assert secs["DRAM"] == pytest.approx(dram_read / 80e9)
     assert secs["NVMe"] == pytest.approx(nvme_read / 5e9)
     assert secs["CPU"] == pytest.approx(2 * 3 * 7168 * 2048 * 8 * 60 * (r + d) / 1000e9)
@@ -112,14 +119,26 @@ def test_all_resident_is_dram_bound_at_the_kimi_md_figure():
 def test_cpu_only_keeps_everything_in_ram():
     plan = make_plan("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192))
     assert not plan.on_gpu and plan.gpu_budget == {} and plan.gpu_expert_slots == 0
-    stored = K25.nonexpert_bytes_by_part
-    assert {p.part for p in plan.placements if p.where == "ram"} == set(stored) - {"routed_experts"} | {"kv_cache"}
+    ram = {p.part: p.nbytes for p in plan.placements if p.where == "ram"}
     kv = 8192 * KV_TOKEN
-    fixed = 8 * GiB + sum(v for k, v in stored.items() if k != "routed_experts") + kv + 1 * GiB
-    assert plan.ram_expert_bytes == 256 * GiB - fixed
-    nonexpert_read = sum(v for k, v in stored.items() if k not in ("routed_experts", "embed")) + 2 * 7168
-    d = plan.shares["disk"]
-    assert plan.per_token_bytes["dram"] == nonexpert_read + kv + round((1 - d) * PER_TOKEN + d * PER_TOKEN)
+    assert ram == {**BF16, "embed": VOCAB_H * 2, "kv_cache": kv}  # K2.5 stores them in bf16: zero-copy
+    fixed = 8 * GiB + sum(BF16.values()) + VOCAB_H * 2 + kv + 1 * GiB
+    assert plan.ram_budget["expert_page_cache"] == 256 * GiB - fixed
+    assert plan.ram_expert_bytes == 256 * GiB - fixed  # less than all experts: all of it is used
+    assert plan.per_token_bytes["dram"] == sum(BF16.values()) + 2 * 7168 + kv + PER_TOKEN
+    active = sum(v // 2 for v in BF16.values()) - 60 * 384  # parameters (the f32 bias counted once)
+    flops = 2 * 3 * 7168 * 2048 * 8 * 60 + 2 * active + 2 * 61 * 64 * 1088 * 8192
+    assert plan.seconds_per_token["CPU"] == pytest.approx(flops / 1000e9)
+    assert plan.max_context == min(262144, (256 * GiB - (fixed - kv)) // KV_TOKEN)
+
+
+def test_fp8_weights_on_the_cpu_are_budgeted_as_converted():
+    cfg = shape_config("kimi-k2-instruct")
+    plan = make_plan("k2", cfg, CPU_BOX, RuntimeConfig(context=4096))
+    ram = {p.part: p for p in plan.placements if p.where == "ram"}
+    assert ram["attention"].fmt == "bf16" and ram["attention"].nbytes == BF16["attention"]  # not the FP8 bytes
+    f32 = make_plan("k2", cfg, CPU_BOX, RuntimeConfig(context=4096, cpu_dtype="f32"))
+    assert {p.part: p.nbytes for p in f32.placements}["attention"] == 2 * BF16["attention"]
 
 
 def test_context_beyond_the_model_is_refused():
@@ -134,7 +153,7 @@ def test_too_small_gpu_says_what_fits():
     msg = plan.refusal()
     need = (sum(BF16.values()) + 32768 * KV_TOKEN + 2 * GiB) / GiB
     assert f"needs {need:.1f} GiB of GPU memory" in msg and "the profile has 16 GiB" in msg
-    assert "--gpu-weights int8" in plan.suggestions and "--context" not in msg  # weights alone are > 16 GiB
+    assert plan.suggestions[0] == "--gpu-weights int8" and "--context" not in msg  # weights alone are > 16 GiB
     fixed = make_plan("kimi-k2.5", K25, small, RuntimeConfig(context=32768, gpu_weights="int8"))
     assert fixed.fits and fixed.gpu_expert_slots > 0
 
@@ -155,19 +174,40 @@ def test_too_small_ram_is_refused():
 
 
 def test_prefill_estimate_by_hand():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768, prefill_chunk=4096))
+    fast_disk = Profile(**{**_fields(BOX), "nvme_gbs": 1e4, "pcie_gbs": 1e4, "dram_gbs": 1e4})  # the GPU's FLOPs decide
+    plan = make_plan("kimi-k2.5", K25, fast_disk, RuntimeConfig(context=32768, prefill_chunk=4096))
+    active = sum(v // 2 for v in BF16.values()) - 60 * 384 + 8 * 60 * 3 * 7168 * 2048
+    attn = 2 * 61 * 64 * (192 + 128) * 4096 * 4096 // 2  # causal, first chunk
+    assert plan.prefill_limited_by == "GPU"
+    assert plan.prefill_tok_s == pytest.approx(4096 / ((2 * active * 4096 + attn) / 100e12))
+    slow = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768, prefill_chunk=4096))
     used = 1 - (1 - 8 / 384) ** 4096  # a 4096-token chunk uses essentially every expert of a layer
-    g, d = plan.shares["gpu"], plan.shares["disk"]
-    pcie = (1 - g) * ROUTED * used / 25e9
-    nvme = d * ROUTED * used / 5e9
-    assert plan.prefill_limited_by == ("NVMe" if nvme > pcie else "PCIe")
-    assert plan.prefill_tok_s == pytest.approx(4096 / max(pcie, nvme))
+    d = 1 - SLOTS_BOX * EXPERT / ROUTED - PAGE_CACHE_BOX / ROUTED
+    assert slow.prefill_limited_by == "NVMe"
+    assert slow.prefill_tok_s == pytest.approx(4096 / (d * ROUTED * used / 5e9))
+    big = Profile(**{**_fields(CPU_BOX), "ram_gib": 1024, "dram_gbs": 1e4})
+    cpu = make_plan("kimi-k2.5", K25, big, RuntimeConfig(context=8192))
+    assert cpu.prefill_limited_by == "CPU"
+    assert cpu.prefill_tok_s == pytest.approx(4096 / ((2 * active * 4096 + attn) / 1000e9))
 
 
 def test_expert_bpw_what_if():
     plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(expert_bpw=2.5))
     assert plan.expert_bytes == math.ceil(3 * 7168 * 2048 * 2.5 / 8)
     assert any("what-if" in w for w in plan.warnings)
+
+
+def test_builtin_shapes_pin_their_published_values():
+    k2 = shape_config("kimi-k2-instruct")
+    assert k2.quant.format == "fp8" and k2.quant.block == (128, 128) and k2.max_position_embeddings == 131072
+    assert k2.rms_norm_eps == 1e-6 and k2.n_routed_experts == 384 and k2.layout == "kimi_k2"
+    thinking = shape_config("kimi-k2-thinking")
+    assert thinking.quant.format == "int4" and thinking.quant.group_size == 32
+    assert thinking.max_position_embeddings == 262144
+    v3 = shape_config("deepseek-v3")
+    assert (v3.n_routed_experts, v3.n_group, v3.topk_group, v3.first_k_dense_replace) == (256, 8, 4, 3)
+    assert (v3.num_attention_heads, v3.vocab_size, v3.routed_scaling_factor) == (128, 129280, 2.5)
+    assert K25.layout == "kimi_k25" and K25.rms_norm_eps == 1e-5 and K25.max_position_embeddings == 262144
 
 
 @pytest.mark.parametrize("name", SHAPES)
@@ -184,7 +224,56 @@ def test_builtin_shapes(name):
 def test_a_checkpoint_folder_works_too(tiny_k25):
     name, cfg = resolve_model(str(tiny_k25))
     plan = make_plan(name, cfg, CPU_BOX, RuntimeConfig(context=512))
-    assert plan.fits and plan.routed_expert_bytes == cfg.expert_weight_bytes * cfg.n_routed_experts * 2
+    # tiny preset: hidden 64, expert 32 wide, INT4 group 32: packed 4 bits + a bf16 scale per 32 weights
+    h, i = cfg.hidden_size, cfg.moe_intermediate_size
+    one = 3 * h * i // 2 + 2 * (i * h // 32) * 2 + 2 * (h * i // 32)
+    assert plan.fits and plan.expert_bytes == one
+    assert plan.routed_expert_bytes == one * cfg.n_routed_experts * len(cfg.moe_layers)
+
+
+def test_tied_embeddings_and_plain_q_proj():
+    raw = K25.to_dict()
+    raw["text_config"].update(tie_word_embeddings=True, q_lora_rank=None)
+    raw["tie_word_embeddings"] = True
+    from offload.config import ModelConfig
+
+    cfg = ModelConfig.from_dict(raw)
+    plan = make_plan("tied", cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
+    gpu = {p.part: p.nbytes for p in plan.placements if p.where == "gpu"}
+    assert gpu["lm_head"] == VOCAB_H + 2 * 163840  # the tied head still runs on the GPU: a copy there
+    q_proj = 12288 * 7168  # no q LoRA: one [H * 192, hidden] projection
+    att = q_proj + 576 * 7168 + 16384 * 512 + 7168 * 8192
+    assert gpu["attention"] == 61 * (att + 2 * (12288 + 576 + 16384 + 7168))
+    cpu = make_plan("tied", cfg, CPU_BOX, RuntimeConfig(context=4096, lm_head="cpu"))
+    ram = {p.part: p.nbytes for p in cpu.placements if p.where == "ram"}
+    assert ram["lm_head"] == 0 and ram["embed"] == VOCAB_H * 2  # one tensor serves both
+    assert cpu.per_token_bytes["dram"] >= VOCAB_H * 2  # but the head reads all of it every token
+
+
+@pytest.mark.parametrize("model", SHAPES)
+def test_every_suggestion_fits_when_applied(model):
+    """Apply each suggested flag set and plan again: it must fit (the review's 47-of-274 check, kept)."""
+    cfg = shape_config(model)
+    from offload.planner.profile import list_profiles
+
+    for prof in list_profiles():
+        for context in (4096, 32768, 131072, 262144, 400_000):
+            for kw in ({}, {"gpu_weights": "int8"}, {"lm_head": "cpu"}):
+                rt = RuntimeConfig(context=context, **kw)  # type: ignore[arg-type]
+                plan = make_plan(model, cfg, prof, rt)
+                for flags in plan.suggestions:
+                    change = _parse_flags(flags)
+                    fixed = make_plan(model, cfg, prof, RuntimeConfig(**{**_fields(rt), **change}))
+                    assert fixed.fits, (model, prof.name, context, kw, flags, fixed.problems)
+
+
+def _parse_flags(flags: str) -> dict:
+    words = flags.split()
+    names = {"--context": "context", "--gpu-weights": "gpu_weights", "--lm-head": "lm_head", "--device": "device"}
+    out: dict = {}
+    for key, value in zip(words[::2], words[1::2], strict=True):
+        out[names[key]] = int(value) if key == "--context" else value
+    return out
 
 
 def test_printed_numbers_come_from_the_plan():

@@ -73,7 +73,7 @@ def test_presets_load_and_validate() -> None:
 def test_rtx4090_by_hand() -> None:
     p = load_profile("rtx4090-256gb")
     assert p.has_gpu and p.gpu_name == "NVIDIA GeForce RTX 4090"
-    assert p.gpu_memory_gib == 24 and p.gpu_bytes == 24 * 2**30
+    assert p.gpu_memory_gib == 23.65 and p.gpu_bytes == int(23.65 * 2**30)  # what torch reports for a 24 GB card
     assert p.ram_gib == 256 and p.ram_bytes == 256 * 2**30
     assert p.dram_gbs == pytest.approx(2 * 5600e6 * 8 / 1e9)  # 89.6: two channels of DDR5-5600
     assert p.gpu_bandwidth_gbs == 1008 and p.gpu_tflops == 165.2 and p.pcie_gbs == 32
@@ -229,3 +229,10 @@ def test_detect_unknown_gpu_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (p.pcie_gbs, p.gpu_bandwidth_gbs, p.gpu_tflops) == (55.0, 1500.0, 400.0)
     assert {"gpu_bandwidth_gbs", "gpu_tflops", "pcie_gbs"} <= set(p.measured)
     assert "(timed:" in p.description
+
+
+@pytest.mark.parametrize("key", ["dram_gbs", "nvme_gbs", "cpu_gflops"])
+def test_zero_rates_every_plan_divides_by_are_refused(key):
+    base = {f: getattr(load_profile("cpu-only-256gb"), f) for f in TOML_KEYS}
+    with pytest.raises(ProfileError, match=f"{key} = 0.0; it must be > 0"):
+        Profile(**{**base, key: 0.0})

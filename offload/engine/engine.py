@@ -39,7 +39,9 @@ class Engine:
         cfg = self.ckpt.config
         self.max_context = min(max_context or cfg.max_position_embeddings, cfg.max_position_embeddings)
         # the same plan `kimi-offload plan` prints; this runtime computes on the CPU until the GPU path lands
-        runtime = RuntimeConfig(context=self.max_context, device="cpu")
+        runtime = RuntimeConfig(
+            context=self.max_context, device="cpu", cpu_dtype="f32" if dtype == torch.float32 else "bf16"
+        )
         self.plan: Plan = make_plan(str(self.folder), cfg, profile or detect_profile(probe=False), runtime)
         if not self.plan.fits:
             self.ckpt.close()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from offload.config import ModelConfig
 from offload.planner.profile import Profile
-from offload.planner.sizes import GpuWeights, PartParams, expert_params, part_params
+from offload.planner.sizes import (
+    GpuWeights,
+    attention_flops_per_token,
+    expert_params,
+    part_params,
+    prefill_attention_flops,
+)
 
 GiB = 1 << 30
 CHUNK = 1024  # suggested context lengths are rounded down to this
@@ -22,6 +28,7 @@ class RuntimeConfig:
     gpu_weights: GpuWeights = "bf16"  # format of the non-expert weights on the GPU
     lm_head: Literal["gpu", "cpu"] = "gpu"
     device: Literal["auto", "cpu"] = "auto"  # cpu: plan for the CPU alone even when the machine has a GPU
+    cpu_dtype: Literal["bf16", "f32"] = "bf16"  # compute dtype of the weights the CPU holds
     gpu_reserve_gib: float = 1.0  # CUDA context, allocator slack
     workspace_gib: float = 1.0  # activations and prefill scratch where the model computes
     ram_reserve_gib: float | None = None  # OS, Python, torch, the tensor index; None: 10% of RAM, at most 8 GiB
@@ -37,6 +44,8 @@ class RuntimeConfig:
             raise ValueError(f"lm_head = {self.lm_head!r}; choose gpu or cpu")
         if self.device not in ("auto", "cpu"):
             raise ValueError(f"device = {self.device!r}; choose auto or cpu")
+        if self.cpu_dtype not in ("bf16", "f32"):
+            raise ValueError(f"cpu_dtype = {self.cpu_dtype!r}; choose bf16 or f32")
         if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0 or self.prefill_chunk < 1:
             raise ValueError("reserves and workspace must be >= 0 and prefill_chunk >= 1")
         if self.expert_bpw is not None and not 1 <= self.expert_bpw <= 16:
@@ -70,7 +79,7 @@ class Plan:
     gpu_budget: dict[str, int]  # part -> bytes on the GPU (weights, kv_cache, workspace, reserve, expert_slots)
     gpu_expert_slots: int
     ram_budget: dict[str, int]  # what RAM holds besides the experts' page cache, and that cache
-    ram_expert_bytes: int  # routed experts that stay in the page cache
+    ram_expert_bytes: int  # routed expert bytes served from RAM (the page cache), GPU-slot copies not counted
     shares: dict[str, float]  # fraction of routed experts in GPU slots / RAM / only on disk (uniform routing)
     per_token_bytes: dict[str, int]  # decode bytes read per token from each link
     seconds_per_token: dict[str, float]  # each resource's decode time per token if it were alone
@@ -95,7 +104,7 @@ class Plan:
 
     def refusal(self) -> str:
         """The one message a run that does not fit stops with: the numbers and what to change."""
-        tries = f"; try {' or '.join(self.suggestions)}" if self.suggestions else ""
+        tries = f"; any of these fits: {' | '.join(self.suggestions)}" if self.suggestions else ""
         return "; ".join(self.problems) + tries
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,8 +127,9 @@ def _expert_fmt(cfg: ModelConfig, rt: RuntimeConfig) -> str:
     return {"int4": "int4 g32", "fp8": "fp8 block"}.get(cfg.quant.format, _stored_fmt(cfg))
 
 
-def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig) -> Plan:
-    """Pure arithmetic: no I/O, no torch. Uniform routing is assumed (a trained router's skew only helps)."""
+def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, suggest: bool = True) -> Plan:
+    """Pure arithmetic: no I/O, no torch. Uniform routing is assumed (a trained router's skew only helps).
+    `suggest`: also try the flag changes that would make a refused plan fit (each one re-planned)."""
     on_gpu = profile.has_gpu and rt.device != "cpu"
     params = part_params(cfg)
     stored = cfg.nonexpert_bytes_by_part
@@ -129,11 +139,23 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
     routed, per_token = eb * n_experts, eb * k * n_moe
     kv_tok = cfg.kv_bytes_per_token()
     kv = kv_tok * rt.context
+    tied = cfg.tie_word_embeddings
 
     # ---- placement: the GPU takes every non-expert part but the embedding (one row a token) -------------------
     gpu_parts = [p for p in params if on_gpu and p != "embed" and not (p == "lm_head" and rt.lm_head == "cpu")]
-    placements = [Placement(p, "gpu", rt.gpu_weights, params[p].nbytes(rt.gpu_weights)) for p in gpu_parts]
-    placements += [Placement(p, "ram", _stored_fmt(cfg), stored[p]) for p in params if p not in gpu_parts]
+    placements = [
+        Placement(p, "gpu", rt.gpu_weights if params[p].linear else "bf16", params[p].nbytes(rt.gpu_weights))
+        for p in gpu_parts
+    ]
+    for p in params:
+        if p in gpu_parts:
+            continue
+        if p == "embed":  # rows are cast when looked up: the stored tensor itself, zero-copy
+            placements.append(Placement(p, "ram", _stored_fmt(cfg), stored[p]))
+        elif p == "lm_head" and tied:  # the embedding again: no second copy
+            placements.append(Placement(p, "ram", "tied to embed", 0))
+        else:  # in the CPU compute dtype: zero-copy when stored so, a converted copy otherwise (FP8, f32)
+            placements.append(Placement(p, "ram", rt.cpu_dtype, params[p].nbytes(rt.cpu_dtype)))
     placements.append(Placement("routed_experts", "mmap", _expert_fmt(cfg, rt), routed))
     placements.append(Placement("kv_cache", "gpu" if on_gpu else "ram", "bf16", kv))
     gpu_weights = {p.part: p.nbytes for p in placements if p.where == "gpu" and p.part != "kv_cache"}
@@ -157,36 +179,41 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
     else:
         ram_fixed["kv_cache"] = kv
         ram_fixed["workspace"] = int(rt.workspace_gib * GiB)
-    ram_expert = max(0, min(routed, profile.ram_bytes - sum(ram_fixed.values())))
-    ram_budget = {**ram_fixed, "expert_page_cache": ram_expert}
+    page_cache = max(0, profile.ram_bytes - sum(ram_fixed.values()))
+    ram_budget = {**ram_fixed, "expert_page_cache": page_cache}
 
-    g = slots * eb / routed
-    r = min(1.0 - g, ram_expert / routed)
+    g = slots * eb / routed  # GPU slots and RAM hold different experts: no point keeping both copies hot
+    r = min(1.0 - g, page_cache / routed)
     d = max(0.0, 1.0 - g - r)
     shares = {"gpu": g, "ram": r, "disk": d}
 
     # ---- decode: bytes per token on each link, and the time each resource needs for them ------------------------
     h = cfg.hidden_size
-    cpu_nonexpert = sum(v for p, v in ram_weights.items() if p != "embed") + 2 * h  # + one embedding row
+    lm_read = params["lm_head"].nbytes(rt.cpu_dtype) if tied else 0  # a tied head reads the embedding in full
+    cpu_read = (
+        sum(v for p, v in ram_weights.items() if p != "embed") + 2 * h + (lm_read if "lm_head" in ram_weights else 0)
+    )
     active_nonexpert = sum(v.params for p, v in params.items() if p != "embed")
+    attn_flops = attention_flops_per_token(cfg, rt.context)
     per = {
         "gpu": (sum(gpu_weights.values()) + kv + round(g * per_token)) if on_gpu else 0,
-        "dram": cpu_nonexpert + (0 if on_gpu else kv) + round((r + d) * per_token),
+        "dram": cpu_read + (0 if on_gpu else kv) + round((r + d) * per_token),
         "nvme": round(d * per_token),
         "pcie": (2 * 2 * h * n_moe + (2 * h if rt.lm_head == "cpu" else 0)) if on_gpu else 0,
     }
     cpu_flops = 2 * expert_params(cfg) * k * n_moe * (r + d)
     if not on_gpu:
-        cpu_flops += 2 * active_nonexpert
+        cpu_flops += 2 * active_nonexpert + attn_flops
     elif rt.lm_head == "cpu":
-        cpu_flops += 2 * params["lm_head"].params if "lm_head" in params else 0
+        cpu_flops += 2 * params["lm_head"].params
     secs = {
-        "GPU": per["gpu"] / (profile.gpu_bandwidth_gbs * 1e9) if on_gpu else 0.0,
+        "GPU": (per["gpu"] / (profile.gpu_bandwidth_gbs * 1e9) + attn_flops / (profile.gpu_tflops * 1e12))
+        if on_gpu else 0.0,
         "DRAM": per["dram"] / (profile.dram_gbs * 1e9),
-        "NVMe": per["nvme"] / (profile.nvme_gbs * 1e9) if per["nvme"] else 0.0,
+        "NVMe": per["nvme"] / (profile.nvme_gbs * 1e9),
         "PCIe": per["pcie"] / (profile.pcie_gbs * 1e9) if on_gpu else 0.0,
         "CPU": cpu_flops / (profile.cpu_gflops * 1e9),
-    }
+    }  # fmt: skip
     limited_by = max(secs, key=lambda key: secs[key])
     ceiling = 1.0 / secs[limited_by]
     serial = 1.0 / sum(secs.values())
@@ -194,10 +221,10 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
     # ---- prefill: a chunk uses nearly every expert of a layer; on a GPU they are copied and run there ----------
     p_tok = min(rt.prefill_chunk, rt.context)
     used = 1.0 - (1.0 - k / cfg.n_routed_experts) ** p_tok
-    flops = 2.0 * (active_nonexpert + k * n_moe * expert_params(cfg)) * p_tok
+    flops = 2.0 * (active_nonexpert + k * n_moe * expert_params(cfg)) * p_tok + prefill_attention_flops(cfg, p_tok)
     pre = {
         "NVMe": d * routed * used / (profile.nvme_gbs * 1e9),
-        "DRAM": ((r + d) * routed * used + (0 if on_gpu else sum(ram_weights.values()))) / (profile.dram_gbs * 1e9),
+        "DRAM": ((r + d) * routed * used + (0 if on_gpu else cpu_read)) / (profile.dram_gbs * 1e9),
     }
     if on_gpu:
         pre["PCIe"] = (1.0 - g) * routed * used / (profile.pcie_gbs * 1e9)
@@ -207,13 +234,11 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
     prefill_limited_by = max(pre, key=lambda key: pre[key])
     prefill_tok_s = p_tok / pre[prefill_limited_by]
 
-    # ---- does it fit, and what would make it fit ------------------------------------------------------------
+    # ---- does it fit ------------------------------------------------------------------------------------------
     problems: list[str] = []
-    suggestions: list[str] = []
     if rt.context > cfg.max_position_embeddings:
         problems.append(f"context {rt.context:,} exceeds the model's max_position_embeddings "
                         f"{cfg.max_position_embeddings:,}")  # fmt: skip
-        suggestions.append(f"--context {cfg.max_position_embeddings}")
     if on_gpu:
         gpu_fixed = sum(v for key, v in gpu_budget.items() if key != "expert_slots")
         max_context = (profile.gpu_bytes - (gpu_fixed - kv)) // kv_tok
@@ -223,18 +248,6 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
                 f"KV cache {kv / GiB:.1f} for {rt.context:,} tokens, workspace and reserve "
                 f"{(rt.workspace_gib + rt.gpu_reserve_gib):.1f}), the profile has {profile.gpu_memory_gib:g} GiB"
             )
-            fixes = _gpu_fixes(params, profile, rt, gpu_fixed, max_context)
-            if not fixes:  # even the smallest GPU footprint is too big: say how small it gets, offer the CPU
-                least = (
-                    _gpu_weight_bytes(params, "int8", "cpu")
-                    + CHUNK * kv_tok
-                    + gpu_fixed
-                    - sum(gpu_weights.values())
-                    - kv
-                )
-                problems.append(f"even --gpu-weights int8 --lm-head cpu --context {CHUNK} needs {least / GiB:.1f} GiB")
-                fixes = ["--device cpu"]
-            suggestions += fixes
     else:
         max_context = (profile.ram_bytes - (sum(ram_fixed.values()) - kv)) // kv_tok
     max_context = max(0, min(max_context, cfg.max_position_embeddings))
@@ -243,8 +256,7 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
         problems.append(f"needs {ram_needed / GiB:.1f} GiB of RAM before any expert is cached (reserve "
                         f"{reserve_gib:g}, weights kept in RAM {sum(ram_weights.values()) / GiB:.1f}), "
                         f"the profile has {profile.ram_gib:g} GiB")  # fmt: skip
-        if not on_gpu and max_context >= CHUNK and max_context < rt.context:
-            suggestions.append(f"--context {max_context // CHUNK * CHUNK}")
+    suggestions = _suggestions(model, cfg, profile, rt) if problems and suggest else []
 
     warnings: list[str] = []
     if d > 0:
@@ -264,30 +276,40 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig)
     return Plan(
         model=model, profile=profile, runtime=rt, on_gpu=on_gpu, placements=tuple(placements), expert_bytes=eb,
         n_experts=n_experts, routed_expert_bytes=routed, routed_bytes_per_token=per_token, kv_bytes_per_token=kv_tok,
-        gpu_budget=gpu_budget, gpu_expert_slots=slots, ram_budget=ram_budget, ram_expert_bytes=ram_expert,
+        gpu_budget=gpu_budget, gpu_expert_slots=slots, ram_budget=ram_budget, ram_expert_bytes=round(r * routed),
         shares=shares, per_token_bytes=per, seconds_per_token=secs, decode_tok_s_ceiling=ceiling,
         decode_tok_s_serial=serial, limited_by=limited_by, prefill_tok_s=prefill_tok_s,
         prefill_limited_by=prefill_limited_by, max_context=max_context, fits=not problems,
-        problems=tuple(problems), suggestions=tuple(dict.fromkeys(suggestions)), warnings=tuple(warnings),
+        problems=tuple(problems), suggestions=tuple(suggestions), warnings=tuple(warnings),
     )  # fmt: skip
 
 
-def _gpu_weight_bytes(params: dict[str, PartParams], fmt: GpuWeights, lm_head: str) -> int:
-    return sum(v.nbytes(fmt) for p, v in params.items() if p != "embed" and not (p == "lm_head" and lm_head == "cpu"))
+# flag sets to try on a refused plan, cheapest first
+_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("", {}),
+    ("--gpu-weights int8", {"gpu_weights": "int8"}),
+    ("--lm-head cpu", {"lm_head": "cpu"}),
+    ("--gpu-weights int8 --lm-head cpu", {"gpu_weights": "int8", "lm_head": "cpu"}),
+    ("--device cpu", {"device": "cpu"}),
+]
 
 
-def _gpu_fixes(params: dict[str, PartParams], profile: Profile, rt: RuntimeConfig, gpu_fixed: int,
-               max_context: int) -> list[str]:  # fmt: skip
-    """Flags that would make the GPU part fit, cheapest first (each tried with everything else unchanged)."""
-    out = [f"--context {max_context // CHUNK * CHUNK}"] if max_context >= CHUNK else []
-    now = _gpu_weight_bytes(params, rt.gpu_weights, rt.lm_head)
-    variants: list[tuple[str, GpuWeights, str]] = [
-        ("--gpu-weights int8", "int8", rt.lm_head), ("--lm-head cpu", rt.gpu_weights, "cpu"),
-        ("--gpu-weights int8 --lm-head cpu", "int8", "cpu"),
-    ]  # fmt: skip
-    for flags, fmt, lm in variants:
-        if (fmt, lm) == (rt.gpu_weights, rt.lm_head):
-            continue
-        if gpu_fixed - now + _gpu_weight_bytes(params, fmt, lm) <= profile.gpu_bytes:
-            out.append(flags)
+def _suggestions(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, most: int = 4) -> list[str]:
+    """Flag sets that make the plan fit, each verified by planning again: as they are, or with the largest
+    context that then fits (a multiple of CHUNK)."""
+    out: list[str] = []
+    context = min(rt.context, cfg.max_position_embeddings)
+    for flags, change in _VARIANTS:
+        if all(getattr(rt, key) == value for key, value in change.items()) and flags:
+            continue  # already set
+        trial = replace(rt, context=context, **change)
+        plan = make_plan(model, cfg, profile, trial, suggest=False)
+        if not plan.fits and plan.max_context >= CHUNK:
+            trial = replace(trial, context=min(context, plan.max_context // CHUNK * CHUNK))
+            plan = make_plan(model, cfg, profile, trial, suggest=False)
+        if plan.fits:
+            ctx = f"--context {trial.context}" if trial.context != rt.context else ""
+            out.append(" ".join(x for x in (flags, ctx) if x))
+        if len(out) == most:
+            break
     return out

@@ -96,6 +96,12 @@ def _validate(p: Profile) -> None:
         raise ProfileError(f"{where}: cpu_cores = {p.cpu_cores}; set it to the number of physical cores (>= 1)")
     if p.ram_gib <= 0:
         raise ProfileError(f"{where}: ram_gib = {p.ram_gib}; set it to the machine's RAM in GiB (> 0)")
+    for key in ("dram_gbs", "nvme_gbs", "cpu_gflops"):  # every plan divides by these
+        if getattr(p, key) <= 0:
+            raise ProfileError(f"{where}: {key} = {getattr(p, key)}; it must be > 0 (see profiles/README.md)")
+    if max(p.gpu_memory_gib, p.ram_gib) > 1 << 20:  # 1 PiB: a unit mistake, not a machine
+        raise ProfileError(f"{where}: gpu_memory_gib / ram_gib are in GiB; {max(p.gpu_memory_gib, p.ram_gib):g} "
+                           "is more than a PiB")  # fmt: skip
     if p.has_gpu:
         if not p.gpu_name:
             raise ProfileError(

@@ -8,6 +8,7 @@ from typing import Literal
 from offload.config import ModelConfig
 
 GpuWeights = Literal["bf16", "int8"]
+WeightFormat = Literal["bf16", "int8", "f32"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +20,11 @@ class PartParams:
     other: int = 0  # norms, router weight (2-byte) ...
     f32: int = 0  # ... and values kept in float32 (the router bias)
 
-    def nbytes(self, fmt: GpuWeights) -> int:
-        """bf16: 2 bytes a weight; int8 weight-only: 1 byte a weight plus a bf16 scale per output row."""
+    def nbytes(self, fmt: WeightFormat) -> int:
+        """bf16: 2 bytes a weight; int8 weight-only: 1 byte a Linear weight plus a bf16 scale per output row (the
+        rest stays bf16); f32: 4 bytes everywhere."""
+        if fmt == "f32":
+            return 4 * self.params
         weights = 2 * self.linear if fmt == "bf16" else self.linear + 2 * self.rows
         return weights + 2 * self.other + 4 * self.f32
 
@@ -48,9 +52,21 @@ def part_params(cfg: ModelConfig) -> dict[str, PartParams]:
         "shared_experts": PartParams(linear=n_moe * sum(o * i for o, i in shared.values()),
                                      rows=n_moe * sum(o for o, _ in shared.values())),
     }  # fmt: skip
-    if not cfg.tie_word_embeddings:
-        parts["lm_head"] = PartParams(linear=cfg.vocab_size * h, rows=cfg.vocab_size)
+    parts["lm_head"] = PartParams(linear=cfg.vocab_size * h, rows=cfg.vocab_size)  # tied: the embedding, reused
     return parts
+
+
+def attention_flops_per_token(cfg: ModelConfig, context: int) -> int:
+    """Decode attention of one token over `context` cached tokens, absorbed: scores over the latent and k_pe,
+    then the weighted latent sum, per head and layer (the projections are counted with the weights)."""
+    per_key = cfg.kv_lora_rank + cfg.qk_rope_head_dim + cfg.kv_lora_rank
+    return 2 * cfg.num_hidden_layers * cfg.num_attention_heads * per_key * context
+
+
+def prefill_attention_flops(cfg: ModelConfig, tokens: int) -> int:
+    """Causal attention of a first chunk of `tokens` tokens, keys expanded: q.k over qk_head_dim, p.v over v."""
+    per_pair = cfg.qk_head_dim + cfg.v_head_dim
+    return 2 * cfg.num_hidden_layers * cfg.num_attention_heads * per_pair * tokens * tokens // 2
 
 
 def expert_params(cfg: ModelConfig) -> int:
