@@ -1,0 +1,231 @@
+"""The routes: /v1/chat/completions, /v1/completions, /v1/models, /health, over one engine and one scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from offload.engine.chat import ChatTurn
+from offload.engine.chat_format import ChatFormatError
+from offload.engine.engine import Engine
+from offload.engine.generate import Generation
+from offload.server import errors, responses
+from offload.server.jobs import EngineJob, Failed, Finished, Piece, Relay, chat_job, completion_job
+from offload.server.requests import ChatRequest, CompletionRequest, parse_chat, parse_completion, parse_json
+from offload.server.scheduler import QueueFull, Scheduler
+from offload.server.streaming import EventStream, unless_disconnected
+
+log = logging.getLogger(__name__)
+
+ALIAS = "kimi-k2.5"  # the name Kimi's own examples use, accepted besides the served name
+MAX_BODY_BYTES = 4 << 20
+CLIENT_GONE = 499  # nginx's status for a request whose client hung up; nobody receives it
+
+
+def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_queue: int = 16,
+               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:  # fmt: skip
+    """An ASGI app serving `engine` under `model_name` (and ALIAS); the scheduler's thread lives with the app."""
+    scheduler = Scheduler(max_queue)
+    names = [model_name] + ([ALIAS] if model_name != ALIAS else [])
+    created = int(time.time())
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise errors.unauthorized("no API key: send the header `Authorization: Bearer KEY`")
+        if not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+            raise errors.unauthorized("incorrect API key")
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        check_key(request)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise errors.too_large(max_body_bytes)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise errors.too_large(max_body_bytes)
+        return parse_json(bytes(body))
+
+    def check_model(name: str) -> None:
+        if name not in names:
+            raise errors.model_not_found(name, names)
+
+    def check_context(prompt_tokens: int, max_tokens: int | None, param: str) -> None:
+        limit = engine.max_context
+        if max_tokens is None and prompt_tokens >= limit:
+            raise errors.bad_request(f"the prompt has {prompt_tokens} tokens and this model's context holds "
+                                     f"{limit}; shorten the {param}", param, "context_length_exceeded")  # fmt: skip
+        if max_tokens is not None and prompt_tokens + max_tokens > limit:
+            raise errors.bad_request(
+                f"this model's context holds {limit} tokens; this request needs {prompt_tokens} prompt tokens + "
+                f"max_tokens {max_tokens} = {prompt_tokens + max_tokens}; shorten the {param} or lower max_tokens",
+                param, "context_length_exceeded",
+            )  # fmt: skip
+
+    def prepare_chat(req: ChatRequest) -> ChatTurn:
+        """The rendered prompt, checked against the context (on a thread: a long prompt takes a while)."""
+        messages, tools = list(req.messages), None if req.tools is None else list(req.tools)
+        options: dict[str, Any] = {"tools": tools, "thinking": req.thinking, "sampling": req.sampling, "stop": req.stop}
+        try:
+            turn = engine.chat(messages, max_tokens=req.max_tokens or engine.max_context, **options)
+        except ChatFormatError as e:
+            raise errors.bad_request(str(e), "tools" if str(e).startswith("tools") else "messages") from None
+        except ValueError:  # the generation refused a prompt that fills the context: say by how much
+            check_context(len(engine.chat_format.encode(messages, tools, thinking=req.thinking)), None, "messages")
+            raise
+        check_context(len(turn.prompt_ids), req.max_tokens, "messages")
+        return turn
+
+    def prepare_completion(req: CompletionRequest) -> Generation:
+        ids = engine.tokenizer.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+        vocab = engine.ckpt.config.vocab_size
+        if bad := [i for i in ids if not 0 <= i < vocab][:8]:
+            raise errors.bad_request(f"token ids {bad} are outside 0..{vocab - 1}, the model's vocabulary", "prompt")
+        check_context(len(ids), req.max_tokens, "prompt")
+        return engine.generate(ids, req.sampling, req.max_tokens, req.stop)
+
+    def busy() -> errors.APIError:
+        log.warning("a request refused: the queue is full (%d waiting, --max-queue %d)", scheduler.waiting, max_queue)
+        return errors.queue_full(max_queue)
+
+    def check_room() -> None:
+        """Before rendering a prompt that could not be queued anyway (submit checks again, under its lock)."""
+        if scheduler.full:
+            raise busy()
+
+    def submit(job: EngineJob) -> None:
+        try:
+            scheduler.submit(job)
+        except QueueFull:
+            raise busy() from None
+
+    async def answer(request: Request, job: EngineJob) -> Finished | None:
+        """Wait for a non-streamed job; a client that hangs up first withdraws it."""
+        try:
+            return await unless_disconnected(job.relay.finished, request.receive)
+        finally:
+            scheduler.withdraw(job)
+
+    async def chat_completions(request: Request) -> Response:
+        req = parse_chat(await read_json(request))
+        check_model(req.model)
+        check_room()
+        turn = await run_in_threadpool(prepare_chat, req)
+        kind = "chat.completion.chunk" if req.stream else "chat.completion"
+        env = responses.Envelope.new("chatcmpl", req.model, kind)
+        job = chat_job(env.id, turn, Relay())
+        submit(job)
+        if req.stream:
+            return EventStream(chat_stream(env, job.relay, req.include_usage), lambda: scheduler.withdraw(job))
+        done = await answer(request, job)
+        if done is None or done.output is None:
+            return Response(status_code=CLIENT_GONE)
+        return JSONResponse(responses.chat_completion(env, done.output, done.result))
+
+    async def completions(request: Request) -> Response:
+        req = parse_completion(await read_json(request))
+        check_model(req.model)
+        check_room()
+        gen = await run_in_threadpool(prepare_completion, req)
+        env = responses.Envelope.new("cmpl", req.model, "text_completion")
+        job = completion_job(env.id, gen, Relay())
+        submit(job)
+        if req.stream:
+            return EventStream(completion_stream(env, job.relay, req.include_usage), lambda: scheduler.withdraw(job))
+        done = await answer(request, job)
+        if done is None:
+            return Response(status_code=CLIENT_GONE)
+        return JSONResponse(responses.completion(env, done.result.text, done.result))
+
+    async def models(request: Request) -> Response:
+        check_key(request)
+        return JSONResponse(responses.model_list(names, created, engine.max_context))
+
+    async def model(request: Request) -> Response:
+        check_key(request)
+        check_model(request.path_params["model"])
+        return JSONResponse(responses.model_card(request.path_params["model"], created, engine.max_context))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": model_name, "running": scheduler.running,
+                             "waiting": scheduler.waiting, "max_queue": max_queue})  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(scheduler.close)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    handlers = {errors.APIError: errors.api_error, HTTPException: errors.http_exception, 500: errors.server_error}
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+async def chat_stream(env: responses.Envelope, relay: Relay, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    """Chunks: the role, then reasoning_content / content deltas, tool calls, the finish reason, usage."""
+    yield responses.chat_chunk(env, {"role": "assistant", "content": ""}, include_usage=include_usage)
+    while True:
+        event = await relay.get()
+        if isinstance(event, Piece):
+            delta = {"reasoning_content": event.reasoning} if event.reasoning else {}
+            delta.update({"content": event.content} if event.content else {})
+            yield responses.chat_chunk(env, delta, include_usage=include_usage)
+        elif isinstance(event, Finished):
+            assert event.output is not None
+            if event.output.tool_calls:
+                calls = responses.tool_calls(event.output.tool_calls, streaming=True)
+                yield responses.chat_chunk(env, {"tool_calls": calls}, include_usage=include_usage)
+            finish = responses.finish_reason(event.result, event.output)
+            yield responses.chat_chunk(env, {}, finish, include_usage=include_usage)
+            if include_usage:
+                yield responses.usage_chunk(env, event.result)
+            return
+        else:
+            yield _stream_error(event)
+            return
+
+
+async def completion_stream(env: responses.Envelope, relay: Relay,
+                            include_usage: bool) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+    while True:
+        event = await relay.get()
+        if isinstance(event, Piece):
+            yield responses.completion_chunk(env, event.content, include_usage=include_usage)
+        elif isinstance(event, Finished):
+            finish = responses.finish_reason(event.result)
+            yield responses.completion_chunk(env, "", finish, include_usage=include_usage)
+            if include_usage:
+                yield responses.usage_chunk(env, event.result)
+            return
+        else:
+            yield _stream_error(event)
+            return
+
+
+def _stream_error(event: Failed) -> dict[str, Any]:
+    """A generation that failed after the stream began: the error as one event (the status was already sent)."""
+    err = errors.APIError(500, f"generation failed: {type(event.error).__name__}; see the server log", "server_error")
+    return err.body()

@@ -1,0 +1,79 @@
+"""`kimi-offload serve`: bind the port, load the engine (with a progress bar), print the plan and the URL, serve."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+from offload.checkpoint import CheckpointError
+from offload.config import ModelConfig
+from offload.engine.engine import Engine, PlanError
+from offload.engine.tokenizer import TokenizerError
+from offload.model.loader import compute_dtype
+from offload.planner.profile import ProfileError, load_profile
+from offload.planner.report import summary_lines
+from offload.quant import ConfigError
+from offload.server.app import ALIAS, create_app
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, model_name: str | None, profile: str,
+               context: int, dtype: str, max_queue: int, err: Console,
+               fail: Callable[[str], typer.Exit]) -> None:  # fmt: skip
+    """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
+    if max_queue < 0:
+        raise fail(f"--max-queue {max_queue}: use 0 (no waiting) or more")
+    if api_key is not None and not api_key.strip():
+        raise fail("--api-key is empty; give the key clients must send, or leave the option out")
+    try:
+        sock = _bind(host, port)
+    except OSError as e:
+        raise fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
+    try:
+        torch_dtype = compute_dtype(dtype)
+        prof = load_profile(profile, probe=False)
+        total = ModelConfig.from_dir(model_dir).nonexpert_bytes
+        columns = (TextColumn("loading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("load", total=total)
+            engine = Engine(model_dir, torch_dtype, context, prof, on_bytes=lambda n: progress.advance(task, n))
+    except (ValueError, ConfigError, CheckpointError, TokenizerError, ProfileError, PlanError) as e:
+        sock.close()
+        raise fail(str(e)) from None
+    name = model_name or model_dir.resolve().name
+    bound_port = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/v1"
+    with engine:
+        err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
+        err.print(f"serving [bold]{name}[/] (also as {ALIAS}) at [bold]{url}[/], context {engine.max_context:,} "
+                  f"tokens, one request at a time, {max_queue} more may wait; Ctrl-C stops")  # fmt: skip
+        if host not in LOOPBACK and api_key is None:
+            err.print(f"[yellow]listening on {host} without --api-key: anyone who reaches this port can use it[/]")
+        server_log = logging.getLogger("offload.server")
+        if server_log.level == logging.NOTSET:
+            server_log.setLevel(logging.INFO)  # one line per request, beside uvicorn's access log
+        app = create_app(engine, name, api_key, max_queue)
+        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, as uvicorn would make it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock

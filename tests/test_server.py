@@ -1,0 +1,515 @@
+"""The OpenAI-compatible server: the openai client against a live server on the tiny model, raw HTTP for errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+import typer
+import uvicorn
+from openai import OpenAI
+from rich.console import Console
+
+from offload.engine.engine import Engine
+from offload.engine.generate import GenerationResult
+from offload.engine.reasoning import AssistantOutput, ToolCall
+from offload.engine.sampling import SamplingParams
+from offload.planner.profile import detect_profile
+from offload.server import responses
+from offload.server.app import create_app
+from offload.server.run import run_server
+from offload.server.scheduler import QueueFull, Scheduler
+
+SYSTEM = "You are Kimi, an AI assistant created by Moonshot AI."
+QUESTION = "Which one is bigger, 9.11 or 9.9? Think carefully."
+SEED_MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+
+
+class Served:
+    """A uvicorn server on a free local port, in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_k25: Path) -> Iterator[Engine]:
+    with Engine(tiny_k25, torch.float32, 4096, detect_profile(probe=False)) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def server(engine: Engine) -> Iterator[Served]:
+    with Served(create_app(engine, "tiny-k25", max_queue=8)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server: Served) -> OpenAI:
+    return OpenAI(api_key="unused", base_url=f"{server.url}/v1", max_retries=0, timeout=60)
+
+
+def greedy_chat(client: OpenAI, content: str, max_tokens: int = 12, **extra: Any) -> Any:
+    return client.chat.completions.create(
+        model="kimi-k2.5", messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0,
+        seed=1, **extra,
+    )  # fmt: skip
+
+
+def reasoning_of(message: Any) -> str | None:
+    return (message.model_extra or {}).get("reasoning_content")
+
+
+def split(message: Any) -> tuple[str, str]:
+    return reasoning_of(message) or "", message.content or ""
+
+
+def stream_text(client: OpenAI, content: str, max_tokens: int = 12) -> tuple[str, str, list[Any]]:
+    chunks = list(
+        client.chat.completions.create(
+            model="kimi-k2.5", messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
+            temperature=0, seed=1, stream=True, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = "".join(reasoning_of(d) or "" for d in deltas)
+    return reasoning, "".join(d.content or "" for d in deltas), chunks
+
+
+def assert_error(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and isinstance(err["message"], str)
+    for w in words:
+        assert w in err["message"], err["message"]
+    return err
+
+
+# ---- the seed's example, thinking, streaming, usage ---------------------------------------------------------------
+
+
+def test_seed_example_runs_unchanged(server: Served) -> None:
+    client = OpenAI(api_key="...", base_url=f"{server.url}/v1")
+    response = client.chat.completions.create(
+        model="kimi-k2.5", messages=SEED_MESSAGES, max_tokens=64, temperature=1.0, top_p=0.95
+    )
+    message = response.choices[0].message
+    print(reasoning_of(message))  # thinking is on by default
+    print(message.content)
+    assert isinstance(reasoning_of(message) or "", str) and isinstance(message.content or "", str)
+    assert reasoning_of(message) or message.content or response.choices[0].finish_reason == "stop"
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.model == "kimi-k2.5" and response.id.startswith("chatcmpl-")
+    assert response.usage is not None and 0 < response.usage.completion_tokens <= 64
+
+
+def test_thinking_off_gives_no_reasoning(client: OpenAI) -> None:
+    r = greedy_chat(client, QUESTION, extra_body={"chat_template_kwargs": {"thinking": False}})
+    assert not reasoning_of(r.choices[0].message)
+    on = greedy_chat(client, QUESTION)
+    assert reasoning_of(on.choices[0].message)
+
+
+def test_usage_and_text_equal_the_engine(client: OpenAI, engine: Engine) -> None:
+    r = greedy_chat(client, QUESTION, max_tokens=10)
+    turn = engine.chat([{"role": "user", "content": QUESTION}], sampling=SamplingParams(temperature=0), max_tokens=10)
+    out = turn.run()  # the server is idle between tests: the engine is free
+    assert r.usage is not None
+    assert r.usage.prompt_tokens == len(turn.prompt_ids) == turn.result.prompt_tokens
+    assert r.usage.completion_tokens == len(turn.result.token_ids)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert split(r.choices[0].message) == (out.reasoning, out.content)
+
+
+def test_stream_adds_up_to_the_answer(client: OpenAI, server: Served) -> None:
+    whole = greedy_chat(client, QUESTION, max_tokens=16)
+    reasoning, content, chunks = stream_text(client, QUESTION, max_tokens=16)
+    assert (reasoning, content) == split(whole.choices[0].message)
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert with_choices[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage  # include_usage: the last chunk
+    assert len({c.id for c in chunks}) == 1
+
+    body = {"model": "tiny-k25", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""] and all(e.startswith("data: ") for e in events[:-1])
+    assert all("usage" not in json.loads(e[6:]) for e in events[:-2])  # no include_usage: no usage field
+
+
+def test_concurrent_streams_get_their_own_answers(client: OpenAI) -> None:
+    prompts = ["Hello there", "What is MLA?", "Count to three", "Tell me a story"]
+    expected = [stream_text(client, p)[:2] for p in prompts]  # one after another
+    got: dict[int, tuple[str, str]] = {}
+
+    def ask(i: int) -> None:
+        got[i] = stream_text(client, prompts[i])[:2]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got.get(i) for i in range(len(prompts))] == expected
+
+
+# ---- clients that go away -----------------------------------------------------------------------------------------
+
+
+def _long_body(**extra: Any) -> dict[str, Any]:
+    # greedy on this prompt runs for hundreds of tokens on the tiny model before a stop token
+    return {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "Which one is bigger?"}],
+            "max_tokens": 3000, "temperature": 0, **extra}  # fmt: skip
+
+
+def _cancelled(caplog: pytest.LogCaptureFixture, request_id: str) -> bool:
+    return any(request_id in r.getMessage() and "cancelled after" in r.getMessage() for r in caplog.records)
+
+
+def test_disconnect_mid_stream_cancels_and_frees(server: Served, client: OpenAI,
+                                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO, logger="offload.server")
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=_long_body(stream=True), timeout=60) as r:
+        lines = r.iter_lines()
+        first = json.loads(next(line for line in lines if line)[6:])
+        for _ in range(6):  # a few tokens: the generation is running
+            next(lines)
+    r2 = greedy_chat(client, "Hi", max_tokens=3)  # queued behind the cancelled one, which stops at once
+    assert r2.choices[0].finish_reason in ("stop", "length")
+    assert _cancelled(caplog, first["id"])
+    _wait_for(lambda: httpx.get(f"{server.url}/health").json()["running"] == 0, "the worker is still busy")
+
+
+def test_disconnect_while_waiting_for_a_plain_answer(server: Served, client: OpenAI,
+                                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO, logger="offload.server")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=_long_body(), timeout=httpx.Timeout(60, read=0.5))
+    r2 = greedy_chat(client, "Hi", max_tokens=3)
+    assert r2.choices[0].finish_reason in ("stop", "length")
+    assert any("cancelled after" in r.getMessage() for r in caplog.records)
+
+
+# ---- completions, models, health, tools ---------------------------------------------------------------------------
+
+
+def test_completions_text_ids_and_stream(server: Served, client: OpenAI, engine: Engine) -> None:
+    text = client.completions.create(model="tiny-k25", prompt="The capital of", max_tokens=8, temperature=0)
+    ids = engine.tokenizer.encode("The capital of")
+    by_ids = client.completions.create(model="tiny-k25", prompt=ids, max_tokens=8, temperature=0)
+    assert text.choices[0].text == by_ids.choices[0].text and text.object == "text_completion"
+    assert text.usage is not None and text.usage.prompt_tokens == len(ids)
+    assert text.usage.completion_tokens == 8 or text.choices[0].finish_reason == "stop"
+    chunks = list(client.completions.create(model="tiny-k25", prompt="The capital of", max_tokens=8, temperature=0,
+                                            stream=True))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks) == text.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == text.choices[0].finish_reason
+    default = httpx.post(f"{server.url}/v1/completions", json={"model": "kimi-k2.5", "prompt": "a", "temperature": 0})
+    assert default.json()["usage"]["completion_tokens"] <= 16  # OpenAI's default max_tokens
+
+
+def test_models_and_health(server: Served, client: OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["tiny-k25", "kimi-k2.5"]
+    assert client.models.retrieve("kimi-k2.5").id == "kimi-k2.5"
+    assert_error(httpx.get(f"{server.url}/v1/models/gpt-4"), 404, "gpt-4")
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["model"] == "tiny-k25" and health["max_queue"] == 8
+
+
+def test_tools_and_tool_messages_are_accepted(client: OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "functions.get_weather:0", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "18 C, sunny"},
+    ]  # fmt: skip
+    r = client.chat.completions.create(model="kimi-k2.5", messages=messages, tools=tools, max_tokens=4,
+                                       temperature=0)  # fmt: skip
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_tool_calls_in_the_openai_shape() -> None:
+    calls = (ToolCall("functions.get_weather:0", "get_weather", {"city": "Paris"}, ' {"city": "Paris"} '),
+             ToolCall("functions.lookup:1", "lookup", None, "{not json"))  # fmt: skip
+    output = AssistantOutput("I should check.", "", calls, True)
+    result = GenerationResult(token_ids=[1, 2, 3], text="...", finish_reason="stop", prompt_tokens=7)
+    env = responses.Envelope("chatcmpl-x", 0, "kimi-k2.5", "chat.completion")
+    body = responses.chat_completion(env, output, result)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant", "content": None, "reasoning_content": "I should check.",
+        "tool_calls": [
+            {"id": "functions.get_weather:0", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "functions.lookup:1", "type": "function", "function": {"name": "lookup", "arguments": "{not json"}},
+        ],
+    }  # fmt: skip
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert [c["index"] for c in responses.tool_calls(calls, streaming=True)] == [0, 1]
+    cut = GenerationResult(token_ids=[1], finish_reason="length", prompt_tokens=1)
+    assert responses.finish_reason(cut, output) == "length"
+
+
+# ---- errors: the OpenAI shape and status for each -----------------------------------------------------------------
+
+CHAT = {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "words"),
+    [
+        ({**CHAT, "temperature": "hot"}, 400, "temperature", ["number"]),
+        ({**CHAT, "temperature": 3}, 400, "temperature", ["temperature"]),
+        ({**CHAT, "top_p": 0}, 400, "top_p", ["top_p"]),
+        ({**CHAT, "max_tokens": 1.5}, 400, "max_tokens", ["integer"]),
+        ({**CHAT, "max_tokens": 0}, 400, "max_tokens", ["at least 1"]),
+        ({**CHAT, "stream": "yes"}, 400, "stream", ["boolean"]),
+        ({**CHAT, "stop": 5}, 400, "stop", ["stop"]),
+        ({**CHAT, "seed": -1}, 400, "seed", ["seed"]),
+        ({**CHAT, "n": 2}, 400, "n", ["one choice"]),
+        ({**CHAT, "tools": [{"type": "function"}]}, 400, "tools", ["tools[0]"]),
+        ({**CHAT, "chat_template_kwargs": {"thinking": "no"}}, 400, "chat_template_kwargs", ["boolean"]),
+        ({**CHAT, "messages": "hi"}, 400, "messages", ["array"]),
+        ({**CHAT, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages", ["robot"]),
+        ({**CHAT, "messages": [{"role": "tool", "content": "x"}]}, 400, "messages", ["tool_call_id"]),
+        ({"model": "kimi-k2.5"}, 400, "messages", ["required"]),
+        ({"messages": CHAT["messages"]}, 400, "model", ["model"]),
+        ({**CHAT, "model": "gpt-4o"}, 404, "model", ["gpt-4o", "tiny-k25"]),
+        ({**CHAT, "max_tokens": 4090}, 400, "messages", ["4096", "4090"]),
+    ],
+)
+def test_chat_request_errors(server: Served, body: dict[str, Any], status: int, param: str, words: list[str]) -> None:
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=body), status, *words)
+    assert err["param"] == param
+
+
+def test_context_overflow_names_both_numbers(server: Served, engine: Engine) -> None:
+    body = {**CHAT, "max_tokens": 4000, "messages": [{"role": "user", "content": "word " * 200}]}
+    prompt = len(engine.chat_format.encode(body["messages"]))
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=body), 400, str(prompt), "4000", "4096")
+    assert err["code"] == "context_length_exceeded"
+    long = {**CHAT, "max_tokens": None, "messages": [{"role": "user", "content": "word " * 5000}]}
+    assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=long), 400, "4096", "prompt has")
+    ids = {"model": "kimi-k2.5", "prompt": [1] * 4090, "max_tokens": 10}
+    assert_error(httpx.post(f"{server.url}/v1/completions", json=ids), 400, "4090", "4096")
+
+
+def test_malformed_bodies(server: Served) -> None:
+    url = f"{server.url}/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+    assert_error(httpx.post(url, content=b'{"model": "kimi-k2.5", ', headers=headers), 400, "not valid JSON")
+    assert_error(httpx.post(url, content=b"[1, 2]", headers=headers), 400, "JSON object")
+    assert_error(httpx.post(url, content=b'{"temperature": NaN}', headers=headers), 400, "NaN")
+    assert_error(httpx.post(url, content=b"\xff\xfe", headers=headers), 400, "not valid JSON")
+    completions = f"{server.url}/v1/completions"
+    assert_error(httpx.post(completions, json={"model": "kimi-k2.5", "prompt": ""}), 400, "prompt")
+    assert_error(httpx.post(completions, json={"model": "kimi-k2.5", "prompt": ["a", "b"]}), 400, "one per request")
+    assert_error(httpx.post(completions, json={"model": "kimi-k2.5", "prompt": [10**9]}), 400, "vocabulary")
+    assert_error(httpx.post(completions, json={"model": "kimi-k2.5", "prompt": "a", "echo": True}), 400, "echo")
+    assert_error(httpx.get(f"{server.url}/v1/nothing"), 404)
+    assert_error(httpx.get(url), 405)
+
+
+def test_body_too_large(server: Served) -> None:
+    url = f"{server.url}/v1/chat/completions"
+    big = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * (5 << 20)}]}).encode()
+    err = assert_error(httpx.post(url, content=big, headers={"content-type": "application/json"}), 413, "4,194,304")
+    assert err["code"] == "request_too_large"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit applies while reading
+        for i in range(0, len(big), 1 << 16):
+            yield big[i : i + (1 << 16)]
+
+    assert_error(httpx.post(url, content=chunked()), 413)
+
+
+def test_api_key(engine: Engine) -> None:
+    with Served(create_app(engine, "tiny-k25", api_key="sekret")) as s:
+        err = assert_error(httpx.get(f"{s.url}/v1/models"), 401, "Authorization: Bearer")
+        assert err["type"] == "authentication_error"
+        assert_error(httpx.get(f"{s.url}/v1/models", headers={"Authorization": "Bearer nope"}), 401, "incorrect")
+        assert_error(httpx.post(f"{s.url}/v1/chat/completions", json=CHAT), 401)
+        assert httpx.get(f"{s.url}/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
+        assert httpx.get(f"{s.url}/health").status_code == 200  # stays open
+        models = OpenAI(api_key="sekret", base_url=f"{s.url}/v1", max_retries=0).models.list()
+        assert [m.id for m in models] == ["tiny-k25", "kimi-k2.5"]
+
+
+# ---- the queue: a fake engine whose generation waits to be released -----------------------------------------------
+
+
+class HeldTurn:
+    """Generates one piece when released; records that it ran and whether it was cancelled."""
+
+    def __init__(self, release: threading.Event, started: list[HeldTurn]) -> None:
+        self.prompt_ids = [1, 2, 3]
+        self.release, self.started, self.cancelled = release, started, threading.Event()
+        self.result = GenerationResult(prompt_tokens=3)
+        self.output = AssistantOutput("", "", (), True)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        self.started.append(self)
+        while not (self.release.wait(0.01) or self.cancelled.is_set()):
+            pass
+        self.result.token_ids, self.result.finish_reason = [7], "cancelled" if self.cancelled.is_set() else "stop"
+        self.output = AssistantOutput("", "done", (), True)
+        yield "", "done"
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class HeldEngine:
+    max_context = 4096
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.turns: list[HeldTurn] = []
+        self.started: list[HeldTurn] = []
+
+    def chat(self, messages: Any, **kwargs: Any) -> HeldTurn:
+        self.turns.append(HeldTurn(self.release, self.started))
+        return self.turns[-1]
+
+
+def _wait_for(cond: Any, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_queue_full_is_503_and_a_gone_client_frees_its_place() -> None:
+    fake = HeldEngine()
+    with Served(create_app(fake, "held", max_queue=1)) as s:
+        url, body = f"{s.url}/v1/chat/completions", {**CHAT, "stream": True}
+        with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b, httpx.Client(timeout=30) as c:
+            first = a.send(a.build_request("POST", url, json=body), stream=True)
+            _wait_for(lambda: len(fake.started) == 1, "the first request did not start")
+            second = b.send(b.build_request("POST", url, json=body), stream=True)  # waits
+            _wait_for(lambda: httpx.get(f"{s.url}/health").json()["waiting"] == 1, "the second did not queue")
+            err = assert_error(c.post(url, json=CHAT), 503, "busy")
+            assert err["type"] == "server_error" and err["code"] == "queue_full"
+            second.close()  # a waiting client goes away: its place is free at once
+            _wait_for(lambda: httpx.get(f"{s.url}/health").json()["waiting"] == 0, "the place was not freed")
+            third = c.send(c.build_request("POST", url, json=body), stream=True)
+            _wait_for(lambda: httpx.get(f"{s.url}/health").json()["waiting"] == 1, "the third did not queue")
+            fake.release.set()
+            for r in (first, third):
+                text = r.read().decode()
+                assert '"content": "done"' in text and text.endswith("data: [DONE]\n\n")
+        assert len(fake.started) == 2 and fake.turns[1] not in fake.started  # the withdrawn one never ran
+
+
+def test_scheduler_runs_in_order_and_bounds_the_wait() -> None:
+    done: list[int] = []
+    gate = threading.Event()
+
+    class Job:
+        def __init__(self, i: int) -> None:
+            self.i, self.cancelled = i, False
+
+        def run(self) -> None:
+            gate.wait(10)
+            done.append(self.i)
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    sched = Scheduler(max_queue=2)
+    jobs = [Job(i) for i in range(4)]
+    sched.start()
+    sched.submit(jobs[0])
+    _wait_for(lambda: sched.running == 1, "the first job did not start")
+    sched.submit(jobs[1])
+    sched.submit(jobs[2])
+    with pytest.raises(QueueFull):
+        sched.submit(jobs[3])
+    sched.withdraw(jobs[1])
+    sched.submit(jobs[3])
+    gate.set()
+    _wait_for(lambda: len(done) == 3, "the jobs did not finish")
+    sched.close()
+    assert done == [0, 2, 3] and jobs[1].cancelled and not jobs[2].cancelled
+
+
+# ---- the command ---------------------------------------------------------------------------------------------------
+
+
+def test_serve_command(tiny_k25: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "offload.cli", "serve", "--model", str(tiny_k25), "--port", str(port),
+           "--dtype", "float32", "--context", "2048", "--api-key", "k", "--model-name", "tiny"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer k"}).json()
+        assert [m["id"] for m in models["data"]] == ["tiny", "kimi-k2.5"] and models["data"][0]["max_model_len"] == 2048
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert f"at http://127.0.0.1:{port}/v1" in stderr and "tiny" in stderr
+
+
+def test_serve_refuses_a_taken_port_before_loading(tmp_path: Path) -> None:
+    messages: list[str] = []
+
+    def fail(msg: str) -> typer.Exit:
+        messages.append(msg)
+        return typer.Exit(2)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(typer.Exit):  # the folder does not even exist: the port is checked first
+            run_server(model_dir=tmp_path / "none", host="127.0.0.1", port=port, api_key=None, model_name=None,
+                       profile="auto", context=2048, dtype="float32", max_queue=4, err=Console(file=io.StringIO()),
+                       fail=fail)  # fmt: skip
+    assert messages and f"cannot listen on 127.0.0.1:{port}" in messages[0]
