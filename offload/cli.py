@@ -257,7 +257,7 @@ def chat_cmd(
     ] = None,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = SAMPLING.top_p,
     max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 1024,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed; answer k of a session uses seed + k.")] = None,
     context: Annotated[int | None, typer.Option(help=f"Context to plan for (default {RUNTIME.context}).")] = None,
     dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16 or float32.")] = "bfloat16",
 ) -> None:

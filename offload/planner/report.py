@@ -72,7 +72,9 @@ def summary_lines(plan: Plan) -> list[str]:
     ]
     if plan.on_gpu:
         lines.append(f"  GPU {gib(plan.gpu_bytes)} of {gib(p.gpu_bytes)} ({plan.gpu_expert_slots:,} expert slots)")
-    lines.append(f"  RAM {gib(plan.ram_bytes)} of {gib(p.ram_bytes)}")
+    cache = plan.ram_budget.get("expert_page_cache", 0)
+    lines.append(f"  RAM {gib(plan.ram_bytes - cache)} for weights and reserves, {gib(cache)} left as page cache "
+                 f"(of {gib(p.ram_bytes)})")  # fmt: skip
     lines.append(f"  decode ceiling {plan.decode_tok_s_ceiling:,.1f} tok/s ({plan.limited_by}); "
                  f"prefill ~{plan.prefill_tok_s:,.0f} tok/s ({plan.prefill_limited_by})")  # fmt: skip
     lines += [f"  warning: {w}" for w in plan.warnings]
