@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from kernels.ffn import grouped_ffn
 from offload.checkpoint import Checkpoint
 from offload.checkpoint.dequant import dense_weight
 from offload.checkpoint.layout import expert_module
@@ -29,14 +29,10 @@ class DequantizedExperts:
         return gate, up, down
 
     def run(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)  # [T, D]
         self.calls += 1
-        # one host sync per layer: which experts this batch needs
-        for expert in torch.unique(ids).tolist():
-            tok, slot = torch.nonzero(ids == expert, as_tuple=True)  # tokens routed to `expert`, and which of k
-            gate, up, down = self.weights(layer, expert)
-            xe = x[tok]  # [n, D]
-            y = F.linear(F.silu(F.linear(xe, gate)) * F.linear(xe, up), down)  # [n, D]
-            out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+
+        def fetch(expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             self.expert_runs += 1
-        return out
+            return self.weights(layer, expert)
+
+        return grouped_ffn(x, ids, weights, fetch)  # [T, D] float32

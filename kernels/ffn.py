@@ -1,0 +1,106 @@
+"""The expert FFN down(silu(gate x) * up x): one expert, and grouped over the experts a batch of tokens is routed to.
+
+NumPy functions are the definition (float64 inside); the torch ones are the runtime path. Weights come dense here
+([out, in] in any float dtype, e.g. from `dequantize_linear`); the fused INT4 paths live in cpu_int4.py and
+triton_int4.py and are checked against these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kernels.fp8 import dequantize_fp8
+from kernels.int4 import dequantize_int4
+
+Expert = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # gate [I, D], up [I, D], down [D, I]
+
+
+# ---- NumPy reference ----------------------------------------------------------------------------------------
+def bf16_to_float_ref(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32: the top half of a float32."""
+    if bits.dtype != np.uint16:
+        raise ValueError(f"expected uint16 bit patterns, got {bits.dtype}")
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def expert_ffn_ref(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """x [T, D] -> [T, D] float32; silu(g) = g / (1 + e^-g)."""
+    x64 = x.astype(np.float64)
+    g = x64 @ gate.astype(np.float64).T  # [T, I]
+    u = x64 @ up.astype(np.float64).T
+    return ((g / (1.0 + np.exp(-g)) * u) @ down.astype(np.float64).T).astype(np.float32)
+
+
+def grouped_ffn_ref(
+    x: np.ndarray, ids: np.ndarray, weights: np.ndarray, experts: Mapping[int, tuple[np.ndarray, ...]]
+) -> np.ndarray:
+    """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]), token by token: [T, D] float32."""
+    out = np.zeros((x.shape[0], x.shape[1]), dtype=np.float64)
+    for t in range(x.shape[0]):
+        for e, w in zip(ids[t], weights[t], strict=True):
+            out[t] += float(w) * expert_ffn_ref(x[t : t + 1], *experts[int(e)])[0]
+    return out.astype(np.float32)
+
+
+# ---- torch --------------------------------------------------------------------------------------------------
+def dequantize_linear(
+    stored: Mapping[str, torch.Tensor], group: int = 32, block: tuple[int, int] = (128, 128),
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:  # fmt: skip
+    """One stored Linear as [out, in] in `dtype`; the format follows the tensors' names (compressed-tensors INT4:
+    weight_packed + weight_scale + weight_shape; FP8 block: weight + weight_scale_inv; otherwise a plain weight).
+    A plain weight already in `dtype` comes back as is (zero-copy)."""
+    if "weight_packed" in stored:
+        return dequantize_int4(stored["weight_packed"], stored["weight_scale"], int(stored["weight_shape"][1]),
+                               group, dtype)  # fmt: skip
+    if "weight_scale_inv" in stored:
+        return dequantize_fp8(stored["weight"], stored["weight_scale_inv"], block, dtype)
+    if "weight" not in stored:
+        raise ValueError(f"no weight among the tensors {sorted(stored)}; expected weight or weight_packed")
+    return stored["weight"].to(dtype)
+
+
+def _check_expert(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"x must be [tokens, hidden], got shape {tuple(x.shape)}")
+    d = x.shape[1]
+    if gate.dim() != 2 or gate.shape[1] != d or up.shape != gate.shape:
+        raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must both be [inter, {d}]")
+    if tuple(down.shape) != (d, gate.shape[0]):
+        raise ValueError(f"down is {tuple(down.shape)}; expected [{d}, {gate.shape[0]}] (hidden, inter)")
+    if not (x.is_floating_point() and gate.is_floating_point() and up.is_floating_point() and down.is_floating_point()):
+        raise ValueError("x and the expert weights must be floating point (dequantize first)")
+
+
+def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """x [T, D] -> [T, D] in x's dtype, computed in x's dtype (weights are cast to it)."""
+    _check_expert(x, gate, up, down)
+    dt = x.dtype
+    return F.linear(F.silu(F.linear(x, gate.to(dt))) * F.linear(x, up.to(dt)), down.to(dt))
+
+
+def grouped_ffn(
+    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+    experts: Mapping[int, Expert] | Callable[[int], Expert], out: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]) as float32 [T, D]: tokens gathered expert by expert, one
+    host sync for the set of experts. `experts` maps an id to its dense (gate, up, down) or fetches it."""
+    if ids.shape != weights.shape or ids.dim() != 2 or ids.shape[0] != x.shape[0]:
+        raise ValueError(f"ids {tuple(ids.shape)} and weights {tuple(weights.shape)} must both be [{x.shape[0]}, k]")
+    if ids.dtype != torch.int64 or weights.dtype != torch.float32:
+        raise ValueError(f"ids must be int64 and weights float32, got {ids.dtype} and {weights.dtype}")
+    if out is None:
+        out = torch.empty(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    elif tuple(out.shape) != (x.shape[0], x.shape[1]) or out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 {tuple(x.shape)}, got {out.dtype} {tuple(out.shape)}")
+    out.zero_()
+    fetch = experts if callable(experts) else experts.__getitem__
+    for expert in torch.unique(ids).tolist():
+        tok, slot = torch.nonzero(ids == expert, as_tuple=True)  # tokens routed to `expert`, and which of their k
+        y = expert_ffn(x[tok], *fetch(expert))  # [n, D]
+        out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+    return out
