@@ -220,7 +220,8 @@ def test_disconnect_while_waiting_for_a_plain_answer(server: Served, client: Ope
         httpx.post(f"{server.url}/v1/chat/completions", json=_long_body(), timeout=httpx.Timeout(60, read=0.5))
     r2 = greedy_chat(client, "Hi", max_tokens=3)
     assert r2.choices[0].finish_reason in ("stop", "length")
-    assert any("cancelled after" in r.getMessage() for r in caplog.records)
+    # cancelled if it had started within the 0.5 s, withdrawn from the queue if not (a loaded machine)
+    assert any("cancelled after" in r.getMessage() or "withdrawn" in r.getMessage() for r in caplog.records)
 
 
 # ---- completions, models, health, tools ---------------------------------------------------------------------------

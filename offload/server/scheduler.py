@@ -73,6 +73,7 @@ class Scheduler:
             if job in self._waiting:
                 self._waiting.remove(job)
                 job.cancel()
+                log.info("a waiting request was withdrawn before it ran: its client went away")
             elif self._running is job:
                 job.cancel()
 
