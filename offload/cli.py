@@ -286,7 +286,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
 ) -> None:
     """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
-    from offload.server.run import run_server
+    from offload.cli_serve import run_server
 
     run_server(
         model_dir=_model_dir(model), host=host, port=port, api_key=api_key, model_name=model_name, profile=profile,

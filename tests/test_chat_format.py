@@ -308,7 +308,7 @@ def test_hf_template_conventions(tok):
 
 ERRORS = [
     ([], None, "non-empty list"),
-    ([{"role": "developer", "content": "x"}], None, r"messages\[0\].role is 'developer'; use one of"),
+    ([{"role": "robot", "content": "x"}], None, r"messages\[0\].role is 'robot'; use one of"),
     ([{"role": "user"}], None, r"messages\[0\] \(user\) has no content; set content to a string"),
     ([{"role": "assistant", "content": None}], None, "has no content"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], None, r"content\[0\] is a 'image_url'"),

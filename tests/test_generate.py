@@ -174,3 +174,11 @@ def test_chat_turn_streams_reasoning_then_content(tiny_k25):
         # the same reply through the plain generate path
         same = engine.generate(turn.prompt_ids, GREEDY, max_tokens=6).run()
         assert same.token_ids == turn.result.token_ids
+
+
+def test_stop_strings_never_match_inside_special_tokens(tok):
+    think_end = tok.special_id("</think>")
+    ids = [*tok.encode("thinking"), think_end, *tok.encode(" the end. more")]
+    r, pieces, _ = run(tok, ids, StopConditions(max_tokens=len(ids), stop_strings=("think>", "end")))
+    assert r.finish_reason == "stop" and r.text == "thinking</think> the "  # "think>" in </think> was not a stop
+    assert "".join(pieces) == r.text

@@ -22,6 +22,7 @@ import uvicorn
 from openai import OpenAI
 from rich.console import Console
 
+from offload.cli_serve import run_server
 from offload.engine.engine import Engine
 from offload.engine.generate import GenerationResult
 from offload.engine.reasoning import AssistantOutput, ToolCall
@@ -29,7 +30,6 @@ from offload.engine.sampling import SamplingParams
 from offload.planner.profile import detect_profile
 from offload.server import responses
 from offload.server.app import create_app
-from offload.server.run import run_server
 from offload.server.scheduler import QueueFull, Scheduler
 
 SYSTEM = "You are Kimi, an AI assistant created by Moonshot AI."
@@ -302,6 +302,8 @@ CHAT = {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hi"}], "
         ({**CHAT, "max_tokens": 0}, 400, "max_tokens", ["at least 1"]),
         ({**CHAT, "stream": "yes"}, 400, "stream", ["boolean"]),
         ({**CHAT, "stop": 5}, 400, "stop", ["stop"]),
+        ({**CHAT, "stop": ["x"] * 17}, 400, "stop", ["at most 16"]),
+        ({**CHAT, "stop": ["x" * 257]}, 400, "stop", ["256 characters"]),
         ({**CHAT, "seed": -1}, 400, "seed", ["seed"]),
         ({**CHAT, "n": 2}, 400, "n", ["one choice"]),
         ({**CHAT, "tools": [{"type": "function"}]}, 400, "tools", ["tools[0]"]),
@@ -345,6 +347,28 @@ def test_malformed_bodies(server: Served) -> None:
     assert_error(httpx.post(completions, json={"model": "kimi-k2.5", "prompt": "a", "echo": True}), 400, "echo")
     assert_error(httpx.get(f"{server.url}/v1/nothing"), 404)
     assert_error(httpx.get(url), 405)
+    deep = b'{"model": "kimi-k2.5", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert_error(httpx.post(url, content=deep, headers=headers), 400, "nests too deeply")
+
+
+def test_raw_completion_prompts_may_spell_special_tokens(server: Served, engine: Engine) -> None:
+    prompt = "<|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>assistant<|im_middle|>"
+    r = httpx.post(f"{server.url}/v1/completions", json={"model": "kimi-k2.5", "prompt": prompt, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    specials = len(engine.tokenizer.encode_with_specials(prompt))
+    assert r.json()["usage"]["prompt_tokens"] == specials < len(engine.tokenizer.encode(prompt))
+
+
+def test_developer_role_is_the_system_role(client: OpenAI) -> None:
+    dev = client.chat.completions.create(model="kimi-k2.5", messages=[{"role": "developer", "content": "Be brief."},
+                                         {"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)  # fmt: skip
+    sys_ = client.chat.completions.create(model="kimi-k2.5", messages=[{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)  # fmt: skip
+    assert dev.usage is not None and sys_.usage is not None
+    assert (
+        dev.usage.prompt_tokens == sys_.usage.prompt_tokens
+        and dev.choices[0].message.content == sys_.choices[0].message.content
+    )
 
 
 def test_body_too_large(server: Served) -> None:

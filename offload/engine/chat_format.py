@@ -195,9 +195,12 @@ def _checked(i: int, m: Message) -> dict[str, Any]:
     if not isinstance(m, Mapping):
         raise ChatFormatError(f"{where} is a {type(m).__name__}; expected {{'role': ..., 'content': ...}}")
     role = m.get("role")
+    if role == "developer":  # OpenAI's newer name for the system role
+        role = "system"
     if role not in ROLES:
-        raise ChatFormatError(f"{where}.role is {role!r}; use one of {', '.join(ROLES)}")
+        raise ChatFormatError(f"{where}.role is {role!r}; use one of {', '.join(ROLES)} (or developer)")
     out = dict(m)
+    out["role"] = role
     c = m.get("content")
     if c is None and not (role == "assistant" and m.get("tool_calls")):
         need = "a string (or tool_calls)" if role == "assistant" else "a string"

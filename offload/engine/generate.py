@@ -23,6 +23,7 @@ class TextStream(Protocol):
 
 class Detokenizer(Protocol):
     def stream(self, skip_special: bool = False) -> TextStream: ...
+    def is_special(self, token_id: int) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,18 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return best
 
 
+def _first_stop(text: str, stops: Sequence[str], start: int, special: list[tuple[int, int]]) -> int:
+    """Index of the earliest stop string in text[start:] that does not overlap a special token's text; -1 if none."""
+    best = -1
+    for s in stops:
+        i = text.find(s, start)
+        while i >= 0 and any(a < i + len(s) and i < b for a, b in special):
+            i = text.find(s, i + 1)
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return best
+
+
 class Generation:
     """One run of the loop: iterate it for text pieces as they become final; `result` is complete afterwards."""
 
@@ -112,6 +125,7 @@ class Generation:
         text_stream = self.detok.stream()
         emitted = 0  # characters of r.text already yielded
         cut = False  # a stop string ended the text; what the detokenizer holds back is past it
+        special: list[tuple[int, int]] = []  # character spans of special tokens in r.text
         t0 = time.perf_counter()
         logits = self.model.forward(self.prompt, 0, cache, last_only=True)[0]
         pos = len(self.prompt)
@@ -125,9 +139,11 @@ class Generation:
                 r.finish_reason = "stop"
                 break
             piece = text_stream.push(token)
+            if self.detok.is_special(token):  # "<think>" is a marker, not text a stop string may match inside
+                special.append((len(r.text), len(r.text) + len(piece)))
             r.text += piece
             tail = max(0, len(r.text) - len(piece) - longest_stop)  # a new match must end in the new piece
-            hit = min((i for i in (r.text.find(s, tail) for s in stop.stop_strings) if i >= 0), default=-1)
+            hit = _first_stop(r.text, stop.stop_strings, tail, special)
             if hit >= 0:
                 r.text, r.finish_reason, cut = r.text[:hit], "stop", True
                 break

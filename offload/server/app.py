@@ -85,6 +85,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
             turn = engine.chat(messages, max_tokens=req.max_tokens or engine.max_context, **options)
         except ChatFormatError as e:
             raise errors.bad_request(str(e), "tools" if str(e).startswith("tools") else "messages") from None
+        except RecursionError:
+            raise errors.bad_request("the messages or tools nest too deeply to render", "messages") from None
         except ValueError:  # the generation refused a prompt that fills the context: say by how much
             check_context(len(engine.chat_format.encode(messages, tools, thinking=req.thinking)), None, "messages")
             raise
@@ -92,7 +94,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         return turn
 
     def prepare_completion(req: CompletionRequest) -> Generation:
-        ids = engine.tokenizer.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+        # a raw prompt is the client's own rendering: its special-token text means the special tokens (as in vLLM)
+        ids = engine.tokenizer.encode_with_specials(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
         vocab = engine.ckpt.config.vocab_size
         if bad := [i for i in ids if not 0 <= i < vocab][:8]:
             raise errors.bad_request(f"token ids {bad} are outside 0..{vocab - 1}, the model's vocabulary", "prompt")

@@ -49,6 +49,9 @@ class CompletionRequest:
     include_usage: bool
 
 
+MAX_STOPS, MAX_STOP_CHARS = 16, 256  # every stop string is searched after every token, on the shared engine thread
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object (NaN and Infinity refused: they are not JSON)."""
 
@@ -59,6 +62,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw, parse_constant=no_constants)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise bad_request(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad_request("the request body nests too deeply to parse") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object; got {_kind(body)}")
     return body
@@ -169,6 +174,8 @@ def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise bad_request(f"`stop` must be a non-empty string or an array of them; got {_kind(stop)}", "stop")
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise bad_request(f"`stop` takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters", "stop")
     return tuple(stops)
 
 

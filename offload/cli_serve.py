@@ -1,4 +1,4 @@
-"""`kimi-offload serve`: bind the port, load the engine (with a progress bar), print the plan and the URL, serve."""
+"""The `serve` command: load the engine with a progress bar, print the plan, run the ASGI app on uvicorn (CLI layer)."""
 
 from __future__ import annotations
 
