@@ -1,0 +1,321 @@
+"""Cold INT4 experts computed on the CPU, straight from the checkpoint's pack-quantized layout.
+
+A Linear [out, in] is `weight_packed` int32 [out, in/8] and `weight_scale` bf16 [out, in/32] (kernels/int4.py);
+both are read in place, so they may be zero-copy views over an mmap of the safetensors shard. The fast path is a
+small C++ kernel (csrc/int4_cpu.cpp: AVX2 + FMA, OpenMP over rows) compiled once per machine with the system C++
+compiler and called through ctypes, which releases the GIL while it runs. Without a compiler or without AVX2/FMA,
+the same functions run a pure-torch path (dequantize, then matmul) after one logged warning.
+
+Candidates kept for tests and `kernels.bench`: the NumPy reference, the torch-ops path, torch's own int4 kernel
+(needs a one-time repack of the weights) and the native kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels.ffn import expert_ffn
+from kernels.int4 import dequantize_int4, dequantize_int4_ref, unpack_int4
+
+log = logging.getLogger(__name__)
+
+GROUP = 32  # compressed-tensors' group size for K2.5's experts; the kernel assumes it
+Int4Linear = tuple[torch.Tensor, torch.Tensor]  # (weight_packed int32 [out, in/8], weight_scale bf16 [out, in/32])
+Int4Expert = tuple[Int4Linear, Int4Linear, Int4Linear]  # gate [I, D], up [I, D], down [D, I]
+
+SOURCE = Path(__file__).parent / "csrc" / "int4_cpu.cpp"
+CXXFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+
+
+# ---- checks ---------------------------------------------------------------------------------------------------
+def _check_tensor(name: str, t: object, dtype: torch.dtype, rows: int | None, cols: int | None) -> torch.Tensor:
+    """`t` is a contiguous 2-D CPU tensor of `dtype`, [rows, cols] (None: any size). The checks run on every call
+    of the decode path, so the message is only built when one fails."""
+    if (
+        isinstance(t, torch.Tensor) and t.dtype == dtype and t.ndim == 2 and t.is_cpu and t.is_contiguous()
+        and (rows is None or t.shape[0] == rows) and (cols is None or t.shape[1] == cols)
+    ):  # fmt: skip
+        return t
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    want = f"[{'*' if rows is None else rows}, {'*' if cols is None else cols}]"
+    if t.ndim != 2 or (rows is not None and t.shape[0] != rows) or (cols is not None and t.shape[1] != cols):
+        raise ValueError(f"{name}: expected shape {want}, got {list(t.shape)}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if not t.is_cpu:
+        raise ValueError(f"{name}: expected a CPU tensor, got device {t.device}")
+    raise ValueError(f"{name}: expected a contiguous tensor, got strides {t.stride()} (call .contiguous())")
+
+
+def _check_linear(name: str, packed: object, scale: object, in_features: int | None = None) -> tuple[int, int]:
+    """(out, in) of one INT4 Linear; errors name `{name}packed` / `{name}scale`; `in_features`, when given, is the
+    width the caller needs."""
+    p = _check_tensor(f"{name}packed", packed, torch.int32, None, None)
+    out_f, in_f = p.shape[0], p.shape[1] * 8
+    if in_f % GROUP:
+        raise ValueError(f"{name}packed: in = 8 * {p.shape[1]} = {in_f} is not a multiple of {GROUP}")
+    if in_features is not None and in_f != in_features:
+        raise ValueError(f"{name}packed: expected shape [*, {in_features // 8}], got {list(p.shape)}")
+    _check_tensor(f"{name}scale", scale, torch.bfloat16, out_f, in_f // GROUP)
+    return out_f, in_f
+
+
+def _check_out(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=torch.float32)
+    return _check_tensor("out", out, torch.float32, *shape)
+
+
+def _check_expert(x: object, gate: Int4Linear, up: Int4Linear, down: Int4Linear) -> tuple[torch.Tensor, int, int]:
+    """x, D and I of one expert call."""
+    xt = _check_tensor("x", x, torch.float32, None, None)
+    d = xt.shape[1]
+    i, _ = _check_linear("gate ", *gate, in_features=d)
+    i_up, _ = _check_linear("up ", *up, in_features=d)
+    if i_up != i:
+        raise ValueError(f"up packed: expected shape [{i}, {d // 8}] like gate, got {list(up[0].shape)}")
+    d_out, _ = _check_linear("down ", *down, in_features=i)
+    if d_out != d:
+        raise ValueError(f"down packed: expected shape [{d}, {i // 8}], got {list(down[0].shape)}")
+    return xt, d, i
+
+
+# ---- the native kernel: built once per machine, loaded once per process --------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NativeBuild:
+    """Where the compiled kernel lives; `compile_s` is 0.0 when it came from the cache."""
+
+    path: Path
+    compile_s: float
+
+
+def cache_dir() -> Path:
+    """Next to torch's JIT extensions: $TORCH_EXTENSIONS_DIR, else $XDG_CACHE_HOME (or ~/.cache)/torch_extensions."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
+
+
+def _compiler() -> str | None:
+    """$CXX when set (and it must exist), else g++ or c++ from PATH."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return shutil.which("g++") or shutil.which("c++")
+
+
+def build_native(force: bool = False) -> NativeBuild:
+    """Compile csrc/int4_cpu.cpp into the cache (keyed by source, flags and compiler) unless it is there already.
+    Raises RuntimeError saying why when it cannot."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in ("x86_64", "amd64") or cap not in ("AVX2", "AVX512"):
+        raise RuntimeError(f"the INT4 CPU kernel needs an x86-64 CPU with AVX2 and FMA (torch sees {cap})")
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}; set CXX or install g++)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join((cxx, *CXXFLAGS)).encode()).hexdigest()[:16]
+    path = cache_dir() / f"kimi_int4_cpu_{key}.so"
+    if path.exists() and not force:
+        return NativeBuild(path, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # compile to a private name, then rename: concurrent builders (test workers, two processes) never see half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    t0 = time.perf_counter()
+    proc = subprocess.run([cxx, *CXXFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeError(f"{cxx} failed ({proc.returncode}) on {SOURCE}:\n{proc.stderr[-2000:]}")
+    os.replace(tmp, path)
+    return NativeBuild(path, seconds)
+
+
+class _Native:
+    """ctypes bindings of csrc/int4_cpu.cpp."""
+
+    def __init__(self, build: NativeBuild) -> None:
+        self.build = build
+        lib = ctypes.CDLL(str(build.path))
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.kimi_int4_linear.argtypes = [p, i64, i64, p, p, i64, p, i32]
+        lib.kimi_int4_linear.restype = i32
+        lib.kimi_int4_expert_ffn.argtypes = [p, i64, i64, i64, p, p, p, p, p, p, p, i32]
+        lib.kimi_int4_expert_ffn.restype = i32
+        lib.kimi_int4_grouped_ffn.argtypes = [p, i64, i64, i64, i64, p, p, p, p, p, p, i32]
+        lib.kimi_int4_grouped_ffn.restype = i32
+        self.lib = lib
+
+
+@functools.cache
+def _native() -> _Native | None:
+    try:
+        native = _Native(build_native())
+    except (RuntimeError, OSError) as e:
+        log.warning("INT4 CPU kernel unavailable, using the slower torch path (dequantize + matmul): %s", e)
+        return None
+    log.info("INT4 CPU kernel %s (compiled in %.1f s)", native.build.path, native.build.compile_s)
+    return native
+
+
+def native_build() -> NativeBuild | None:
+    """The loaded native kernel's build, or None when the torch fallback is in use (the reason was logged)."""
+    native = _native()
+    return None if native is None else native.build
+
+
+def _raise_rc(rc: int, what: str) -> None:
+    if rc != 0:
+        raise MemoryError(f"{what}: the INT4 CPU kernel could not allocate its scratch (rc {rc})")
+
+
+# ---- one Linear ------------------------------------------------------------------------------------------------
+def int4_linear_ref(x: np.ndarray, packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """NumPy reference: x [T, in] @ W.T with W = q * scale (scale given as float32, bf16 widens exactly), float64
+    inside, [T, out] float32."""
+    w = dequantize_int4_ref(packed, scale.astype(np.float32), packed.shape[1] * 8, GROUP)
+    return (x.astype(np.float64) @ w.astype(np.float64).T).astype(np.float32)
+
+
+def int4_linear_numpy(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Candidate (a): the NumPy reference on torch tensors."""
+    _, in_f = _check_linear("", packed, scale)
+    _check_tensor("x", x, torch.float32, None, in_f)
+    return torch.from_numpy(int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()))
+
+
+def int4_linear_torch(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Candidate (b) and the fallback: dequantize to float32 [out, in], then one matmul."""
+    out_f, in_f = _check_linear("", packed, scale)
+    xt = _check_tensor("x", x, torch.float32, None, in_f)
+    y = _check_out(out, (xt.shape[0], out_f))
+    return torch.matmul(xt, dequantize_int4(packed, scale, in_f, GROUP).t(), out=y)
+
+
+def to_int4pack(packed: torch.Tensor, scale: torch.Tensor, inner_k_tiles: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate (c)'s one-time repack into torch's own int4 CPU layout: (weight uint8 [out, in/2], scales-and-zeros
+    bf16 [in/32, out, 2]); zeros are 0 because torch decodes (n - 8) * scale + zero, like the checkpoint."""
+    out_f, in_f = _check_linear("", packed, scale)
+    if out_f % 16:
+        raise ValueError(f"packed: torch's int4 layout needs out a multiple of 16, got {out_f}")
+    nibbles = unpack_int4(packed, in_f).to(torch.int32) + 8  # [out, in] in 0..15
+    w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles, inner_k_tiles)
+    s = scale.t()  # [in/32, out]
+    return w, torch.stack((s, torch.zeros_like(s)), dim=-1).contiguous()
+
+
+def int4_linear_int4pack(x: torch.Tensor, w: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """Candidate (c): torch's int4 CPU kernel on weights repacked by `to_int4pack`. Its fast path takes bf16
+    activations (float32 ones run about 5x slower), so x is rounded to bf16 and the bf16 result widened."""
+    xt = _check_tensor("x", x, torch.float32, None, w.shape[1] * 2)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(xt.to(torch.bfloat16), w, GROUP, scales_zeros).float()
+
+
+def int4_linear_native(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Candidate (d): the C++ kernel. Raises RuntimeError when it is not available here."""
+    native = _native()
+    if native is None:
+        raise RuntimeError("the INT4 CPU kernel is not available here (see the logged warning)")
+    out_f, in_f = _check_linear("", packed, scale)
+    xt = _check_tensor("x", x, torch.float32, None, in_f)
+    y = _check_out(out, (xt.shape[0], out_f))
+    if xt.shape[0] and out_f:
+        rc = native.lib.kimi_int4_linear(xt.data_ptr(), xt.shape[0], in_f, packed.data_ptr(), scale.data_ptr(),
+                                         out_f, y.data_ptr(), torch.get_num_threads())  # fmt: skip
+        _raise_rc(rc, "int4_linear_cpu")
+    return y
+
+
+def int4_linear_cpu(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [T, in] float32 @ W.T -> [T, out] float32, W read from (weight_packed, weight_scale) in place; all of
+    torch's threads. The C++ kernel when it is available, else the torch path."""
+    if _native() is None:
+        return int4_linear_torch(x, packed, scale, out)
+    return int4_linear_native(x, packed, scale, out)
+
+
+# ---- experts ---------------------------------------------------------------------------------------------------
+def int4_expert_ffn_cpu(
+    x: torch.Tensor, gate: Int4Linear, up: Int4Linear, down: Int4Linear, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One routed expert, down(silu(gate x) * up x): x [T, D] float32 -> [T, D] float32. The native kernel does
+    the three matmuls and the activation in one parallel region."""
+    xt, d, i = _check_expert(x, gate, up, down)
+    y = _check_out(out, (xt.shape[0], d))
+    native = _native()
+    if native is None:
+        w = [dequantize_int4(p, s, p.shape[1] * 8, GROUP) for p, s in (gate, up, down)]
+        y.copy_(expert_ffn(xt, *w))
+    elif xt.shape[0]:
+        rc = native.lib.kimi_int4_expert_ffn(
+            xt.data_ptr(), xt.shape[0], d, i, *(t.data_ptr() for pair in (gate, up, down) for t in pair),
+            y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _raise_rc(rc, "int4_expert_ffn_cpu")
+    return y
+
+
+def int4_grouped_ffn_cpu(
+    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: Mapping[int, Int4Expert],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]) over the (t, k) whose expert is in `experts`: [T, D] float32.
+    Experts absent from the mapping are skipped (they run elsewhere, e.g. in a GPU slot); each present expert runs
+    once on the tokens routed to it. The native kernel takes the whole layer in one call."""
+    xt = _check_tensor("x", x, torch.float32, None, None)
+    n_tok, d = xt.shape
+    ids_t = _check_tensor("ids", ids, torch.int64, n_tok, None)
+    w_t = _check_tensor("weights", weights, torch.float32, n_tok, ids_t.shape[1])
+    y = _check_out(out, (n_tok, d))
+    # (token, k) pairs sorted by expert: expert e's are order[begin:end]; one host sync for the set of experts
+    flat = ids_t.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    uniq, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    runs, begin = [], 0
+    for e, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        if e in experts:
+            runs.append((e, begin, begin + c))
+        begin += c
+    tokens = order.div(ids_t.shape[1], rounding_mode="floor")  # [T*k] token of each sorted pair
+    wts = w_t.reshape(-1)[order]
+    i = _check_expert(xt, *experts[runs[0][0]])[2] if runs else 0
+    for e, _, _ in runs[1:]:
+        if _check_expert(xt, *experts[e])[2] != i:
+            raise ValueError(f"experts[{e}]: expected the inter size {i} of experts[{runs[0][0]}], got a different one")
+    native = _native()
+    if native is None or not runs:
+        y.zero_()
+        for e, b, end in runs:
+            h = int4_expert_ffn_cpu(xt.index_select(0, tokens[b:end]), *experts[e])  # [n, D]
+            y.index_add_(0, tokens[b:end], h.mul_(wts[b:end, None]))
+        return y
+    ptrs = torch.tensor([[t.data_ptr() for pair in experts[e] for t in pair] for e, _, _ in runs], dtype=torch.int64)
+    bounds = torch.tensor([[b for _, b, _ in runs], [end for _, _, end in runs]], dtype=torch.int64)
+    rc = native.lib.kimi_int4_grouped_ffn(
+        xt.data_ptr(), n_tok, d, i, len(runs), ptrs.data_ptr(), bounds[0].data_ptr(), bounds[1].data_ptr(),
+        tokens.data_ptr(), wts.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _raise_rc(rc, "int4_grouped_ffn_cpu")
+    return y
