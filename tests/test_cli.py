@@ -172,3 +172,15 @@ def test_generate_prints_the_plan_and_refuses_what_does_not_fit(tiny_k25, tmp_pa
     )
     r = _generate("--model", str(tiny_k25), "--prompt-ids", "1,2", "--profile", str(small))
     assert r.exit_code == 2 and "GiB of RAM before any expert is cached" in r.output
+
+
+def test_bench_kernels_runs_and_reports(tmp_path):
+    out = tmp_path / "k.json"
+    r = runner.invoke(app, ["bench-kernels", "--tokens", "1", "--shapes", "64x64", "--no-ffn", "--seconds", "0.05",
+                            "--json", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "64x64" in r.stdout and "torch_int4pack" in r.stdout and "read bandwidth" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["read_GBps"] > 0 and data["results"][0]["rows"]
+    r = runner.invoke(app, ["bench-kernels", "--shapes", "64x60"])
+    assert r.exit_code == 2 and "multiple of 32" in r.output
