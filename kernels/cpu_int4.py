@@ -68,8 +68,8 @@ def _check_linear(name: str, packed: object, scale: object, in_features: int | N
     width the caller needs."""
     p = _check_tensor(f"{name}packed", packed, torch.int32, None, None)
     out_f, in_f = p.shape[0], p.shape[1] * 8
-    if in_f % GROUP:
-        raise ValueError(f"{name}packed: in = 8 * {p.shape[1]} = {in_f} is not a multiple of {GROUP}")
+    if in_f % GROUP or in_f == 0:
+        raise ValueError(f"{name}packed: in = 8 * {p.shape[1]} = {in_f} is not a positive multiple of {GROUP}")
     if in_features is not None and in_f != in_features:
         raise ValueError(f"{name}packed: expected shape [*, {in_features // 8}], got {list(p.shape)}")
     _check_tensor(f"{name}scale", scale, torch.bfloat16, out_f, in_f // GROUP)
@@ -288,6 +288,10 @@ def int4_grouped_ffn_cpu(
     n_tok, d = xt.shape
     ids_t = _check_tensor("ids", ids, torch.int64, n_tok, None)
     w_t = _check_tensor("weights", weights, torch.float32, n_tok, ids_t.shape[1])
+    if out is not None and out.untyped_storage().data_ptr() == xt.untyped_storage().data_ptr():
+        raise ValueError("out shares memory with x; the output is zeroed before x is read: pass another buffer")
+    if ids_t.shape[1] > 1 and bool((ids_t.sort(dim=1).values.diff(dim=1) == 0).any()):
+        raise ValueError("ids lists an expert twice for one token; top-k routing picks k distinct experts")
     y = _check_out(out, (n_tok, d))
     # (token, k) pairs sorted by expert: expert e's are order[begin:end]; one host sync for the set of experts
     flat = ids_t.reshape(-1)

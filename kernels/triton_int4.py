@@ -165,6 +165,8 @@ def int4_grouped_matmul(
         raise ValueError(f"packed must be torch.int32 [S, out, in/8], got {packed.dtype} {tuple(packed.shape)}")
     slots, out_f = packed.shape[0], packed.shape[1]
     _check_packed(tuple(packed.shape[1:]), in_f)
+    if max(n * x.stride(0), n * out_f) >= 2**31:  # the kernel's row offsets are int32
+        raise ValueError(f"{n} rows x {max(in_f, out_f)} columns overflow the kernel's int32 offsets; split the batch")
     if scale.dim() != 3 or scale.shape[0] != slots or scale.dtype not in _DOT_DTYPES:
         want = f"[{slots}, out, in/{GROUP}]"
         raise ValueError(f"scale must be bf16/fp16/fp32 {want}, got {scale.dtype} {tuple(scale.shape)}")

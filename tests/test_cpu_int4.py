@@ -9,6 +9,7 @@ into a buffer.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def _close(got: torch.Tensor, ref: np.ndarray, atol: float = ATOL_F32) -> None:
 @pytest.fixture(scope="module")
 def native() -> None:
     if cpu_int4.native_build() is None:
+        if os.environ.get("KIMI_REQUIRE_NATIVE"):  # a machine that must have it: fail instead of skipping
+            pytest.fail("KIMI_REQUIRE_NATIVE is set but the native INT4 CPU kernel did not build")
         pytest.skip("the native INT4 CPU kernel is not available here (no compiler or no AVX2/FMA)")
 
 
@@ -146,7 +149,7 @@ def _bad_cases() -> list[tuple[str, dict[str, object], str]]:
         ("x dtype", {"x": x.double()}, r"x: expected dtype torch\.float32, got torch\.float64"),
         ("x rank", {"x": x[0]}, r"x: expected shape \[\*, 96\], got \[96\]"),
         ("packed strided", {"packed": torch.ones(12, 5, dtype=torch.int32).t()}, r"packed: expected a contiguous"),
-        ("in not k*32", {"packed": p[:, :3].contiguous()}, r"packed: in = 8 \* 3 = 24 is not a multiple of 32"),
+        ("in not k*32", {"packed": p[:, :3].contiguous()}, r"in = 8 \* 3 = 24 is not a positive multiple of 32"),
         ("out", {"out": torch.empty(2, 4)}, r"out: expected shape \[2, 5\], got \[2, 4\]"),
     ]  # fmt: skip
 
@@ -244,3 +247,18 @@ def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureF
            grouped_ffn_ref((x * 0.2).numpy(), ids.numpy(), weights.numpy(), dense))  # fmt: skip
     with pytest.raises(RuntimeError, match="not available"):
         int4_linear_native(x, packed, scale)
+
+
+def test_grouped_refuses_aliasing_and_repeated_experts():
+    g = torch.Generator().manual_seed(9)
+    d, i = 64, 32
+    expert = tuple(_linear(o, n, g) for o, n in ((i, d), (i, d), (d, i)))
+    x = torch.randn(3, d, generator=g)
+    ids = torch.tensor([[0, 0], [0, 0], [0, 0]])
+    with pytest.raises(ValueError, match="twice for one token"):
+        cpu_int4.int4_grouped_ffn_cpu(x, ids, torch.ones(3, 2), {0: expert})
+    with pytest.raises(ValueError, match="shares memory with x"):
+        cpu_int4.int4_grouped_ffn_cpu(x, ids[:, :1].contiguous(), torch.ones(3, 1), {0: expert}, out=x)
+    with pytest.raises(ValueError, match="positive multiple"):
+        cpu_int4.int4_linear_cpu(torch.randn(2, 0), torch.zeros(3, 0, dtype=torch.int32),
+                                 torch.zeros(3, 0, dtype=torch.bfloat16))  # fmt: skip

@@ -116,6 +116,10 @@ class Recording(DequantizedExperts):
         self.asked.append((layer, expert))
         return super().weights(layer, expert)
 
+    def packed(self, layer: int, expert: int):
+        self.asked.append((layer, expert))
+        return super().packed(layer, expert)
+
 
 def test_experts_come_only_through_the_runtime(tiny_k25):
     with Checkpoint(tiny_k25) as ckpt:
@@ -164,3 +168,26 @@ def test_loading_reports_every_non_expert_byte(tiny_dirs):
             seen: list[int] = []
             load_transformer(ckpt, DequantizedExperts(ckpt), torch.float32, on_bytes=seen.append)
             assert sum(seen) == ckpt.config.nonexpert_bytes
+
+
+def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25):
+    """The runtime's two paths for INT4 experts: the native kernel on the packed bytes, and dequantize + matmul."""
+    from kernels.cpu_int4 import native_build
+
+    if native_build() is None:
+        pytest.skip("no C++ compiler / AVX2 here: the runtime uses the dequantize path (tested elsewhere)")
+    ids = torch.arange(16) * 7 % 300
+    with Checkpoint(tiny_k25) as ckpt:
+        fast = DequantizedExperts(ckpt, torch.float32)
+        slow = DequantizedExperts(ckpt, torch.float32, native=False)
+        assert fast.native and not slow.native
+        a = load_transformer(ckpt, fast, torch.float32)
+        b = load_transformer(ckpt, slow, torch.float32)
+        la, lb = a.forward(ids, 0, a.new_cache(16)), b.forward(ids, 0, b.new_cache(16))
+        assert (la - lb).abs().max().item() <= 1e-4
+        assert fast.expert_runs == slow.expert_runs > 0
+
+
+def test_native_kernel_refuses_other_formats(tiny_dirs):
+    with Checkpoint(tiny_dirs[("k2", "fp8")]) as ckpt, pytest.raises(ValueError, match="stores fp8"):
+        DequantizedExperts(ckpt, native=True)
