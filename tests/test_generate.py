@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ from offload.engine.engine import Engine
 from offload.engine.generate import Generation, StopConditions
 from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
+from offload.model.transformer import Cancelled
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -32,7 +34,7 @@ class Scripted:
     def new_cache(self, max_tokens: int) -> int:
         return max_tokens
 
-    def forward(self, ids: torch.Tensor, start: int, cache: int, last_only: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int, cache: int, last_only: bool = False, stop=None) -> torch.Tensor:
         assert start + len(ids) <= cache  # the loop sized the cache for prompt + max new tokens
         self.calls.append((ids.tolist(), start))
         logits = torch.zeros(1, self.vocab)
@@ -182,3 +184,16 @@ def test_stop_strings_never_match_inside_special_tokens(tok):
     r, pieces, _ = run(tok, ids, StopConditions(max_tokens=len(ids), stop_strings=("think>", "end")))
     assert r.finish_reason == "stop" and r.text == "thinking</think> the "  # "think>" in </think> was not a stop
     assert "".join(pieces) == r.text
+
+
+def test_cancel_during_prefill_stops_between_layers(tiny_k25):
+    with Engine(tiny_k25, torch.float32) as engine:
+        gen = engine.generate(list(range(1, 40)), GREEDY, max_tokens=5)
+        gen.cancel()  # as a server does when the client leaves while the prompt is being read
+        r = gen.run()
+        assert r.finish_reason == "cancelled" and r.token_ids == [] and r.text == ""
+        model, cache = engine.model, engine.model.new_cache(4)
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(Cancelled, match="before layer 0"):
+            model.forward(torch.tensor([1, 2, 3]), 0, cache, stop=stop)

@@ -303,6 +303,7 @@ CHAT = {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hi"}], "
         ({**CHAT, "stream": "yes"}, 400, "stream", ["boolean"]),
         ({**CHAT, "stop": 5}, 400, "stop", ["stop"]),
         ({**CHAT, "stop": ["x"] * 17}, 400, "stop", ["at most 16"]),
+        ({**CHAT, "stream_options": {"include_usage": True}}, 400, "stream_options", ["only allowed when"]),
         ({**CHAT, "stop": ["x" * 257]}, 400, "stop", ["256 characters"]),
         ({**CHAT, "seed": -1}, 400, "seed", ["seed"]),
         ({**CHAT, "n": 2}, 400, "n", ["one choice"]),

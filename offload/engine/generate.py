@@ -11,7 +11,7 @@ from typing import Literal, Protocol
 import torch
 
 from offload.engine.sampling import Sampler, SamplingParams
-from offload.model.transformer import Transformer
+from offload.model.transformer import Cancelled, Transformer
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -127,7 +127,12 @@ class Generation:
         cut = False  # a stop string ended the text; what the detokenizer holds back is past it
         special: list[tuple[int, int]] = []  # character spans of special tokens in r.text
         t0 = time.perf_counter()
-        logits = self.model.forward(self.prompt, 0, cache, last_only=True)[0]
+        try:
+            logits = self.model.forward(self.prompt, 0, cache, last_only=True, stop=self._cancel)[0]
+        except Cancelled:  # the client left during prefill: no token was made
+            r.finish_reason = "cancelled"
+            r.prefill_s = time.perf_counter() - t0
+            return
         pos = len(self.prompt)
         while True:
             token = self._next(logits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,10 @@ from offload.model.cache import LatentCache
 from offload.model.mlp import MLP, MoE
 from offload.model.norm import rms_norm
 from offload.model.rope import Rope
+
+
+class Cancelled(Exception):
+    """A forward pass stopped on request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +49,19 @@ class Transformer:
         return LatentCache(self.cfg, max_tokens, self.dtype, self.norm.device)
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, start: int, cache: LatentCache, last_only: bool = False) -> torch.Tensor:
-        """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only)."""
+    def forward(
+        self, ids: torch.Tensor, start: int, cache: LatentCache, last_only: bool = False,
+        stop: threading.Event | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only).
+        `stop`, when set by another thread, ends the pass between layers with Cancelled (a long prefill)."""
         positions = torch.arange(start, start + ids.shape[0], device=ids.device)
         cos, sin = self.rope.cos_sin(positions)  # [T, rope/2] each
         h = F.embedding(ids, self.embed).to(self.dtype)  # [T, D]
         eps = self.cfg.rms_norm_eps
         for block in self.blocks:
+            if stop is not None and stop.is_set():
+                raise Cancelled(f"forward pass stopped before layer {block.attn.layer}")
             h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin)
             h = h + block.mlp(rms_norm(h, block.mlp_norm, eps))
         if last_only:

@@ -181,6 +181,8 @@ def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _include_usage(body: Mapping[str, Any]) -> bool:
     options = _optional(body, "stream_options", dict, "an object") or {}
+    if options and body.get("stream") is not True:  # as OpenAI answers
+        raise bad_request("`stream_options` is only allowed when `stream` is true", "stream_options")
     value = options.get("include_usage", False)
     if not isinstance(value, bool):
         raise bad_request(f"stream_options.include_usage must be a boolean; got {_kind(value)}", "stream_options")
