@@ -182,21 +182,16 @@ def generate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
 ) -> None:
     """Generate from a prompt: prefill, then decode token by token, streaming the text."""
-    from offload.engine.engine import Engine, PlanError
+    from offload.cli_load import LOAD_ERRORS, load_engine
     from offload.engine.reasoning import parse_output
-    from offload.engine.tokenizer import TokenizerError
-    from offload.model.loader import compute_dtype
-    from offload.planner.profile import ProfileError, load_profile
     from offload.planner.report import summary_lines
 
     ids = _parse_ids(prompt, prompt_ids, chat)
     folder = _model_dir(model)
     try:
         sampling = SamplingParams(temperature, top_p, top_k, min_p, seed)
-        torch_dtype = compute_dtype(dtype)
-        prof = load_profile(profile, probe=False)
-        engine = Engine(folder, torch_dtype, context if context is not None else RUNTIME.context, prof)
-    except (ValueError, ConfigError, CheckpointError, TokenizerError, ProfileError, PlanError) as e:
+        engine = load_engine(folder, dtype, context if context is not None else RUNTIME.context, profile)
+    except LOAD_ERRORS as e:
         raise _fail(str(e)) from None
     if not as_json:
         err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)

@@ -17,7 +17,6 @@ import psutil
 import typer
 from rich.color import ColorSystem
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.style import Style
 
 from offload.engine.chat import ChatTurn
@@ -403,14 +402,8 @@ def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, 
              top_p: float, max_tokens: int, seed: int | None, context: int, dtype: str, console: Console,
              err: Console, fail: Callable[[str], BaseException]) -> None:  # fmt: skip
     """Load the model (a progress bar on `err`), print the plan and a banner, then chat until /exit or Ctrl-D."""
-    from offload.checkpoint import CheckpointError
-    from offload.config import ModelConfig
-    from offload.engine.engine import PlanError
-    from offload.engine.tokenizer import TokenizerError
-    from offload.model.loader import compute_dtype
-    from offload.planner.profile import ProfileError, load_profile
+    from offload.cli_load import LOAD_ERRORS, load_engine
     from offload.planner.report import summary_lines
-    from offload.quant import ConfigError
 
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input(), where Python has it)
@@ -419,14 +412,8 @@ def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, 
     try:
         for t in (temperature, 1.0, 0.6):  # both defaults, /think may switch between them
             SamplingParams(1.0 if t is None else t, top_p, seed=seed)
-        torch_dtype = compute_dtype(dtype)
-        prof = load_profile(profile, probe=False)
-        total = ModelConfig.from_dir(model_dir).nonexpert_bytes
-        columns = (TextColumn(f"loading {model_dir.name}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task("load", total=total)
-            engine = Engine(model_dir, torch_dtype, context, prof, on_bytes=lambda n: progress.advance(task, n))
-    except (ValueError, ConfigError, CheckpointError, TokenizerError, ProfileError, PlanError) as e:
+        engine = load_engine(model_dir, dtype, context, profile, err, f"loading {model_dir.name}")
+    except LOAD_ERRORS as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         err.print("interrupted while loading", style="dim")

@@ -10,16 +10,9 @@ from pathlib import Path
 import typer
 import uvicorn
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-from offload.checkpoint import CheckpointError
-from offload.config import ModelConfig
-from offload.engine.engine import Engine, PlanError
-from offload.engine.tokenizer import TokenizerError
-from offload.model.loader import compute_dtype
-from offload.planner.profile import ProfileError, load_profile
+from offload.cli_load import LOAD_ERRORS, load_engine
 from offload.planner.report import summary_lines
-from offload.quant import ConfigError
 from offload.server.app import ALIAS, create_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -38,14 +31,8 @@ def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, mo
     except OSError as e:
         raise fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
     try:
-        torch_dtype = compute_dtype(dtype)
-        prof = load_profile(profile, probe=False)
-        total = ModelConfig.from_dir(model_dir).nonexpert_bytes
-        columns = (TextColumn("loading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task("load", total=total)
-            engine = Engine(model_dir, torch_dtype, context, prof, on_bytes=lambda n: progress.advance(task, n))
-    except (ValueError, ConfigError, CheckpointError, TokenizerError, ProfileError, PlanError) as e:
+        engine = load_engine(model_dir, dtype, context, profile, err)
+    except LOAD_ERRORS as e:
         sock.close()
         raise fail(str(e)) from None
     name = model_name or model_dir.resolve().name
