@@ -71,11 +71,6 @@ class Engine:
             vocab_limit=min(self.tokenizer.vocab_size, self.ckpt.config.vocab_size),
         )  # fmt: skip
 
-    @property
-    def weight_bytes(self) -> int:
-        """Stored bytes of everything the model holds outside the routed experts (what loading prepares)."""
-        return self.ckpt.config.nonexpert_bytes
-
     def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:
         """One assistant reply (see ChatTurn for the options: tools, thinking, sampling, max_tokens, stop)."""
         return ChatTurn(self, messages, **kwargs)
