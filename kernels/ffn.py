@@ -7,7 +7,7 @@ triton_int4.py and are checked against these.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -86,9 +86,11 @@ def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torc
 def grouped_ffn(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
     experts: Mapping[int, Expert] | Callable[[int], Expert], out: torch.Tensor | None = None,
+    only: Collection[int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]) as float32 [T, D]: tokens gathered expert by expert, one
-    host sync for the set of experts. `experts` maps an id to its dense (gate, up, down) or fetches it."""
+    host sync for the set of experts. `experts` maps an id to its dense (gate, up, down) or fetches it; with
+    `only`, experts outside it are skipped (they run elsewhere)."""
     if ids.shape != weights.shape or ids.dim() != 2 or ids.shape[0] != x.shape[0]:
         raise ValueError(f"ids {tuple(ids.shape)} and weights {tuple(weights.shape)} must both be [{x.shape[0]}, k]")
     if ids.dtype != torch.int64 or weights.dtype != torch.float32:
@@ -100,6 +102,8 @@ def grouped_ffn(
     out.zero_()
     fetch = experts if callable(experts) else experts.__getitem__
     for expert in torch.unique(ids).tolist():
+        if only is not None and expert not in only:
+            continue
         tok, slot = torch.nonzero(ids == expert, as_tuple=True)  # tokens routed to `expert`, and which of their k
         y = expert_ffn(x[tok], *fetch(expert))  # [n, D]
         out.index_add_(0, tok, y.float() * weights[tok, slot, None])

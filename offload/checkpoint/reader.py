@@ -164,6 +164,13 @@ class Checkpoint:
                 merged.append(ByteRange(path, start, end))
         return merged
 
+    def shard(self, path: Path) -> SafetensorsFile:
+        """The open shard at `path` (as named in a ByteRange)."""
+        for shard in self.shards.values():
+            if shard.path == path:
+                return shard
+        raise CheckpointError(f"{path} is not a shard of {self.folder}")
+
     def bytes_by_part(self) -> dict[str, int]:
         """Stored bytes by model part, from the headers; tensors outside the text model count as 'other'."""
         parts: dict[str, int] = defaultdict(int)

@@ -132,6 +132,13 @@ class SafetensorsFile:
             raise CheckpointError(f"shard {self.path} is empty")
         return self._mm
 
+    @property
+    def fd(self) -> int:
+        """The open file descriptor (for reads and page-cache advice)."""
+        if self._fd < 0:
+            raise CheckpointError(f"shard {self.path} is closed")
+        return self._fd
+
     def view(self, name: str) -> torch.Tensor:
         """Zero-copy tensor over the mapping; touching it faults its pages in from the page cache or disk."""
         info = self.tensors[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 
@@ -10,7 +11,7 @@ from offload.checkpoint import Checkpoint
 from offload.checkpoint.dequant import dense_weight
 from offload.experts.runtime import ExpertRuntime
 from offload.model.attention import MLA, MLAWeights
-from offload.model.mlp import MLP, MoE
+from offload.model.mlp import MLP, Lookahead, MoE
 from offload.model.rope import Rope
 from offload.model.router import Router
 from offload.model.transformer import Block, Transformer
@@ -48,6 +49,7 @@ def load_transformer(
 
     rope = Rope(cfg, device)
     blocks = []
+    moes: list[MoE] = []
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}"
         a = f"{p}.self_attn"
@@ -71,6 +73,7 @@ def load_transformer(
                 else None
             )
             mlp = MoE(i, router, shared, experts)
+            moes.append(mlp)
         else:
             mlp = MLP(linear(f"{p}.mlp.gate_proj"), linear(f"{p}.mlp.up_proj"), linear(f"{p}.mlp.down_proj"))
         blocks.append(
@@ -81,6 +84,8 @@ def load_transformer(
                 mlp,
             )
         )
+    for moe, nxt in pairwise(moes):  # each MoE layer can guess the next one's experts
+        moe.lookahead = Lookahead(nxt.layer, blocks[nxt.layer].mlp_norm, cfg.rms_norm_eps, nxt.router)
     embed = raw("model.embed_tokens.weight")
     lm_head = embed.to(dtype) if cfg.tie_word_embeddings else linear("lm_head")
     return Transformer(cfg, embed, blocks, vector("model.norm.weight"), lm_head, rope, dtype)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from offload.experts.runtime import ExpertRuntime
+from offload.experts.runtime import ExpertRuntime, NextLayer
+from offload.model.norm import rms_norm
 from offload.model.router import Router
 
 
@@ -23,19 +24,44 @@ class MLP:
         return F.linear(F.silu(F.linear(x, self.gate)) * F.linear(x, self.up), self.down)
 
 
+@dataclass(frozen=True, slots=True)
+class Lookahead:
+    """A later MoE layer's norm and router, to apply early to an earlier layer's residual stream (prediction)."""
+
+    layer: int
+    norm: torch.Tensor  # [D], that layer's post-attention norm
+    eps: float
+    router: Router
+
+    def bind(self, h: torch.Tensor) -> NextLayer:
+        """h [T, D]: the residual stream now -> the guess the expert runtime may ask for."""
+
+        def guess(top_n: int, prior: torch.Tensor | None) -> torch.Tensor:
+            return self.router.select(rms_norm(h, self.norm, self.eps), top_n, prior)[0]  # [T, top_n]
+
+        return NextLayer(self.layer, guess)
+
+
 class MoE:
     """Routed experts (through the runtime, never held here) plus the shared expert."""
 
-    def __init__(self, layer: int, router: Router, shared: MLP | None, experts: ExpertRuntime) -> None:
+    def __init__(
+        self, layer: int, router: Router, shared: MLP | None, experts: ExpertRuntime,
+        lookahead: Lookahead | None = None,
+    ) -> None:  # fmt: skip
         self.layer = layer
         self.router = router
         self.shared = shared
         self.experts = experts
+        self.lookahead = lookahead
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [T, D] -> [T, D]; routed outputs summed in float32."""
+    def __call__(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, D] (normed) -> [T, D]; routed outputs summed in float32. h: the residual stream x came from, for
+        guessing the next layer's experts."""
         ids, weights = self.router(x)
-        out = self.experts.run(self.layer, x, ids, weights)  # [T, D] float32
-        if self.shared is not None:
-            out = out + self.shared(x).float()
+        shared = self.shared
+        nxt = self.lookahead.bind(h) if self.lookahead is not None and h is not None else None
+        out = self.experts.run(
+            self.layer, x, ids, weights, shared=(lambda: shared(x)) if shared is not None else None, next_layer=nxt
+        )  # [T, D] float32, shared expert included
         return out.to(x.dtype)

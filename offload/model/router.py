@@ -30,8 +30,19 @@ class Router:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> (expert ids [T, k] int64, weights [T, k] float32)."""
+        ids, scores = self.select(x)
+        w = scores.gather(1, ids)  # the unbiased scores weight the outputs
+        if self.norm_topk_prob:
+            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+        return ids, w * self.scaling
+
+    def select(
+        self, x: torch.Tensor, top_k: int | None = None, prior: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (the top_k (default k) experts per token [T, top_k], sigmoid scores [T, E]); `prior` [E] is
+        added to the choice like the bias (the predictor's frequency blend)."""
         scores = torch.sigmoid(x.float() @ self.weight.T)  # [T, E]
-        choice = scores + self.bias
+        choice = scores + self.bias if prior is None else scores + self.bias + prior
         if self.n_group > 1:
             T, E = choice.shape
             grouped = choice.view(T, self.n_group, E // self.n_group)  # [T, G, E/G]
@@ -39,8 +50,4 @@ class Router:
             keep = torch.zeros_like(group_score, dtype=torch.bool)
             keep.scatter_(1, group_score.topk(self.topk_group, dim=-1).indices, True)
             choice = choice.masked_fill(~keep.repeat_interleave(E // self.n_group, dim=1), float("-inf"))
-        ids = choice.topk(self.top_k, dim=-1).indices  # [T, k]
-        w = scores.gather(1, ids)  # the unbiased scores weight the outputs
-        if self.norm_topk_prob:
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-        return ids, w * self.scaling
+        return choice.topk(top_k or self.top_k, dim=-1).indices, scores

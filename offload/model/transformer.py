@@ -63,7 +63,8 @@ class Transformer:
             if stop is not None and stop.is_set():
                 raise Cancelled(f"forward pass stopped before layer {block.attn.layer}")
             h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin)
-            h = h + block.mlp(rms_norm(h, block.mlp_norm, eps))
+            x = rms_norm(h, block.mlp_norm, eps)
+            h = h + (block.mlp(x, h) if isinstance(block.mlp, MoE) else block.mlp(x))
         if last_only:
             h = h[-1:]
         return F.linear(rms_norm(h, self.norm, eps), self.lm_head).float()

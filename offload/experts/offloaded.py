@@ -1,0 +1,283 @@
+"""The offloading expert runtime: RAM budget, next-layer prediction and prefetch, GPU slots, CPU and GPU executors.
+
+One MoE layer, as the MoE module calls it:
+1. guess the next MoE layer's experts (its router on this layer's residual stream) and hand them to the prefetcher;
+2. one host sync: which experts this batch needs and how many tokens each;
+3. split them: in a GPU slot -> GPU; otherwise the cost model picks "copy to a slot" or "compute on the CPU";
+4. the CPU experts run (on a worker thread when the model is on CUDA) while the GPU runs the slotted experts and
+   the shared expert; outputs are summed in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from offload.checkpoint import Checkpoint
+from offload.experts.cost import CostModel
+from offload.experts.cpu_executor import CpuExecutor
+from offload.experts.gpu_executor import run_slotted
+from offload.experts.predictor import Predictor
+from offload.experts.prefetcher import Job, Prefetcher
+from offload.experts.runtime import NextLayer
+from offload.experts.slots import GpuSlots
+from offload.experts.stats import PHASES, ExpertStats, PhaseCounts
+from offload.experts.store import ExpertStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadConfig:
+    """What the expert runtime may use. The engine fills it from the plan and the command line."""
+
+    ram_budget: int | None = None  # bytes of routed experts kept resident; None: unbounded
+    gpu_slots: int = 0
+    prefetch: bool = True
+    device: str = "cpu"  # where the model's dense parts and the slots live
+    predict_extra: int = 0  # guess top_k + extra experts per token for the next layer
+    freq_weight: float = 0.0  # blend of past routing frequency into the guess (0: router only)
+
+    def __post_init__(self) -> None:
+        if self.ram_budget is not None and self.ram_budget <= 0:
+            raise ValueError(f"ram_budget = {self.ram_budget}; give a positive number of bytes or None")
+        if self.gpu_slots < 0:
+            raise ValueError(f"gpu_slots = {self.gpu_slots}; give 0 or more")
+
+
+class OffloadedExperts:
+    """ExpertRuntime over a checkpoint's mapped experts; call close() (or use `with`) to stop its workers."""
+
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype, config: OffloadConfig = OffloadConfig(),
+                 cost: CostModel | None = None) -> None:  # fmt: skip
+        cfg = ckpt.config
+        self.config = config
+        self.device = torch.device(config.device)
+        self.n_experts = cfg.n_routed_experts
+        self.first_layer = cfg.moe_layers[0] if len(cfg.moe_layers) else -1
+        self.cpu = CpuExecutor(ckpt, dtype)
+        self.store = ExpertStore(ckpt, config.ram_budget)
+        self.cost = cost
+        self.predictor = Predictor(cfg.num_hidden_layers, cfg.n_routed_experts, cfg.num_experts_per_tok,
+                                   config.predict_extra, config.freq_weight)  # fmt: skip
+        self.slots: GpuSlots | None = None
+        if config.gpu_slots:
+            if not self.cpu.int4:
+                raise ValueError(f"GPU slots hold INT4 group-32 experts; this checkpoint's experts are "
+                                 f"{cfg.quant.format}: run with --gpu-slots 0")  # fmt: skip
+            self.slots = GpuSlots(config.gpu_slots, cfg.num_hidden_layers, cfg.n_routed_experts, cfg.hidden_size,
+                                  cfg.moe_intermediate_size, self.device)  # fmt: skip
+        self._phases = {p: PhaseCounts() for p in PHASES}
+        self._gpu_events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        cuda = self.device.type == "cuda"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kimi-cpu-experts") if cuda else None
+        self.prefetcher = Prefetcher(self._fetch) if config.prefetch else None
+        self.calls = 0
+        self.expert_runs = 0
+        log.info("experts: RAM budget %s, %d GPU slots on %s, prefetch %s",
+                 "unbounded" if config.ram_budget is None else f"{config.ram_budget / 1e9:.3f} GB",
+                 config.gpu_slots, self.device, "on" if config.prefetch else "off")  # fmt: skip
+
+    # ---- the MoE layer's call -------------------------------------------------------------------------------------
+    def run(
+        self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+        shared: Callable[[], torch.Tensor] | None = None, next_layer: NextLayer | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        n_tok = x.shape[0]
+        name = "decode" if n_tok == 1 else "prefill"
+        phase = self._phases[name]
+        if layer == self.first_layer:
+            phase.tokens += n_tok
+            phase.passes += 1
+            self.predictor.forget_pending()  # guesses of a pass that stopped early
+        self.calls += 1
+        if next_layer is not None:  # first, so the prefetcher reads while this layer computes
+            guess = self.predictor.guess(next_layer)
+            if self.prefetcher is not None:
+                self.prefetcher.submit(Job(next_layer.layer, tuple(guess), n_tok, self._on_prefetched(phase)))
+        counts = torch.bincount(ids.reshape(-1), minlength=self.n_experts).cpu()  # [E]: the layer's one host sync
+        needed = torch.nonzero(counts).flatten().tolist()
+        self.expert_runs += len(needed)
+        self.predictor.observe(layer, needed, counts, name)
+        on_gpu, on_cpu = self._split(layer, needed, counts, phase)
+
+        if self._pool is not None and on_cpu:  # CUDA: cold experts on the CPU while the GPU works
+            pending = self._pool.submit(self._run_cpu, layer, x, ids, weights, on_cpu, phase)
+            y_gpu = self._run_gpu(layer, x, ids, weights, on_gpu, name)
+            side = shared() if shared is not None else None
+            y_cpu = pending.result()
+            out = y_cpu.to(self.device, non_blocking=True)
+            if y_gpu is not None:
+                out = out + y_gpu
+        else:
+            out = self._run_cpu(layer, x, ids, weights, on_cpu, phase)
+            y_gpu = self._run_gpu(layer, x, ids, weights, on_gpu, name)
+            if y_gpu is not None:
+                out = out + y_gpu
+            side = shared() if shared is not None else None
+        return out if side is None else out + side.float()
+
+    # ---- steps ----------------------------------------------------------------------------------------------------
+    def _split(self, layer: int, needed: list[int], counts: torch.Tensor,
+               phase: PhaseCounts) -> tuple[list[int], list[int]]:  # fmt: skip
+        """(experts to run from GPU slots, experts to run on the CPU); copies into slots what the cost model wants
+        on the GPU."""
+        if self.slots is None:
+            return [], needed
+        slot_of = self.slots.lookup(layer, needed)
+        on_gpu = [e for e, s in zip(needed, slot_of, strict=True) if s >= 0]
+        phase.from_gpu += len(on_gpu)
+        on_cpu = []
+        used_keys = {(layer, e) for e in needed}
+        for e, s in zip(needed, slot_of, strict=True):
+            if s >= 0:
+                continue
+            tokens = int(counts[e])
+            if self.cost is None or self.cost.choose(tokens, False, self.store.resident((layer, e))) == "cpu":
+                on_cpu.append(e)
+                continue
+            key = (layer, e)
+            before = self.store.counters.disk_bytes, self.store.counters.disk_s
+            (source,) = self.store.acquire([key])
+            try:
+                slot = self.slots.load(key, self.cpu.packed(layer, e), keep=lambda k: k in used_keys)
+            finally:
+                self.store.release([key])
+            self._count_source(phase, source, before)
+            if slot is None:
+                on_cpu.append(e)  # every slot holds an expert this layer uses
+                phase.from_ram -= source == "ram"
+                phase.from_disk -= source == "disk"
+            else:
+                on_gpu.append(e)
+                phase.slot_copies += 1
+        return on_gpu, on_cpu
+
+    def _run_cpu(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: list[int],
+                 phase: PhaseCounts) -> torch.Tensor:  # fmt: skip
+        """The CPU experts, in groups that fit the RAM budget: [T, D] float32 on the CPU."""
+        t0 = time.perf_counter()
+        if not x.is_cpu:
+            x, ids, weights = x.float().cpu(), ids.cpu(), weights.cpu()
+        out: torch.Tensor | None = None
+        cap = self.store.capacity or max(1, len(experts))
+        for i in range(0, len(experts), cap):
+            chunk = experts[i : i + cap]
+            keys = [(layer, e) for e in chunk]
+            before = self.store.counters.disk_bytes, self.store.counters.disk_s
+            sources = self.store.acquire(keys)
+            try:
+                y = self.cpu.compute(layer, x, ids, weights, chunk)  # [T, D] float32
+            finally:
+                self.store.release(keys)
+            for source in sources:
+                self._count_source(phase, source, None)
+            self._count_disk(phase, before)
+            out = y if out is None else out.add_(y)
+        phase.cpu_s += time.perf_counter() - t0
+        if out is None:
+            out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32)
+        return out
+
+    def _run_gpu(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: list[int],
+                 name: str) -> torch.Tensor | None:  # fmt: skip
+        if self.slots is None or not experts:
+            return None
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            y = run_slotted(self.slots, layer, x, ids, weights, experts)
+            end.record()
+            self._gpu_events.append((name, start, end))
+            return y
+        t0 = time.perf_counter()
+        y = run_slotted(self.slots, layer, x, ids, weights, experts)
+        self._phases[name].gpu_s += time.perf_counter() - t0
+        return y
+
+    # ---- the prefetcher's work ------------------------------------------------------------------------------------
+    def _fetch(self, layer: int, expert: int, tokens: int) -> tuple[int, float]:
+        """Read one guessed expert into RAM; with free GPU slots and a batch worth it, copy it there too."""
+        t0 = time.perf_counter()
+        key = (layer, expert)
+        before = self.store.counters.prefetch_bytes
+        self.store.prefetch(key)
+        read = self.store.counters.prefetch_bytes - before
+        slots = self.slots
+        if slots is not None and self.cost is not None and slots.has_free() and self.store.resident(key):
+            per_expert = max(1, tokens * self.predictor.top_k // self.n_experts)
+            if tokens == 1 or self.cost.choose(per_expert, False, True) == "gpu":  # free slots cost nothing to fill
+                slots.load(key, self.cpu.packed(layer, expert), prefetch=True, only_free=True)
+        return read, time.perf_counter() - t0
+
+    @staticmethod
+    def _on_prefetched(phase: PhaseCounts) -> Callable[[int, int, float], None]:
+        def done(expert: int, read: int, seconds: float) -> None:
+            phase.prefetch_bytes += read
+            phase.prefetch_s += seconds
+
+        return done
+
+    # ---- counting -------------------------------------------------------------------------------------------------
+    def _count_source(self, phase: PhaseCounts, source: str, disk_before: tuple[int, float] | None) -> None:
+        if source == "ram":
+            phase.from_ram += 1
+        else:
+            phase.from_disk += 1
+        if disk_before is not None:
+            self._count_disk(phase, disk_before)
+
+    def _count_disk(self, phase: PhaseCounts, before: tuple[int, float]) -> None:
+        phase.disk_bytes += self.store.counters.disk_bytes - before[0]
+        phase.disk_wait_s += self.store.counters.disk_s - before[1]
+
+    def stats(self) -> ExpertStats:
+        """A snapshot of every counter (waits for the GPU's timing events)."""
+        if self._gpu_events:
+            for name, start, end in self._gpu_events:
+                end.synchronize()
+                self._phases[name].gpu_s += start.elapsed_time(end) / 1e3
+            self._gpu_events.clear()
+        phases = {}
+        for name, c in self._phases.items():
+            g = self.predictor.total(name)
+            phases[name] = PhaseCounts(**{**{f: getattr(c, f) for f in c.__dataclass_fields__},
+                                          "predicted": g.predicted, "chosen": g.chosen, "hit": g.hit})  # fmt: skip
+        layers = {
+            layer: (g.predicted, g.chosen, g.hit) for (p, layer), g in self.predictor.scores.items() if p == "decode"
+        }
+        sc = self.store.counters
+        return ExpertStats(
+            phases=phases, layer_recall=layers, ram_budget_bytes=self.store.budget,
+            resident_bytes=self.store.resident_bytes, peak_resident_bytes=sc.peak_bytes,
+            released_bytes=sc.released_bytes,
+            expert_bytes=self.store.expert_bytes, gpu_slots=self.slots.n if self.slots else 0,
+            slot_evictions=self.slots.counters.evictions if self.slots else 0, prefetch=self.prefetcher is not None,
+            prefetched=sc.prefetched, prefetch_used=sc.prefetch_used, prefetch_skipped=sc.prefetch_skipped,
+            device=str(self.device),
+        )  # fmt: skip
+
+    # ---- lifetime -------------------------------------------------------------------------------------------------
+    def wait_prefetch(self, timeout: float | None = None) -> bool:
+        """Block until the prefetcher is idle (tests, benchmarks)."""
+        return True if self.prefetcher is None else self.prefetcher.wait_idle(timeout)
+
+    def close(self) -> None:
+        """Stop and join every worker; raises a worker's error that was not reported yet."""
+        try:
+            if self.prefetcher is not None:
+                self.prefetcher.close()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> OffloadedExperts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,265 @@
+"""The RAM tier of the routed experts: they stay mapped in the shards, and a byte budget bounds how many are resident.
+
+An expert is resident once its pages have been read into the page cache (by the compute path on a miss, or by the
+prefetcher ahead of time). Past the budget, the least valuable resident experts (segmented LRU; never one in use or
+on its way in) have their pages released: unmapped here and dropped from the page cache. Accounting is in stored
+bytes, ranges rounded to pages the way release rounds them, and is checked against mincore in the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from offload.checkpoint import Checkpoint, SafetensorsFile, pages
+from offload.experts.policy import SegmentedLRU
+
+log = logging.getLogger(__name__)
+Key = tuple[int, int]  # (layer, expert)
+
+
+@dataclass(slots=True)
+class StoreCounters:
+    """What the store did; times are wall seconds of the thread that did the work."""
+
+    ram: int = 0  # expert uses served from RAM (accounted resident, or found whole in the page cache)
+    disk: int = 0  # expert uses that waited for the disk (a read on the compute path, or a prefetch in flight)
+    disk_bytes: int = 0  # bytes the compute path read from disk
+    disk_s: float = 0.0  # compute-path time spent reading or waiting for a prefetch in flight
+    prefetched: int = 0  # experts read ahead by the prefetcher
+    prefetch_bytes: int = 0
+    prefetch_s: float = 0.0
+    prefetch_used: int = 0  # prefetched experts later used while still resident
+    prefetch_skipped: int = 0  # predictions dropped because the budget was full of experts in use or in flight
+    released: int = 0
+    released_bytes: int = 0
+    peak_bytes: int = 0  # most bytes accounted resident at once
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    shard: SafetensorsFile
+    start: int
+    end: int
+
+
+class BudgetError(ValueError):
+    """The RAM budget cannot hold what one step needs."""
+
+
+class ExpertStore:
+    """Resident routed experts under a byte budget (None: unbounded, nothing is released)."""
+
+    def __init__(self, ckpt: Checkpoint, budget: int | None) -> None:
+        self.ckpt = ckpt
+        cfg = ckpt.config
+        self._spans: dict[Key, tuple[Span, ...]] = {}
+        first = cfg.moe_layers[0] if len(cfg.moe_layers) else 0
+        self.expert_bytes = self._size((first, 0))  # every expert has the same tensors, so the same size
+        if budget is not None and budget < self.expert_bytes:
+            raise BudgetError(
+                f"a RAM budget of {budget:,} bytes cannot hold one routed expert ({self.expert_bytes:,} bytes); "
+                f"give --ram-budget at least {self.expert_bytes / 1e9:.4f} GB"
+            )
+        if budget is not None and not pages.SUPPORTED:
+            log.warning("this OS has no mincore/MADV_DONTNEED: the RAM budget is accounted but pages are not released")
+        self.budget = budget
+        self.policy = SegmentedLRU()
+        self.counters = StoreCounters()
+        self.resident_bytes = 0  # accounted: resident experts and those on their way in
+        self._loading: dict[Key, threading.Event] = {}
+        self._pinned: Counter[Key] = Counter()
+        self._fresh: set[Key] = set()  # prefetched and not used yet
+        self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)  # notified when a read ends
+
+    # ---- sizes --------------------------------------------------------------------------------------------------
+    def spans(self, key: Key) -> tuple[Span, ...]:
+        found = self._spans.get(key)
+        if found is None:
+            found = self._spans[key] = tuple(
+                Span(self.ckpt.shard(r.path), r.start, r.end) for r in self.ckpt.expert_ranges(*key)
+            )
+        return found
+
+    def _size(self, key: Key) -> int:
+        return sum(s.end - s.start for s in self.spans(key))
+
+    @property
+    def capacity(self) -> int | None:
+        """Most experts one step may hold at once (None: unbounded)."""
+        return None if self.budget is None else self.budget // self.expert_bytes
+
+    # ---- the compute path ----------------------------------------------------------------------------------------
+    def acquire(self, keys: Sequence[Key]) -> list[str]:
+        """Make `keys` resident and pin them until release(keys); returns each one's source, "ram" or "disk".
+        Blocks on disk reads (its own, or a prefetch in flight). len(keys) must be at most `capacity`. On an error,
+        nothing stays pinned."""
+        if self.capacity is not None and len(keys) > self.capacity:
+            raise BudgetError(f"{len(keys)} experts at once exceed the RAM budget's {self.capacity}")
+        sources: list[str] = []
+        try:
+            for key in keys:
+                sources.append(self._acquire_one(key))
+        except BaseException:
+            self.release(keys[: len(sources)])
+            raise
+        return sources
+
+    def _acquire_one(self, key: Key) -> str:
+        with self._lock:
+            self._pinned[key] += 1
+            waiting = self._loading.get(key)
+            if waiting is None and key in self.policy:
+                self._use(key)
+                self.counters.ram += 1
+                return "ram"
+            mine = waiting is None
+            if mine:
+                try:
+                    self._reserve(key, for_compute=True)
+                except BaseException:
+                    self._unpin(key)
+                    raise
+                waiting = self._loading[key] = threading.Event()
+        assert waiting is not None
+        t0 = time.perf_counter()
+        read = 0
+        try:
+            if mine:
+                read = self._read(key)
+            else:
+                waiting.wait()
+        except BaseException:
+            with self._lock:
+                self._unpin(key)
+            if mine:
+                self._finish(key, waiting, failed=True)
+            raise
+        if mine:
+            self._finish(key, waiting)
+        with self._lock:
+            retry = key not in self.policy  # the prefetch it waited for failed
+            if retry:
+                self._unpin(key)
+            else:
+                self._use(key)
+                if mine and read == 0:
+                    self.counters.ram += 1  # it was whole in the page cache: no disk involved
+                    return "ram"
+                self.counters.disk += 1
+                self.counters.disk_bytes += read
+                self.counters.disk_s += time.perf_counter() - t0
+                return "disk"
+        return self._acquire_one(key)
+
+    def release(self, keys: Sequence[Key]) -> None:
+        """Unpin keys acquired together."""
+        with self._lock:
+            for key in keys:
+                self._unpin(key)
+
+    # ---- the prefetcher ------------------------------------------------------------------------------------------
+    def prefetch(self, key: Key) -> bool:
+        """Read `key` into RAM ahead of use if the budget has room without evicting anything in use, in flight or
+        itself prefetched and unused. True when it read something."""
+        with self._lock:
+            if key in self.policy or key in self._loading:
+                return False
+            if not self._reserve(key, for_compute=False):
+                self.counters.prefetch_skipped += 1
+                return False
+            event = self._loading[key] = threading.Event()
+        t0 = time.perf_counter()
+        try:
+            read = self._read(key)
+        except BaseException:
+            self._finish(key, event, failed=True)
+            raise
+        self._finish(key, event, fresh=True)
+        with self._lock:
+            self.counters.prefetched += 1
+            self.counters.prefetch_bytes += read
+            self.counters.prefetch_s += time.perf_counter() - t0
+        return read > 0
+
+    def resident(self, key: Key) -> bool:
+        with self._lock:
+            return key in self.policy
+
+    # ---- internals (callers hold the lock unless said otherwise) ------------------------------------------------
+    def _use(self, key: Key) -> None:
+        if key in self._fresh:
+            self._fresh.discard(key)
+            self.counters.prefetch_used += 1
+        if not self.policy.use(key):
+            self.policy.admit(key)
+
+    def _unpin(self, key: Key) -> None:
+        self._pinned[key] -= 1
+        if self._pinned[key] <= 0:
+            del self._pinned[key]
+
+    def _reserve(self, key: Key, for_compute: bool) -> bool:
+        """Account `key`'s bytes, evicting victims first to stay within the budget. The compute path may evict
+        prefetched experts not yet used; the prefetcher may not. False when it cannot make room."""
+        size = self._size(key)
+        if self.budget is not None:
+
+            def keep(k: object) -> bool:
+                return k in self._pinned or k in self._loading or (not for_compute and k in self._fresh)
+
+            while self.resident_bytes + size > self.budget:
+                victim = self.policy.evict(keep)
+                if victim is None:
+                    if not for_compute:
+                        return False
+                    if self._loading:  # prefetches in flight hold the room: once read, they can be evicted
+                        self._finished.wait()
+                        continue
+                    raise BudgetError(
+                        f"the RAM budget ({self.budget:,} bytes) is full of experts in use or being read; "
+                        f"raise --ram-budget"
+                    )
+                self._evict(victim)  # type: ignore[arg-type]
+        self.resident_bytes += size
+        self.counters.peak_bytes = max(self.counters.peak_bytes, self.resident_bytes)
+        return True
+
+    def _evict(self, key: Key) -> None:
+        """Drop an expert the policy gave up: its accounting, then its pages."""
+        self._fresh.discard(key)
+        self.resident_bytes -= self._size(key)
+        released = sum(pages.release(s.shard, s.start, s.end) for s in self.spans(key))
+        self.counters.released += 1
+        self.counters.released_bytes += released
+
+    def _read(self, key: Key) -> int:
+        """Bring `key` into the page cache (no lock held); returns the bytes that were not resident before."""
+        missing = 0
+        for s in self.spans(key):
+            try:
+                have, total = pages.resident_pages(s.shard, s.start, s.end)
+            except OSError:
+                have, total = 0, 1
+            if have < total:
+                pages.read(s.shard, s.start, s.end)
+                missing += min((total - have) * pages.PAGE, s.end - s.start)
+        return missing
+
+    def _finish(self, key: Key, event: threading.Event, fresh: bool = False, failed: bool = False) -> None:
+        """A read is over: the expert becomes resident (or, when the read failed, its bytes are unaccounted)."""
+        with self._lock:
+            del self._loading[key]
+            if failed:
+                self.resident_bytes -= self._size(key)
+            else:
+                self.policy.insert(key)
+                if fresh:
+                    self._fresh.add(key)
+            self._finished.notify_all()
+        event.set()
