@@ -19,7 +19,8 @@ class SegmentedLRU:
 
     Victims come from probation first (a one-off, e.g. a wrong prediction, cannot push out an expert the router
     keeps choosing), then from protected. Protected holds at most `protected_share` of the keys; when it is full its
-    least recent key drops back to probation. Counts of uses are kept per key (for frequency comparisons).
+    least recent key drops back to probation (the share is checked on promotion, and at least one key may be
+    protected). Counts of uses are kept per key (for frequency comparisons).
     """
 
     def __init__(self, protected_share: float = 0.8) -> None:
@@ -68,7 +69,8 @@ class SegmentedLRU:
         """A used key becomes cached (after a miss): inserted and counted as its first use."""
         self.insert(key)
         self.uses[key] = max(self.uses[key], 1)
-        self.probation.move_to_end(key)
+        if key in self.probation:
+            self.probation.move_to_end(key)
 
     def remove(self, key: Hashable) -> None:
         if key not in self.uses:

@@ -86,6 +86,7 @@ def load_transformer(
         )
     for moe, nxt in pairwise(moes):  # each MoE layer can guess the next one's experts
         moe.lookahead = Lookahead(nxt.layer, blocks[nxt.layer].mlp_norm, cfg.rms_norm_eps, nxt.router)
-    embed = raw("model.embed_tokens.weight")
-    lm_head = embed.to(dtype) if cfg.tie_word_embeddings else linear("lm_head")
+    embed = ckpt.tensor("model.embed_tokens.weight")  # stays on the CPU, zero-copy: one row a token is read
+    report(embed.nbytes)
+    lm_head = embed.to(device=device, dtype=dtype) if cfg.tie_word_embeddings else linear("lm_head")
     return Transformer(cfg, embed, blocks, vector("model.norm.weight"), lm_head, rope, dtype)

@@ -53,11 +53,12 @@ class Transformer:
         self, ids: torch.Tensor, start: int, cache: LatentCache, last_only: bool = False,
         stop: threading.Event | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only).
+        """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only) on the CPU.
         `stop`, when set by another thread, ends the pass between layers with Cancelled (a long prefill)."""
-        positions = torch.arange(start, start + ids.shape[0], device=ids.device)
+        device = self.norm.device
+        positions = torch.arange(start, start + ids.shape[0], device=device)
         cos, sin = self.rope.cos_sin(positions)  # [T, rope/2] each
-        h = F.embedding(ids, self.embed).to(self.dtype)  # [T, D]
+        h = F.embedding(ids.to(self.embed.device), self.embed).to(device=device, dtype=self.dtype)  # [T, D]
         eps = self.cfg.rms_norm_eps
         for block in self.blocks:
             if stop is not None and stop.is_set():
@@ -67,4 +68,4 @@ class Transformer:
             h = h + (block.mlp(x, h) if isinstance(block.mlp, MoE) else block.mlp(x))
         if last_only:
             h = h[-1:]
-        return F.linear(rms_norm(h, self.norm, eps), self.lm_head).float()
+        return F.linear(rms_norm(h, self.norm, eps), self.lm_head).float().cpu()

@@ -27,13 +27,15 @@ class RuntimeConfig:
     context: int = 32768  # tokens of KV cache to reserve
     gpu_weights: GpuWeights = "bf16"  # format of the non-expert weights on the GPU
     lm_head: Literal["gpu", "cpu"] = "gpu"
-    device: Literal["auto", "cpu"] = "auto"  # cpu: plan for the CPU alone even when the machine has a GPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # cpu: plan for the CPU alone even when the machine has a GPU
     cpu_dtype: Literal["bf16", "f32"] = "bf16"  # compute dtype of the weights the CPU holds
     gpu_reserve_gib: float = 1.0  # CUDA context, allocator slack
     workspace_gib: float = 1.0  # activations and prefill scratch where the model computes
     ram_reserve_gib: float | None = None  # OS, Python, torch, the tensor index; None: 10% of RAM, at most 8 GiB
     prefill_chunk: int = 4096  # tokens per prefill step
     expert_bpw: float | None = None  # what-if: bits per routed-expert weight, scales included; None = as stored
+    gpu_slots: int | None = None  # GPU expert slots; None: as many as the free GPU memory holds
+    ram_budget_gb: float | None = None  # RAM for routed experts (GB, 1e9 B); None: all the RAM the rest leaves
 
     def __post_init__(self) -> None:
         if self.context < 1:
@@ -42,8 +44,12 @@ class RuntimeConfig:
             raise ValueError(f"gpu_weights = {self.gpu_weights!r}; choose bf16 or int8")
         if self.lm_head not in ("gpu", "cpu"):
             raise ValueError(f"lm_head = {self.lm_head!r}; choose gpu or cpu")
-        if self.device not in ("auto", "cpu"):
-            raise ValueError(f"device = {self.device!r}; choose auto or cpu")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device = {self.device!r}; choose auto, cpu or cuda")
+        if self.gpu_slots is not None and self.gpu_slots < 0:
+            raise ValueError(f"gpu_slots = {self.gpu_slots}; give 0 or more")
+        if self.ram_budget_gb is not None and self.ram_budget_gb <= 0:
+            raise ValueError(f"ram_budget_gb = {self.ram_budget_gb}; give a positive size in GB")
         if self.cpu_dtype not in ("bf16", "f32"):
             raise ValueError(f"cpu_dtype = {self.cpu_dtype!r}; choose bf16 or f32")
         if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0 or self.prefill_chunk < 1:
@@ -168,7 +174,7 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
         fixed = {**gpu_weights, "kv_cache": kv, "workspace": int(rt.workspace_gib * GiB),
                  "reserve": int(rt.gpu_reserve_gib * GiB)}  # fmt: skip
         free = profile.gpu_bytes - sum(fixed.values())
-        slots = max(0, min(n_experts, free // eb))
+        slots = max(0, min(n_experts, free // eb)) if rt.gpu_slots is None else min(rt.gpu_slots, n_experts)
         gpu_budget = {**fixed, "expert_slots": slots * eb}
 
     # ---- RAM budget: fixed needs first, the rest is page cache for routed experts ------------------------------
@@ -179,7 +185,8 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
     else:
         ram_fixed["kv_cache"] = kv
         ram_fixed["workspace"] = int(rt.workspace_gib * GiB)
-    page_cache = max(0, profile.ram_bytes - sum(ram_fixed.values()))
+    ram_left = max(0, profile.ram_bytes - sum(ram_fixed.values()))
+    page_cache = ram_left if rt.ram_budget_gb is None else int(rt.ram_budget_gb * 1e9)
     ram_budget = {**ram_fixed, "expert_page_cache": page_cache}
 
     g = slots * eb / routed  # GPU slots and RAM hold different experts: no point keeping both copies hot
@@ -236,6 +243,19 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
 
     # ---- does it fit ------------------------------------------------------------------------------------------
     problems: list[str] = []
+    if rt.device == "cuda" and not profile.has_gpu:
+        problems.append(f"--device cuda, but the profile {profile.name} has no GPU")
+    if (
+        on_gpu
+        and rt.gpu_slots is not None
+        and gpu_budget["expert_slots"]
+        > profile.gpu_bytes - sum(v for key, v in gpu_budget.items() if key != "expert_slots")
+    ):
+        free_gib = (profile.gpu_bytes - sum(v for key, v in gpu_budget.items() if key != "expert_slots")) / GiB
+        problems.append(
+            f"{slots} GPU expert slots need {slots * eb / GiB:.2f} GiB; {max(0.0, free_gib):.2f} GiB "
+            f"of GPU memory is left for them (--gpu-slots {max(0, int(free_gib * GiB // eb))} fits)"
+        )
     if rt.context > cfg.max_position_embeddings:
         problems.append(f"context {rt.context:,} exceeds the model's max_position_embeddings "
                         f"{cfg.max_position_embeddings:,}")  # fmt: skip
@@ -259,6 +279,11 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
     suggestions = _suggestions(model, cfg, profile, rt) if problems and suggest else []
 
     warnings: list[str] = []
+    if rt.ram_budget_gb is not None and page_cache > ram_left:
+        warnings.append(
+            f"--ram-budget {rt.ram_budget_gb:g} GB is more than the {ram_left / 1e9:.1f} GB of RAM the "
+            "rest of the plan leaves: the OS will evict expert pages before the budget does"
+        )
     if d > 0:
         warnings.append(f"{d:.0%} of the routed experts do not fit in RAM: about {per['nvme'] / 1e9:.2f} GB per "
                         f"token come from disk at {profile.nvme_gbs:g} GB/s")  # fmt: skip
