@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from offload.engine.sampling import SamplingParams
 from offload.planner.plan import RuntimeConfig
 from offload.quant import ConfigError
 from offload.synth.generator import SynthOptions
+
+if TYPE_CHECKING:
+    from offload.cli_load import OffloadFlags
 
 SYNTH = SynthOptions()  # make-model's defaults come from the dataclass
 SAMPLING = SamplingParams()  # and generate's from these
@@ -153,6 +156,27 @@ def _parse_ids(prompt: str | None, prompt_ids: str | None, chat: bool) -> list[i
     return ids
 
 
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when torch sees a GPU), cpu or cuda.")]
+RAM_BUDGET_HELP = (
+    "GB (1e9 B) of routed experts kept in RAM; past it their pages are released. Default: the plan's (all the RAM "
+    "the rest leaves)."
+)
+RamBudgetOpt = Annotated[float | None, typer.Option(help=RAM_BUDGET_HELP)]
+GpuSlotsOpt = Annotated[int | None, typer.Option(help="Routed experts kept on the GPU (default: the plan's).")]
+PrefetchOpt = Annotated[
+    bool, typer.Option("--prefetch/--no-prefetch", help="Read the next layer's predicted experts ahead of use.")
+]
+
+
+STATS_HELP = "Print where experts came from, disk traffic, prediction recall and expert time."
+
+
+def _flags(device: str, ram_budget: float | None, gpu_slots: int | None, prefetch: bool) -> OffloadFlags:
+    from offload.cli_load import OffloadFlags
+
+    return OffloadFlags(device, ram_budget, gpu_slots, prefetch)
+
+
 @app.command("generate")
 def generate_cmd(
     model: Annotated[Path | None, typer.Option(help="Checkpoint folder; default: the built-in demo model.")] = None,
@@ -179,6 +203,11 @@ def generate_cmd(
     profile: Annotated[str, typer.Option(help="Hardware profile for the start-up plan: auto, a preset or a .toml.")] = (
         "auto"
     ),
+    device: DeviceOpt = "auto",
+    ram_budget: RamBudgetOpt = None,
+    gpu_slots: GpuSlotsOpt = None,
+    prefetch: PrefetchOpt = True,
+    stats: Annotated[bool, typer.Option("--stats", help=STATS_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
 ) -> None:
     """Generate from a prompt: prefill, then decode token by token, streaming the text."""
@@ -190,7 +219,8 @@ def generate_cmd(
     folder = _model_dir(model)
     try:
         sampling = SamplingParams(temperature, top_p, top_k, min_p, seed)
-        engine = load_engine(folder, dtype, context if context is not None else RUNTIME.context, profile)
+        engine = load_engine(folder, dtype, context if context is not None else RUNTIME.context, profile,
+                             flags=_flags(device, ram_budget, gpu_slots, prefetch))  # fmt: skip
     except LOAD_ERRORS as e:
         raise _fail(str(e)) from None
     if not as_json:
@@ -212,6 +242,7 @@ def generate_cmd(
             gen = engine.generate(ids, sampling, max_tokens, stop or ())
         except ValueError as e:
             raise _fail(str(e)) from None
+        before = engine.stats()
         if as_json:
             r = gen.run()
         else:
@@ -220,6 +251,7 @@ def generate_cmd(
                 sys.stdout.flush()
             sys.stdout.write("\n")
             r = gen.result
+        used = engine.stats() - before
     out = {
         "model": str(folder), "dtype": dtype, "prompt_tokens": r.prompt_tokens, "token_ids": r.token_ids,
         "text": r.text, "finish_reason": r.finish_reason, "generated_tokens": len(r.token_ids),
@@ -230,9 +262,14 @@ def generate_cmd(
         parsed = parse_output(r.text, engine.chat_format.prompt_ends_in_thinking(ids))
         out["reasoning"], out["content"] = parsed.reasoning, parsed.content
         out["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.raw_arguments} for c in parsed.tool_calls]
+    wall = {"prefill": r.prefill_s, "decode": r.decode_s}
+    if stats:
+        out["experts"] = used.to_dict(wall)
     if as_json:
         console.print_json(json.dumps(out, ensure_ascii=False))
         return
+    if stats:
+        err.print("\n".join(used.lines(wall)), style="dim", markup=False, highlight=False)
     err.print(
         f"[dim]{r.prompt_tokens} prompt tokens, {len(r.token_ids)} generated ({r.finish_reason}); "
         f"prefill {r.prefill_tok_s:,.1f} tok/s, decode {r.decode_tok_s:,.1f} tok/s[/]"

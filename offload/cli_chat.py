@@ -116,7 +116,7 @@ def _rate(tokens: int, seconds: float) -> str:
 
 
 def stats_lines(turns: Sequence[TurnStats], context_used: int, max_context: int, moe_calls: int,
-                expert_runs: int) -> list[str]:  # fmt: skip
+                expert_runs: int, experts: Sequence[str] = ()) -> list[str]:  # fmt: skip
     """/stats: the last answer, the session, the context, the experts (counters since loading), disk reads."""
     if not turns:
         lines = ["no answers yet"]
@@ -135,9 +135,8 @@ def stats_lines(turns: Sequence[TurnStats], context_used: int, max_context: int,
     last = f"last answer {turns[-1].moe_calls:,} MoE layer calls, {turns[-1].expert_runs:,} runs; " if turns else ""
     lines += [
         f"context: {context_used:,} of {max_context:,} tokens",
-        "experts: every routed expert is dequantized from the memory-mapped checkpoint each time it runs (no GPU "
-        f"slots or RAM cache yet); {last}since loading {moe_calls:,} calls, {expert_runs:,} runs",
-        "expert hit rates (GPU slots, RAM): n/a until the offloading runtime",
+        f"experts: {last}since loading {moe_calls:,} calls, {expert_runs:,} runs",
+        *(f"experts since loading, {line}" for line in experts),
     ]
     if turns:
         t = turns[-1]
@@ -272,7 +271,7 @@ class ChatSession:
             used = len(self.engine.chat_format.encode(self.conversation(), thinking=self.thinking)) if (
                 self.history) else 0  # fmt: skip
             self.note("\n".join(stats_lines(self.turns, used, self.engine.max_context, experts.calls,
-                                            experts.expert_runs)), style="")  # fmt: skip
+                                            experts.expert_runs, self.engine.stats().lines())), style="")  # fmt: skip
         elif name == "/save":
             self.save(arg)
         else:

@@ -71,7 +71,7 @@ def test_a_session(tiny_k25, tmp_path):
     stats = say(child, "/stats")
     assert re.search(r"last answer: \d+ prompt tokens, 8 generated \(length\); prefill [\d,.]+ tok/s", stats)
     assert re.search(r"session: 4 answers, [\d,]+ prompt tokens, 32 generated; .*decode [\d,.]+ tok/s", stats)
-    assert "dequantized from the memory-mapped checkpoint" in stats and "n/a until the offloading runtime" in stats
+    assert "experts since loading, decode:" in stats and "experts since loading, experts in RAM:" in stats
     assert re.search(r"disk reads (during the last answer: [\d.]+ [MG]B in [\d.]+ s, [\d.]+ [MG]B/s|: n/a)", stats)
     out = say(child, "/stats please")
     assert "/stats" in out and "last answer" in out  # extra words after a command are ignored where it takes none

@@ -248,6 +248,10 @@ def test_models_and_health(server: Served, client: OpenAI) -> None:
     assert_error(httpx.get(f"{server.url}/v1/models/gpt-4"), 404, "gpt-4")
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny-k25" and health["max_queue"] == 8
+    client.completions.create(model="kimi-k2.5", prompt="a", max_tokens=2, temperature=0)
+    metrics = httpx.get(f"{server.url}/metrics").json()
+    assert metrics["model"] == "tiny-k25" and metrics["experts"]["device"] == "cpu"
+    assert metrics["experts"]["decode"]["tokens"] >= 1 and metrics["experts"]["prefill"]["from_ram"] > 0
 
 
 def test_tools_and_tool_messages_are_accepted(client: OpenAI) -> None:
@@ -393,6 +397,7 @@ def test_api_key(engine: Engine) -> None:
         assert_error(httpx.post(f"{s.url}/v1/chat/completions", json=CHAT), 401)
         assert httpx.get(f"{s.url}/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
         assert httpx.get(f"{s.url}/health").status_code == 200  # stays open
+        assert_error(httpx.get(f"{s.url}/metrics"), 401)
         models = OpenAI(api_key="sekret", base_url=f"{s.url}/v1", max_retries=0).models.list()
         assert [m.id for m in models] == ["tiny-k25", "kimi-k2.5"]
 

@@ -1,4 +1,4 @@
-"""The routes: /v1/chat/completions, /v1/completions, /v1/models, /health, over one engine and one scheduler."""
+"""The routes: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics; one engine, one scheduler."""
 
 from __future__ import annotations
 
@@ -168,6 +168,12 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         return JSONResponse({"status": "ok", "model": model_name, "running": scheduler.running,
                              "waiting": scheduler.waiting, "max_queue": max_queue})  # fmt: skip
 
+    async def metrics(request: Request) -> Response:
+        """The expert runtime's counters since the server started (the same object `generate --stats` prints)."""
+        check_key(request)
+        stats = await run_in_threadpool(engine.stats)
+        return JSONResponse({"model": model_name, "experts": stats.to_dict()})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         scheduler.start()
@@ -178,6 +184,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
