@@ -292,6 +292,10 @@ def chat_cmd(
     seed: Annotated[int | None, typer.Option(help="Sampling seed; answer k of a session uses seed + k.")] = None,
     context: Annotated[int | None, typer.Option(help=f"Context to plan for (default {RUNTIME.context}).")] = None,
     dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16 or float32.")] = "bfloat16",
+    device: DeviceOpt = "auto",
+    ram_budget: RamBudgetOpt = None,
+    gpu_slots: GpuSlotsOpt = None,
+    prefetch: PrefetchOpt = True,
 ) -> None:
     """Chat in the terminal: streaming answers, thinking shown apart, /help for commands."""
     from offload.cli_chat import run_chat
@@ -300,6 +304,7 @@ def chat_cmd(
         model_dir=_model_dir(model), profile=profile, system=system, think=think, temperature=temperature,
         top_p=top_p, max_tokens=max_tokens, seed=seed, dtype=dtype, console=console, err=err, fail=_fail,
         context=context if context is not None else RUNTIME.context,
+        flags=_flags(device, ram_budget, gpu_slots, prefetch),
     )  # fmt: skip
 
 
@@ -316,6 +321,10 @@ def serve_cmd(
     context: Annotated[int | None, typer.Option(help=f"Context to plan for (default {RUNTIME.context}).")] = None,
     dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16 or float32.")] = "bfloat16",
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
+    device: DeviceOpt = "auto",
+    ram_budget: RamBudgetOpt = None,
+    gpu_slots: GpuSlotsOpt = None,
+    prefetch: PrefetchOpt = True,
 ) -> None:
     """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from offload.cli_serve import run_server
@@ -323,7 +332,7 @@ def serve_cmd(
     run_server(
         model_dir=_model_dir(model), host=host, port=port, api_key=api_key, model_name=model_name, profile=profile,
         context=context if context is not None else RUNTIME.context, dtype=dtype, max_queue=max_queue, err=err,
-        fail=_fail,
+        fail=_fail, flags=_flags(device, ram_budget, gpu_slots, prefetch),
     )  # fmt: skip
 
 

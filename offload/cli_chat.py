@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import typer
@@ -24,6 +24,9 @@ from offload.engine.chat_format import ChatFormatError
 from offload.engine.engine import Engine
 from offload.engine.sampling import SamplingParams
 from offload.planner.report import gb
+
+if TYPE_CHECKING:
+    from offload.cli_load import OffloadFlags
 
 PROMPT, MORE = "> ", "... "  # a new message; the next line of a \"\"\" block
 FENCE = '"""'
@@ -399,9 +402,10 @@ class ChatSession:
 
 def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, temperature: float | None,
              top_p: float, max_tokens: int, seed: int | None, context: int, dtype: str, console: Console,
-             err: Console, fail: Callable[[str], BaseException]) -> None:  # fmt: skip
+             err: Console, fail: Callable[[str], BaseException],
+             flags: OffloadFlags | None = None) -> None:  # fmt: skip
     """Load the model (a progress bar on `err`), print the plan and a banner, then chat until /exit or Ctrl-D."""
-    from offload.cli_load import LOAD_ERRORS, load_engine
+    from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
     from offload.planner.report import summary_lines
 
     with contextlib.suppress(ImportError):
@@ -411,7 +415,8 @@ def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, 
     try:
         for t in (temperature, 1.0, 0.6):  # both defaults, /think may switch between them
             SamplingParams(1.0 if t is None else t, top_p, seed=seed)
-        engine = load_engine(model_dir, dtype, context, profile, err, f"loading {model_dir.name}")
+        engine = load_engine(model_dir, dtype, context, profile, err, f"loading {model_dir.name}",
+                             flags or OffloadFlags())  # fmt: skip
     except LOAD_ERRORS as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from offload.cli_load import LOAD_ERRORS, load_engine
+from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
 from offload.planner.report import summary_lines
 from offload.server.app import ALIAS, create_app
 
@@ -20,7 +20,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, model_name: str | None, profile: str,
                context: int, dtype: str, max_queue: int, err: Console,
-               fail: Callable[[str], typer.Exit]) -> None:  # fmt: skip
+               fail: Callable[[str], typer.Exit], flags: OffloadFlags | None = None) -> None:  # fmt: skip
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
         raise fail(f"--max-queue {max_queue}: use 0 (no waiting) or more")
@@ -31,7 +31,7 @@ def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, mo
     except OSError as e:
         raise fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
     try:
-        engine = load_engine(model_dir, dtype, context, profile, err)
+        engine = load_engine(model_dir, dtype, context, profile, err, flags=flags or OffloadFlags())
     except LOAD_ERRORS as e:
         sock.close()
         raise fail(str(e)) from None
