@@ -33,3 +33,9 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str],
 @pytest.fixture(scope="session")
 def tiny_k25(tiny_dirs: dict[tuple[str, str], Path]) -> Path:
     return tiny_dirs[("k2.5", "int4")]
+
+
+@pytest.fixture(scope="session")
+def mini_k25(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mini preset (384 experts of ~110 KB: several pages each, so page release is real), made once."""
+    return make(tmp_path_factory.mktemp("mini"), "mini")

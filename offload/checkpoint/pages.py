@@ -84,6 +84,21 @@ def read(shard: SafetensorsFile, start: int, end: int) -> None:
         at += n
 
 
+def no_readahead(shard: SafetensorsFile) -> None:
+    """Reads of this shard bring in exactly the pages asked for (POSIX_FADV_RANDOM); faults on the mapping are not
+    affected."""
+    if SUPPORTED:
+        os.posix_fadvise(shard.fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+
+def advise_random(shard: SafetensorsFile, start: int, end: int) -> None:
+    """Faults in [start, end) of the mapping read only their own page (no read-around): for regions whose pages are
+    always read explicitly first, so read-around would only bring in bytes no one asked for."""
+    lo, hi = pages_in(start, end)
+    if hi > lo and SUPPORTED:
+        shard.mapping.madvise(mmap.MADV_RANDOM, lo, hi - lo)
+
+
 def release(shard: SafetensorsFile, start: int, end: int) -> int:
     """Drop the pages that hold only bytes of [start, end): unmap them here (MADV_DONTNEED) and evict them from the
     page cache (POSIX_FADV_DONTNEED). Returns the bytes released. The data is unchanged: a later touch reads it
@@ -97,9 +112,11 @@ def release(shard: SafetensorsFile, start: int, end: int) -> int:
 
 
 def drop_file(path: str | Path) -> None:
-    """Evict a whole file's clean pages from the page cache (those no process has mapped)."""
+    """Evict a whole file's pages from the page cache (those no process has mapped); pages still being written back
+    (a file just written) are flushed first, since dirty pages cannot be dropped."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fdatasync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

@@ -79,6 +79,7 @@ class OffloadedExperts:
         self.prefetcher = Prefetcher(self._fetch) if config.prefetch else None
         self.calls = 0
         self.expert_runs = 0
+        self._passes = 0
         log.info("experts: RAM budget %s, %d GPU slots on %s, prefetch %s",
                  "unbounded" if config.ram_budget is None else f"{config.ram_budget / 1e9:.3f} GB",
                  config.gpu_slots, self.device, "on" if config.prefetch else "off")  # fmt: skip
@@ -92,6 +93,11 @@ class OffloadedExperts:
         name = "decode" if n_tok == 1 else "prefill"
         phase = self._phases[name]
         if layer == self.first_layer:
+            if self._passes == 1:
+                # the first pass faulted in every dense weight; read-around brought neighbouring expert pages in
+                # with them, uncounted: give those back once, so the budget holds in the kernel's view too
+                self.store.trim()
+            self._passes += 1
             phase.tokens += n_tok
             phase.passes += 1
             self.predictor.forget_pending()  # guesses of a pass that stopped early

@@ -47,6 +47,19 @@ class Span:
     end: int
 
 
+def expert_regions(ckpt: Checkpoint) -> list[Span]:
+    """Maximal runs of routed-expert tensors in each shard (from the headers: tensors of `.mlp.experts.`)."""
+    out: list[Span] = []
+    for shard in ckpt.shards.values():
+        spans = sorted((i.start, i.end) for name, i in shard.tensors.items() if ".mlp.experts." in name)
+        for start, end in spans:
+            if out and out[-1].shard is shard and out[-1].end == start:
+                out[-1] = Span(shard, out[-1].start, end)
+            else:
+                out.append(Span(shard, start, end))
+    return out
+
+
 class BudgetError(ValueError):
     """The RAM budget cannot hold what one step needs."""
 
@@ -67,6 +80,14 @@ class ExpertStore:
             )
         if budget is not None and not pages.SUPPORTED:
             log.warning("this OS has no mincore/MADV_DONTNEED: the RAM budget is accounted but pages are not released")
+        self.regions: list[Span] = []  # runs of routed-expert bytes, per shard
+        if budget is not None:
+            self.regions = expert_regions(ckpt)
+            if pages.SUPPORTED:
+                for shard in ckpt.shards.values():  # reads bring in what was asked, no readahead past it (uncounted)
+                    pages.no_readahead(shard)
+                for r in self.regions:
+                    pages.advise_random(r.shard, r.start, r.end)
         self.budget = budget
         self.policy = SegmentedLRU()
         self.counters = StoreCounters()
@@ -186,6 +207,31 @@ class ExpertStore:
             self.counters.prefetch_bytes += read
             self.counters.prefetch_s += time.perf_counter() - t0
         return read > 0
+
+    def trim(self) -> int:
+        """Release the pages of every routed expert the store does not count as resident (read-around from faults
+        on the dense weights next to them brings such pages in). Returns the bytes released."""
+        if self.budget is None or not pages.SUPPORTED:
+            return 0
+        with self._lock:
+            keep: dict[int, list[tuple[int, int]]] = {}
+            held: list[Key] = [*self.policy.order(), *self._loading]  # type: ignore[list-item]
+            for key in held:
+                for s in self.spans(key):
+                    keep.setdefault(id(s.shard), []).append(pages.pages_out(s.start, s.end))
+            released = 0
+            for r in self.regions:
+                at = r.start
+                for lo, hi in sorted(keep.get(id(r.shard), [])):
+                    if hi <= r.start or lo >= r.end:
+                        continue
+                    if lo > at:
+                        released += pages.release(r.shard, at, lo)
+                    at = max(at, hi)
+                if at < r.end:
+                    released += pages.release(r.shard, at, r.end)
+            self.counters.released_bytes += released
+            return released
 
     def resident(self, key: Key) -> bool:
         with self._lock:
