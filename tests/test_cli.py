@@ -184,3 +184,22 @@ def test_bench_kernels_runs_and_reports(tmp_path):
     assert data["read_GBps"] > 0 and data["results"][0]["rows"]
     r = runner.invoke(app, ["bench-kernels", "--shapes", "64x60"])
     assert r.exit_code == 2 and "multiple of 32" in r.output
+
+
+def test_generate_offload_flags_and_stats(tiny_k25):
+    from typer.testing import CliRunner
+
+    from offload.cli import app
+
+    args = ["generate", "--model", str(tiny_k25), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--temperature", "0"]
+    args += ["--device", "cpu", "--ram-budget", "0.00005", "--gpu-slots", "0", "--no-prefetch", "--stats", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    experts = json.loads(r.stdout)["experts"]
+    assert experts["ram_budget_bytes"] == 50_000 and experts["prefetch"] is False
+    assert experts["decode"]["tokens"] == 2 and "disk_gbs" in experts["decode"]
+    r = CliRunner().invoke(app, ["generate", "--model", str(tiny_k25), "--prompt-ids", "1", "--device", "cuda"])
+    if not __import__("torch").cuda.is_available():
+        assert r.exit_code == 2 and "--device cuda, but torch" in r.output
+    r = CliRunner().invoke(app, ["generate", "--model", str(tiny_k25), "--prompt-ids", "1", "--ram-budget", "1e-6"])
+    assert r.exit_code == 2 and "cannot hold one routed expert" in r.output

@@ -135,7 +135,7 @@ def test_budget_holds_in_the_kernels_view(mini_k25):
 def test_budget_smaller_than_one_expert_is_refused(mini_k25):
     with Checkpoint(mini_k25) as ckpt:
         eb = ExpertStore(ckpt, None).expert_bytes
-        with pytest.raises(BudgetError, match="cannot hold one routed expert .* --ram-budget at least"):
+        with pytest.raises(BudgetError, match=r"cannot hold one routed expert .* --ram-budget at least"):
             ExpertStore(ckpt, eb - 1)
         store = ExpertStore(ckpt, 3 * eb)
         with pytest.raises(BudgetError, match="4 experts at once exceed the RAM budget's 3"):
@@ -184,14 +184,13 @@ def test_workers_stop_on_close_and_errors_are_not_lost(tiny_k25, monkeypatch):
 
 def test_ctrl_c_inside_a_layer_leaves_no_thread(tiny_k25, monkeypatch):
     with Checkpoint(tiny_k25) as ckpt:
-        with pytest.raises(KeyboardInterrupt):
-            with offloaded(None, prefetch=True)(ckpt) as runtime:
-                model = load_transformer(ckpt, runtime, torch.float32)
+        with pytest.raises(KeyboardInterrupt), offloaded(None, prefetch=True)(ckpt) as runtime:
+            model = load_transformer(ckpt, runtime, torch.float32)
 
-                def interrupted(*args, **kwargs):
-                    raise KeyboardInterrupt
+            def interrupted(*args, **kwargs):
+                raise KeyboardInterrupt
 
-                monkeypatch.setattr(runtime.cpu, "compute", interrupted)
-                model.forward(torch.tensor([1, 2, 3]), 0, model.new_cache(8))
+            monkeypatch.setattr(runtime.cpu, "compute", interrupted)
+            model.forward(torch.tensor([1, 2, 3]), 0, model.new_cache(8))
         assert kimi_threads() == []
         assert runtime.store._pinned == {}  # the interrupted layer's experts were unpinned

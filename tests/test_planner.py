@@ -289,3 +289,23 @@ def test_printed_numbers_come_from_the_plan():
 
 def _fields(p: Profile) -> dict:
     return {f: getattr(p, f) for f in p.__dataclass_fields__}
+
+
+def test_gpu_slots_and_ram_budget_overrides_by_hand():
+    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=4, ram_budget_gb=100))
+    assert plan.gpu_expert_slots == 4 and plan.gpu_budget["expert_slots"] == 4 * EXPERT and plan.fits
+    assert plan.ram_budget["expert_page_cache"] == 100 * 10**9 == plan.ram_expert_bytes
+    assert plan.shares == pytest.approx({"gpu": 4 * EXPERT / ROUTED, "ram": 100e9 / ROUTED,
+                                         "disk": 1 - (4 * EXPERT + 100e9) / ROUTED})  # fmt: skip
+    too_many = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=SLOTS_BOX + 1))
+    assert not too_many.fits
+    assert f"{SLOTS_BOX + 1} GPU expert slots need" in too_many.problems[0]
+    assert f"--gpu-slots {SLOTS_BOX} fits" in too_many.problems[0]
+    over = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(ram_budget_gb=300))
+    assert over.fits and any("--ram-budget 300 GB is more than" in w for w in over.warnings)
+    no_gpu = make_plan("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(device="cuda"))
+    assert not no_gpu.fits and "--device cuda, but the profile cpu has no GPU" in no_gpu.problems
+    with pytest.raises(ValueError, match="gpu_slots = -1"):
+        RuntimeConfig(gpu_slots=-1)
+    with pytest.raises(ValueError, match="ram_budget_gb = 0"):
+        RuntimeConfig(ram_budget_gb=0)
