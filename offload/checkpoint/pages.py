@@ -66,6 +66,12 @@ def resident_pages(shard: SafetensorsFile, start: int, end: int) -> tuple[int, i
     return _mincore(mapping_address(shard) + lo, hi - lo, f"{shard.path} [{lo}, {hi})"), (hi - lo) // PAGE
 
 
+def willneed(shard: SafetensorsFile, start: int, end: int) -> None:
+    """Ask the kernel to start reading [start, end) into the page cache; returns at once."""
+    if SUPPORTED:
+        os.posix_fadvise(shard.fd, start, end - start, os.POSIX_FADV_WILLNEED)
+
+
 def read(shard: SafetensorsFile, start: int, end: int) -> None:
     """Bring [start, end) into the page cache: one readahead request for all of it (deep disk queue), then reads
     in order, which return as the pages arrive. The bytes land in a scratch buffer that is thrown away."""

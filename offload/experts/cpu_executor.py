@@ -41,6 +41,7 @@ class CpuExecutor:
             raise ValueError(f"the native kernel reads INT4 group-32 experts; this checkpoint stores "
                              f"{ckpt.config.quant.format}")  # fmt: skip
         self.native = bool(self.int4 and native is not False and native_build() is not None)
+        self._views: dict[tuple[int, int], Int4Expert] = {}
         log.info("CPU experts: %s", "native INT4 kernel" if self.native else "dequantize and multiply")
 
     def weights(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,10 +52,14 @@ class CpuExecutor:
         return gate, up, down
 
     def packed(self, layer: int, expert: int) -> Int4Expert:
-        """((packed, scale) of gate, up, down): zero-copy views of the mapped shards."""
-        stored = [self.ckpt.linear(expert_module(layer, expert, p)) for p in PROJS]
-        gate, up, down = ((s["weight_packed"], s["weight_scale"]) for s in stored)
-        return gate, up, down
+        """((packed, scale) of gate, up, down): zero-copy views of the mapped shards, made once per expert (views
+        hold no memory of their own; making six of them costs more than the kernel on a small expert)."""
+        found = self._views.get((layer, expert))
+        if found is None:
+            stored = [self.ckpt.linear(expert_module(layer, expert, p)) for p in PROJS]
+            gate, up, down = ((s["weight_packed"], s["weight_scale"]) for s in stored)
+            found = self._views[(layer, expert)] = (gate, up, down)
+        return found
 
     def compute(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                 experts: Collection[int]) -> torch.Tensor:  # fmt: skip

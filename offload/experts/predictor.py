@@ -57,7 +57,8 @@ class Predictor:
         self.counts = torch.zeros(self.n_layers, self.n_experts)
 
     def guess(self, nxt: NextLayer) -> list[int]:
-        """The experts layer `nxt.layer` will likely need, most likely first (ordered by how many tokens want them).
+        """The experts layer `nxt.layer` will likely need, most likely first (by how many tokens want them; for one
+        token, by score).
         Remembered, to be scored when that layer's router has chosen."""
         prior = None
         if self.freq_weight > 0:
@@ -65,9 +66,12 @@ class Predictor:
             top = float(row.max())
             if top > 0:
                 prior = row * (self.freq_weight / top)
-        ids = nxt.guess(self.top_k + self.extra, prior)  # [T, n]
-        experts, votes = torch.unique(ids, return_counts=True)
-        ranked = experts[torch.argsort(votes, descending=True, stable=True)].tolist()
+        ids = nxt.guess(self.top_k + self.extra, prior)  # [T, n], each row best first
+        if ids.shape[0] == 1:
+            ranked = ids[0].tolist()  # decode: the router's own order
+        else:
+            experts, votes = torch.unique(ids, return_counts=True)
+            ranked = experts[torch.argsort(votes, descending=True, stable=True)].tolist()
         self._pending[nxt.layer] = set(ranked)
         return ranked
 

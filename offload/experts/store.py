@@ -97,6 +97,7 @@ class ExpertStore:
         self._fresh: set[Key] = set()  # prefetched and not used yet
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)  # notified when a read ends
+        self._demand_reads = 0  # compute-path reads in progress; the prefetcher waits for none
 
     # ---- sizes --------------------------------------------------------------------------------------------------
     def spans(self, key: Key) -> tuple[Span, ...]:
@@ -118,65 +119,103 @@ class ExpertStore:
     # ---- the compute path ----------------------------------------------------------------------------------------
     def acquire(self, keys: Sequence[Key]) -> list[str]:
         """Make `keys` resident and pin them until release(keys); returns each one's source, "ram" or "disk".
-        Blocks on disk reads (its own, or a prefetch in flight). len(keys) must be at most `capacity`. On an error,
-        nothing stays pinned."""
+        Blocks on disk reads: the missing experts' reads are all requested at once (a deep disk queue), then
+        awaited; experts the prefetcher is reading are waited for. len(keys) must be at most `capacity`. On an
+        error, nothing stays pinned."""
         if self.capacity is not None and len(keys) > self.capacity:
             raise BudgetError(f"{len(keys)} experts at once exceed the RAM budget's {self.capacity}")
-        sources: list[str] = []
-        try:
-            for key in keys:
-                sources.append(self._acquire_one(key))
-        except BaseException:
-            self.release(keys[: len(sources)])
-            raise
-        return sources
-
-    def _acquire_one(self, key: Key) -> str:
+        plan: list[tuple[Key, str, threading.Event | None]] = []  # (key, "ram" | "mine" | "wait", read event)
         with self._lock:
-            self._pinned[key] += 1
-            waiting = self._loading.get(key)
-            if waiting is None and key in self.policy:
-                self._use(key)
-                self.counters.ram += 1
-                return "ram"
-            mine = waiting is None
-            if mine:
-                try:
-                    self._reserve(key, for_compute=True)
-                except BaseException:
+            try:
+                for key in keys:
+                    self._pinned[key] += 1
+                    waiting = self._loading.get(key)
+                    if waiting is None and key in self.policy:
+                        self._use(key)
+                        self.counters.ram += 1
+                        plan.append((key, "ram", None))
+                    elif waiting is None:
+                        plan.append((key, "reserving", None))
+                        self._reserve(key, for_compute=True, own={k for k, kind, _ in plan if kind == "mine"})
+                        plan[-1] = (key, "mine", self._loading.setdefault(key, threading.Event()))
+                    else:
+                        plan.append((key, "wait", waiting))
+            except BaseException:
+                for key, kind, _ in plan:
                     self._unpin(key)
-                    raise
-                waiting = self._loading[key] = threading.Event()
-        assert waiting is not None
+                    if kind == "mine":
+                        del self._loading[key]
+                        self.resident_bytes -= self._size(key)
+                raise
+            mine = [(key, event) for key, kind, event in plan if kind == "mine" and event is not None]
+            if mine:
+                self._demand_reads += 1
+        read: dict[Key, int] = {}
         t0 = time.perf_counter()
-        read = 0
         try:
             if mine:
-                read = self._read(key)
-            else:
-                waiting.wait()
+                gaps = {key: self._gaps(key) for key, _ in mine}
+                for spans in gaps.values():
+                    for s, _ in spans:
+                        pages.willneed(s.shard, s.start, s.end)
+                for key, event in mine:
+                    for s, _ in gaps[key]:
+                        pages.read(s.shard, s.start, s.end)
+                    read[key] = sum(n for _, n in gaps[key])
+                    self._finish(key, event)
+            for _, kind, pending in plan:
+                if kind == "wait" and pending is not None:
+                    pending.wait()
         except BaseException:
             with self._lock:
-                self._unpin(key)
-            if mine:
-                self._finish(key, waiting, failed=True)
+                for key, _kind, _ in plan:
+                    self._unpin(key)
+            for key, event in mine:
+                if key not in read:
+                    self._finish(key, event, failed=True)
             raise
-        if mine:
-            self._finish(key, waiting)
+        finally:
+            if mine:
+                with self._lock:
+                    self._demand_reads -= 1
+                    self._finished.notify_all()
+        waited = time.perf_counter() - t0
+        sources: list[str] = []
+        retry: list[Key] = []
         with self._lock:
-            retry = key not in self.policy  # the prefetch it waited for failed
-            if retry:
-                self._unpin(key)
-            else:
-                self._use(key)
-                if mine and read == 0:
-                    self.counters.ram += 1  # it was whole in the page cache: no disk involved
-                    return "ram"
-                self.counters.disk += 1
-                self.counters.disk_bytes += read
-                self.counters.disk_s += time.perf_counter() - t0
-                return "disk"
-        return self._acquire_one(key)
+            for key, kind, _ in plan:
+                if kind == "ram":
+                    sources.append("ram")
+                elif key not in self.policy:  # the prefetch it waited for failed: read it below
+                    self._unpin(key)
+                    retry.append(key)
+                    sources.append("")
+                else:
+                    self._use(key)
+                    if kind == "mine" and read[key] == 0:
+                        self.counters.ram += 1  # it was whole in the page cache: no disk involved
+                        sources.append("ram")
+                    else:
+                        self.counters.disk += 1
+                        self.counters.disk_bytes += read.get(key, 0)
+                        sources.append("disk")
+            if len(sources) > len(retry) and any(src == "disk" for src in sources):
+                self.counters.disk_s += waited
+        for key in retry:
+            sources[sources.index("")] = self.acquire([key])[0]
+        return sources
+
+    def _gaps(self, key: Key) -> list[tuple[Span, int]]:
+        """The spans of `key` not wholly in the page cache, with the bytes missing from each (mincore)."""
+        out = []
+        for s in self.spans(key):
+            try:
+                have, total = pages.resident_pages(s.shard, s.start, s.end)
+            except OSError:
+                have, total = 0, 1
+            if have < total:
+                out.append((s, min((total - have) * pages.PAGE, s.end - s.start)))
+        return out
 
     def release(self, keys: Sequence[Key]) -> None:
         """Unpin keys acquired together."""
@@ -189,6 +228,7 @@ class ExpertStore:
         """Read `key` into RAM ahead of use if the budget has room without evicting anything in use, in flight or
         itself prefetched and unused. True when it read something."""
         with self._lock:
+            self._finished.wait_for(lambda: self._demand_reads == 0)  # the compute path's reads go first
             if key in self.policy or key in self._loading:
                 return False
             if not self._reserve(key, for_compute=False):
@@ -250,7 +290,7 @@ class ExpertStore:
         if self._pinned[key] <= 0:
             del self._pinned[key]
 
-    def _reserve(self, key: Key, for_compute: bool) -> bool:
+    def _reserve(self, key: Key, for_compute: bool, own: set[Key] | None = None) -> bool:
         """Account `key`'s bytes, evicting victims first to stay within the budget. The compute path may evict
         prefetched experts not yet used; the prefetcher may not. False when it cannot make room."""
         size = self._size(key)
@@ -264,7 +304,8 @@ class ExpertStore:
                 if victim is None:
                     if not for_compute:
                         return False
-                    if self._loading:  # prefetches in flight hold the room: once read, they can be evicted
+                    if any(k not in (own or ()) for k in self._loading):  # prefetches in flight hold the room:
+                        # once read, they can be evicted (this call's own reads have not started: not those)
                         self._finished.wait()
                         continue
                     raise BudgetError(
@@ -286,16 +327,10 @@ class ExpertStore:
 
     def _read(self, key: Key) -> int:
         """Bring `key` into the page cache (no lock held); returns the bytes that were not resident before."""
-        missing = 0
-        for s in self.spans(key):
-            try:
-                have, total = pages.resident_pages(s.shard, s.start, s.end)
-            except OSError:
-                have, total = 0, 1
-            if have < total:
-                pages.read(s.shard, s.start, s.end)
-                missing += min((total - have) * pages.PAGE, s.end - s.start)
-        return missing
+        gaps = self._gaps(key)
+        for s, _ in gaps:
+            pages.read(s.shard, s.start, s.end)
+        return sum(n for _, n in gaps)
 
     def _finish(self, key: Key, event: threading.Event, fresh: bool = False, failed: bool = False) -> None:
         """A read is over: the expert becomes resident (or, when the read failed, its bytes are unaccounted)."""
