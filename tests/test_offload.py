@@ -158,7 +158,7 @@ def test_workers_stop_on_close_and_errors_are_not_lost(tiny_k25, monkeypatch):
         runtime.close()
         assert kimi_threads() == []
 
-        def fail(key):
+        def fail(key, wait=False):
             raise OSError("disk on fire")
 
         runtime = offloaded(None, prefetch=True)(ckpt)

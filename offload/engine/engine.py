@@ -47,6 +47,7 @@ class Engine:
         self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_context: int | None = None,
         profile: Profile | None = None, on_bytes: Callable[[int], None] | None = None, device: str = "auto",
         ram_budget_gb: float | None = None, gpu_slots: int | None = None, prefetch: bool = True,
+        prefetch_mode: str = "advise",
     ) -> None:  # fmt: skip
         """device: auto, cpu or cuda. ram_budget_gb / gpu_slots: None takes the plan's. prefetch: read the next
         layer's predicted experts ahead of use."""
@@ -68,7 +69,8 @@ class Engine:
         on_gpu = self.device == "cuda"
         offload = OffloadConfig(
             ram_budget=None if budget >= self.plan.routed_expert_bytes else budget,
-            gpu_slots=self.plan.gpu_expert_slots if on_gpu else 0, prefetch=prefetch, device=self.device,
+            gpu_slots=self.plan.gpu_expert_slots if on_gpu else 0, prefetch=prefetch, prefetch_mode=prefetch_mode,
+            device=self.device,
         )  # fmt: skip
         cost = CostModel(
             self.plan.expert_bytes, 3 * cfg.hidden_size * cfg.moe_intermediate_size, prof.dram_gbs, prof.nvme_gbs,

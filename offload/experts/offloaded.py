@@ -39,6 +39,7 @@ class OffloadConfig:
     ram_budget: int | None = None  # bytes of routed experts kept resident; None: unbounded
     gpu_slots: int = 0
     prefetch: bool = True
+    prefetch_mode: str = "advise"  # advise: kernel readahead, no copy, no wait; read: read on the worker thread
     device: str = "cpu"  # where the model's dense parts and the slots live
     predict_extra: int = 0  # guess top_k + extra experts per token for the next layer
     freq_weight: float = 0.0  # blend of past routing frequency into the guess (0: router only)
@@ -48,6 +49,8 @@ class OffloadConfig:
             raise ValueError(f"ram_budget = {self.ram_budget}; give a positive number of bytes or None")
         if self.gpu_slots < 0:
             raise ValueError(f"gpu_slots = {self.gpu_slots}; give 0 or more")
+        if self.prefetch_mode not in ("advise", "read"):
+            raise ValueError(f"prefetch_mode = {self.prefetch_mode!r}; choose advise or read")
 
 
 class OffloadedExperts:
@@ -212,7 +215,7 @@ class OffloadedExperts:
         t0 = time.perf_counter()
         key = (layer, expert)
         before = self.store.counters.prefetch_bytes
-        self.store.prefetch(key)
+        self.store.prefetch(key, wait=self.config.prefetch_mode == "read")
         read = self.store.counters.prefetch_bytes - before
         slots = self.slots
         if slots is not None and self.cost is not None and slots.has_free() and self.store.resident(key):

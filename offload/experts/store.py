@@ -130,7 +130,9 @@ class ExpertStore:
                 for key in keys:
                     self._pinned[key] += 1
                     waiting = self._loading.get(key)
-                    if waiting is None and key in self.policy:
+                    if waiting is None and key in self._fresh:  # prefetched: its readahead may be in flight
+                        plan.append((key, "fresh", None))
+                    elif waiting is None and key in self.policy:
                         self._use(key)
                         self.counters.ram += 1
                         plan.append((key, "ram", None))
@@ -148,16 +150,21 @@ class ExpertStore:
                         self.resident_bytes -= self._size(key)
                 raise
             mine = [(key, event) for key, kind, event in plan if kind == "mine" and event is not None]
-            if mine:
+            fresh = [key for key, kind, _ in plan if kind == "fresh"]
+            if mine or fresh:
                 self._demand_reads += 1
         read: dict[Key, int] = {}
         t0 = time.perf_counter()
         try:
-            if mine:
-                gaps = {key: self._gaps(key) for key, _ in mine}
+            if mine or fresh:
+                gaps = {key: self._gaps(key) for key in [*fresh, *(k for k, _ in mine)]}
                 for spans in gaps.values():
                     for s, _ in spans:
                         pages.willneed(s.shard, s.start, s.end)
+                for key in fresh:  # reading waits for the readahead in flight, and fetches what it missed
+                    for s, _ in gaps[key]:
+                        pages.read(s.shard, s.start, s.end)
+                    read[key] = sum(n for _, n in gaps[key])
                 for key, event in mine:
                     for s, _ in gaps[key]:
                         pages.read(s.shard, s.start, s.end)
@@ -175,7 +182,7 @@ class ExpertStore:
                     self._finish(key, event, failed=True)
             raise
         finally:
-            if mine:
+            if mine or fresh:
                 with self._lock:
                     self._demand_reads -= 1
                     self._finished.notify_all()
@@ -192,7 +199,7 @@ class ExpertStore:
                     sources.append("")
                 else:
                     self._use(key)
-                    if kind == "mine" and read[key] == 0:
+                    if kind in ("mine", "fresh") and read[key] == 0:
                         self.counters.ram += 1  # it was whole in the page cache: no disk involved
                         sources.append("ram")
                     else:
@@ -224,11 +231,14 @@ class ExpertStore:
                 self._unpin(key)
 
     # ---- the prefetcher ------------------------------------------------------------------------------------------
-    def prefetch(self, key: Key) -> bool:
-        """Read `key` into RAM ahead of use if the budget has room without evicting anything in use, in flight or
-        itself prefetched and unused. True when it read something."""
+    def prefetch(self, key: Key, wait: bool = False) -> bool:
+        """Bring `key` into RAM ahead of use if the budget has room without evicting anything in use, in flight or
+        itself prefetched and unused. wait=False only asks the kernel to start reading (readahead; returns at once,
+        costs no CPU copy); wait=True reads it here, after any compute-path reads in progress. True when bytes were
+        missing."""
         with self._lock:
-            self._finished.wait_for(lambda: self._demand_reads == 0)  # the compute path's reads go first
+            if wait:
+                self._finished.wait_for(lambda: self._demand_reads == 0)  # the compute path's reads go first
             if key in self.policy or key in self._loading:
                 return False
             if not self._reserve(key, for_compute=False):
@@ -237,11 +247,17 @@ class ExpertStore:
             event = self._loading[key] = threading.Event()
         t0 = time.perf_counter()
         try:
-            read = self._read(key)
+            gaps = self._gaps(key)
+            for span, _ in gaps:
+                if wait:
+                    pages.read(span.shard, span.start, span.end)
+                else:
+                    pages.willneed(span.shard, span.start, span.end)
         except BaseException:
             self._finish(key, event, failed=True)
             raise
         self._finish(key, event, fresh=True)
+        read = sum(n for _, n in gaps)
         with self._lock:
             self.counters.prefetched += 1
             self.counters.prefetch_bytes += read
