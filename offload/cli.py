@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
+from offload.bench.spec import BenchSpec
 from offload.checkpoint import Checkpoint, CheckpointError
 from offload.engine.generate import StopConditions
 from offload.engine.sampling import SamplingParams
@@ -28,6 +29,7 @@ SYNTH = SynthOptions()  # make-model's defaults come from the dataclass
 SAMPLING = SamplingParams()  # and generate's from these
 STOP = StopConditions()
 RUNTIME = RuntimeConfig()  # and plan's
+BENCH = BenchSpec()  # and bench's
 
 app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
@@ -334,6 +336,37 @@ def serve_cmd(
         context=context if context is not None else RUNTIME.context, dtype=dtype, max_queue=max_queue, err=err,
         fail=_fail, flags=_flags(device, ram_budget, gpu_slots, prefetch),
     )  # fmt: skip
+
+
+@app.command("bench")
+def bench_cmd(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint folder; default: the built-in demo model.")] = None,
+    profile: Annotated[str, typer.Option(help="Hardware profile for the plan: auto, a preset or a .toml.")] = "auto",
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per run.")] = BENCH.prompt_len,
+    gen_len: Annotated[int, typer.Option(help="Tokens generated per run (end-of-text ignored).")] = BENCH.gen_len,
+    runs: Annotated[int, typer.Option(help="Measured runs (median, min and max are reported).")] = BENCH.runs,
+    cold: Annotated[bool, typer.Option("--cold", help="Drop the checkpoint from the page cache first (checked).")] = (
+        False
+    ),
+    dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16 or float32.")] = "bfloat16",
+    device: DeviceOpt = "auto",
+    ram_budget: RamBudgetOpt = None,
+    gpu_slots: GpuSlotsOpt = None,
+    prefetch: PrefetchOpt = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure, with units, to this file.")] = (
+        None
+    ),
+) -> None:
+    """Tokens per second, where experts came from, and the fraction of this machine's limits, measured together."""
+    from offload.cli_bench import run_bench
+
+    try:
+        spec = BenchSpec(prompt_len, gen_len, runs, cold)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    run_bench(model_dir=_model_dir(model), profile=profile, dtype=dtype, spec=spec,
+              flags=_flags(device, ram_budget, gpu_slots, prefetch), json_path=json_path, console=console, err=err,
+              fail=_fail)  # fmt: skip
 
 
 @app.command("bench-kernels")

@@ -99,12 +99,13 @@ class Engine:
 
     def generate(
         self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None, max_tokens: int = 256,
-        stop_strings: Sequence[str] = (),
+        stop_strings: Sequence[str] = (), ignore_eos: bool = False,
     ) -> Generation:  # fmt: skip
-        """A generation to iterate (streaming text) or `.run()`; stops on [EOS], <|im_end|> and `stop_strings`."""
+        """A generation to iterate (streaming text) or `.run()`; stops on [EOS], <|im_end|> and `stop_strings`
+        (with ignore_eos, only on max_tokens and stop strings: benchmarks)."""
         if isinstance(stop_strings, str):
             raise ValueError(f"stop_strings = {stop_strings!r}; pass a sequence of strings, e.g. [{stop_strings!r}]")
-        stop = StopConditions(max_tokens, self.stop_ids, tuple(stop_strings))
+        stop = StopConditions(max_tokens, frozenset() if ignore_eos else self.stop_ids, tuple(stop_strings))
         return Generation(
             self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context,
             vocab_limit=min(self.tokenizer.vocab_size, self.ckpt.config.vocab_size),

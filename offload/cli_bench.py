@@ -1,0 +1,102 @@
+"""`kimi-offload bench`: measure the machine, load, run, print the table (and the JSON). Part of the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from offload.bench.limits import drop_checkpoint, measure, shard_files
+from offload.bench.runner import RunResult, bench_prompt, run_once, summarize
+from offload.bench.spec import BenchSpec
+from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
+
+
+def _warm(folder: Path) -> None:
+    """Read every shard once, so the page cache holds the checkpoint (when RAM allows)."""
+    for f in shard_files(folder):
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+
+
+def run_bench(*, model_dir: Path, profile: str, dtype: str, spec: BenchSpec, flags: OffloadFlags,
+              json_path: Path | None, console: Console, err: Console,
+              fail: Callable[[str], BaseException]) -> None:  # fmt: skip
+    import psutil
+
+    err.print("[dim]measuring this machine: DRAM read and copy, matmul, the checkpoint disk's sequential read…[/]")
+    limits = measure(model_dir)
+    size = sum(f.stat().st_size for f in shard_files(model_dir))
+    left = None
+    if spec.cold:
+        left = drop_checkpoint(model_dir)
+        if left:
+            raise fail(f"--cold: {left:,} bytes of {model_dir} are still in the page cache after dropping it (another "
+                       "process has the checkpoint mapped?); stop it and run again")  # fmt: skip
+        err.print(f"[dim]--cold: the checkpoint's pages were dropped; mincore finds {left} bytes resident[/]")
+    elif size < psutil.virtual_memory().available * 0.8:
+        _warm(model_dir)
+    try:
+        engine = load_engine(model_dir, dtype, spec.prompt_len + spec.gen_len + 1, profile, err, flags=flags)
+    except LOAD_ERRORS as e:
+        raise fail(str(e)) from None
+    with engine:
+        prompt = bench_prompt(engine, spec.prompt_len)
+        if not spec.cold:
+            run_once(engine, prompt[: min(32, len(prompt))], 4)  # warm-up: kernels built, first touches done
+        before = engine.stats()
+        runs: list[RunResult] = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            for i in range(spec.runs):
+                task = progress.add_task(f"run {i + 1}/{spec.runs}", total=spec.gen_len)
+
+                def advance(n: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=n)
+
+                runs.append(run_once(engine, prompt, spec.gen_len, advance))
+        out = summarize(engine, spec, limits, runs, engine.stats() - before, left)
+    console.print(_table(out))
+    if json_path is not None:
+        json_path.write_text(json.dumps(out, indent=1))
+        err.print(f"[dim]wrote {json_path}[/]")
+
+
+def _rate(out: dict[str, Any], key: str, unit: str = "tok/s") -> str:
+    return f"{out[key]:,.2f} {unit} (min {out[key + '_min']:,.2f}, max {out[key + '_max']:,.2f})"
+
+
+def _table(out: dict[str, Any]) -> Table:
+    s, lim, ex = out["settings"], out["limits"], out["experts"]
+    dec = ex["decode"]
+    t = Table(title=f"kimi-offload bench: {out['model']} ({out['device']}, {out['dtype']}, {out['threads']} threads)",
+              show_header=False)  # fmt: skip
+    budget = "unbounded" if s["ram_budget_bytes"] is None else f"{s['ram_budget_bytes'] / 1e9:.3f} GB"
+    t.add_row("runs", f"{s['runs']} x ({s['prompt_len']} prompt + {s['gen_len']} generated tokens), "
+              f"{'cold start' if s['cold'] else 'page cache warm'}; RAM budget {budget}, {s['gpu_slots']} GPU slots, "
+              f"prefetch {'on' if s['prefetch'] else 'off'}")  # fmt: skip
+    t.add_row("decode", _rate(out, "decode_tok_s"))
+    t.add_row("prefill", _rate(out, "prefill_tok_s"))
+    t.add_row("time to first token", _rate(out, "ttft_s", "s"))
+    per = dec["experts_per_token"]
+    t.add_row("experts per decode token", f"GPU slot {per['gpu']:.1f}, RAM {per['ram']:.1f}, disk {per['disk']:.1f}")
+    disk = f"{dec['disk_bytes_per_token'] / 1e6:,.2f} MB/token, {out['decode_disk_gbs']:.2f} GB/s"
+    t.add_row("decode disk reads", disk)
+    t.add_row("next-layer prediction", f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}")
+    rss, gpu = out["peak_rss_bytes"] / 2**30, out["gpu_peak_bytes"] / 2**30
+    t.add_row("peak memory", f"RSS {rss:.2f} GiB, GPU {gpu:.2f} GiB")
+    t.add_row("measured limits", f"DRAM read {lim['dram_read_gbs']:.1f} GB/s, copy {lim['dram_copy_gbs']:.1f} GB/s; "
+              f"matmul {lim['cpu_gflops']:.0f} GFLOP/s; disk sequential {lim['disk_read_gbs']:.2f} GB/s "
+              f"(plain reads {lim['disk_read_plain_gbs']:.2f})")  # fmt: skip
+    for name, key, frac in (("DRAM", "dram_roofline_tok_s", "roofline_fraction"),
+                            ("compute", "compute_roofline_tok_s", "compute_fraction"),
+                            ("disk", "disk_roofline_tok_s", "disk_fraction")):  # fmt: skip
+        if out[key]:
+            t.add_row(f"{name} ceiling", f"{out[key]:,.2f} tok/s; achieved {out[frac]:.0%}")
+    return t
