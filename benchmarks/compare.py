@@ -47,7 +47,7 @@ Run = Callable[[list[int], int], tuple[float, float]]  # (prompt ids, tokens) ->
 SHARD_BYTES = 2 << 30
 
 
-# ---- the same weights in Hugging Face's plain deepseek_v3 form -------------------------------------------------------
+# ---- the same weights in Hugging Face's plain deepseek_v3 form ----
 def export_hf(src: Path, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """`src` (any layout, any expert format) as a plain deepseek_v3 folder: every weight dequantized to `dtype`,
     sharded safetensors with an index, `scoring_func: sigmoid` (llama.cpp needs it said), tokenizer.json."""
@@ -108,7 +108,7 @@ def _export_tokenizer(src: Path, dst: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(dst)
 
 
-# ---- runners: each loads once, then times (prompt, tokens) runs ------------------------------------------------------
+# ---- runners: each loads once, then times (prompt, tokens) runs ----
 def ours(folder: Path) -> tuple[Run, Callable[[], None], dict[str, Any]]:
     engine = Engine(folder, torch.bfloat16, max_context=8192, device="cpu")
 
@@ -207,7 +207,7 @@ def convert_gguf(hf_dir: Path, out: Path, llama_src: Path, threads: int) -> Path
     return out
 
 
-# ---- the comparison ---------------------------------------------------------------------------------------------------
+# ---- the comparison ----
 def _version(pkg: str) -> str:
     try:
         return version(pkg)
@@ -231,8 +231,10 @@ def _peers(args: argparse.Namespace, work: Path, threads: int) -> Iterator[tuple
     if "transformers" in wanted:
         yield "transformers", lambda: transformers_peer(hf, None)
     if "transformers-offload" in wanted:
-        yield f"transformers+accelerate offload ({args.hf_offload_gib:g} GiB cap)", lambda: transformers_peer(
-            hf, args.hf_offload_gib)
+        yield (
+            f"transformers+accelerate offload ({args.hf_offload_gib:g} GiB cap)",
+            lambda: transformers_peer(hf, args.hf_offload_gib),
+        )
     if "llama.cpp" in wanted:
         yield "llama.cpp", lambda: llama_peer(convert_gguf(hf, work / "model-q4_0.gguf", args.llama_src, threads),
                                               threads)  # fmt: skip
@@ -247,7 +249,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--peers", default="transformers,transformers-offload,llama.cpp")
     ap.add_argument("--hf-offload-gib", type=float, default=4.0)
-    ap.add_argument("--llama-src", type=Path, help="llama.cpp source (the llama-cpp-python sdist's vendor/llama.cpp).")
+    ap.add_argument("--llama-src", type=Path, help="llama.cpp source: the llama-cpp-python sdist's vendor/llama.cpp.")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     threads = torch.get_num_threads()
@@ -269,7 +271,7 @@ def main() -> None:
         if name != "export":
             runners[name] = got  # type: ignore[assignment]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
-    for name, (run, _, _) in runners.items():  # warm-up, untimed
+    for run, _, _ in runners.values():  # warm-up, untimed
         run(prompt[:16], 2)
     for i in range(args.runs):
         for name, (run, _, _) in runners.items():
@@ -285,7 +287,7 @@ def main() -> None:
         results[name] = {**info, "prefill_tok_s": pre, "decode_tok_s": dec,
                          "decode_tok_s_runs": [(args.gen_len - 1) / d for _, d in times[name]]}  # fmt: skip
     base = results["kimi-offload"]
-    for name, r in results.items():
+    for r in results.values():
         r["decode_ratio_ours_over_this"] = base["decode_tok_s"] / r["decode_tok_s"]
         r["prefill_ratio_ours_over_this"] = base["prefill_tok_s"] / r["prefill_tok_s"]
     out = {"model": str(args.model), "prompt_len": args.prompt_len, "gen_len": args.gen_len, "runs": args.runs,
@@ -293,7 +295,8 @@ def main() -> None:
            "skipped": skipped}  # fmt: skip
     print(f"{'runtime':48} {'decode tok/s':>13} {'prefill tok/s':>14} {'ours / this (decode)':>21}")
     for name, r in results.items():
-        print(f"{name:48} {r['decode_tok_s']:13.2f} {r['prefill_tok_s']:14.1f} {r['decode_ratio_ours_over_this']:21.2f}")
+        ratio = r["decode_ratio_ours_over_this"]
+        print(f"{name:48} {r['decode_tok_s']:13.2f} {r['prefill_tok_s']:14.1f} {ratio:21.2f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
