@@ -443,10 +443,14 @@ def plan_cmd(
         str, typer.Option(help="Non-expert weights on the GPU: bf16 or int8.")
     ] = RUNTIME.gpu_weights,
     lm_head: Annotated[str, typer.Option(help="Where lm_head runs: gpu or cpu.")] = RUNTIME.lm_head,
-    device: Annotated[str, typer.Option(help="auto (use the GPU when the profile has one) or cpu.")] = RUNTIME.device,
+    device: Annotated[
+        str, typer.Option(help="auto (use the GPU when the profile has one), cpu, or cuda (the profile must have one).")
+    ] = RUNTIME.device,
     expert_bpw: Annotated[
         float | None, typer.Option(help="What-if: bits per routed-expert weight (e.g. 2.5 for a Q2_K-class file).")
     ] = RUNTIME.expert_bpw,
+    gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
+    ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Will it run, how, and how fast: placement, GPU and RAM budgets, disk reads and the decode ceiling."""
@@ -459,7 +463,8 @@ def plan_cmd(
         name, cfg = resolve_model(model)
         prof = load_profile(profile)
         # the strings are checked by RuntimeConfig itself, with a message naming the choices
-        rt = RuntimeConfig(context, gpu_weights, lm_head, device, expert_bpw=expert_bpw)  # type: ignore[arg-type]
+        rt = RuntimeConfig(context, gpu_weights, lm_head, device, expert_bpw=expert_bpw,  # type: ignore[arg-type]
+                           gpu_slots=gpu_slots, ram_budget_gb=ram_budget)  # fmt: skip
     except (ConfigError, ProfileError, ValueError) as e:
         raise _fail(str(e)) from None
     plan = make_plan(name, cfg, prof, rt)
