@@ -11,6 +11,7 @@ One MoE layer, as the MoE module calls it:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,15 @@ from offload.experts.stats import PHASES, ExpertStats, PhaseCounts
 from offload.experts.store import ExpertStore
 
 log = logging.getLogger(__name__)
+
+
+def _prior_to(nxt: NextLayer, device: torch.device) -> NextLayer:
+    """The predictor's frequency prior is a CPU tensor; the router it is added to sits on `device`."""
+
+    def guess(top_n: int, prior: torch.Tensor | None) -> torch.Tensor:
+        return nxt.guess(top_n, None if prior is None else prior.to(device))
+
+    return NextLayer(nxt.layer, guess)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,7 @@ class OffloadedExperts:
                                   cfg.moe_intermediate_size, self.device)  # fmt: skip
         self._phases = {p: PhaseCounts() for p in PHASES}
         self._gpu_events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._events_lock = threading.Lock()
         cuda = self.device.type == "cuda"
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="kimi-cpu-experts") if cuda else None
         self.prefetcher = Prefetcher(self._fetch) if config.prefetch else None
@@ -106,6 +117,8 @@ class OffloadedExperts:
             self.predictor.forget_pending()  # guesses of a pass that stopped early
         self.calls += 1
         if next_layer is not None:  # first, so the prefetcher reads while this layer computes
+            if self.device.type != "cpu":
+                next_layer = _prior_to(next_layer, self.device)
             guess = self.predictor.guess(next_layer)
             if self.prefetcher is not None:
                 self.prefetcher.submit(Job(next_layer.layer, tuple(guess), n_tok, self._on_prefetched(phase)))
@@ -123,6 +136,10 @@ class OffloadedExperts:
             out = y_cpu.to(self.device, non_blocking=True)
             if y_gpu is not None:
                 out = out + y_gpu
+        elif self._pool is not None:  # CUDA, every expert in a GPU slot: nothing for the CPU (its zeros are on the CPU)
+            y_gpu = self._run_gpu(layer, x, ids, weights, on_gpu, name)
+            out = torch.zeros(n_tok, x.shape[1], dtype=torch.float32, device=self.device) if y_gpu is None else y_gpu
+            side = shared() if shared is not None else None
         else:
             out = self._run_cpu(layer, x, ids, weights, on_cpu, phase)
             y_gpu = self._run_gpu(layer, x, ids, weights, on_gpu, name)
@@ -202,7 +219,10 @@ class OffloadedExperts:
             start.record()
             y = run_slotted(self.slots, layer, x, ids, weights, experts)
             end.record()
-            self._gpu_events.append((name, start, end))
+            with self._events_lock:
+                self._gpu_events.append((name, start, end))
+            if len(self._gpu_events) >= 1024:  # nobody asked for stats (a server): fold the finished ones in
+                self._collect_gpu_times(wait=False)
             return y
         t0 = time.perf_counter()
         y = run_slotted(self.slots, layer, x, ids, weights, experts)
@@ -245,13 +265,21 @@ class OffloadedExperts:
         phase.disk_bytes += self.store.counters.disk_bytes - before[0]
         phase.disk_wait_s += self.store.counters.disk_s - before[1]
 
-    def stats(self) -> ExpertStats:
-        """A snapshot of every counter (waits for the GPU's timing events)."""
-        if self._gpu_events:
+    def _collect_gpu_times(self, wait: bool) -> None:
+        """Add the timed GPU work to its phase's gpu_s: all of it (waiting for the GPU), or what has finished."""
+        with self._events_lock:
+            done = 0
             for name, start, end in self._gpu_events:
+                if not wait and not end.query():
+                    break  # recorded in order on one stream: the later ones are not done either
                 end.synchronize()
                 self._phases[name].gpu_s += start.elapsed_time(end) / 1e3
-            self._gpu_events.clear()
+                done += 1
+            del self._gpu_events[:done]
+
+    def stats(self) -> ExpertStats:
+        """A snapshot of every counter (waits for the GPU's timing events)."""
+        self._collect_gpu_times(wait=True)
         phases = {}
         for name, c in self._phases.items():
             g = self.predictor.total(name)
