@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One prepared check for a machine with a CUDA GPU (installs nothing; runs from the source tree):
-#   1. prints the device;  2. pytest -m gpu tests/, then the Triton tests (tests/test_triton_kernels.py) on CUDA;
+#   1. prints the device;  2. pytest -m gpu tests/, then the Triton tests (tests/test_triton_kernels.py) on CUDA,
+#      then the offloading runtime on CUDA (tests/test_offload_cuda.py: slots, streams, whole models vs the CPU;
+#      its output also goes to $OUT/test_offload_cuda.log when OUT is set);
 #   3. benchmarks the INT4 grouped GEMM (bench shape 2048x512 and K2.5's 7168x2048; 1, 8, 64 tokens per expert
 #      over 8 slotted experts; block_n swept over 32/64/128) against the device's copy bandwidth, and the FP8
 #      dequantization; writes $OUT/gpu_check.json when OUT is set; prints a short table last.
@@ -28,19 +30,23 @@ print(f"{p.name}: sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total
       f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")
 EOF
 
-gpu_rc=skipped; triton_rc=skipped
+gpu_rc=skipped; triton_rc=skipped; offload_rc=skipped
 if "$PY" -c 'import pytest' 2>/dev/null; then
     echo "== pytest -m gpu tests/"
     gpu_rc=0; limit 300 "$PY" -m pytest -q -m gpu tests/ || gpu_rc=$?
     echo "== Triton tests on CUDA (tests/test_triton_kernels.py, not marked gpu)"
     triton_rc=0; limit 180 "$PY" -m pytest -q -m "not gpu" tests/test_triton_kernels.py || triton_rc=$?
+    echo "== offloading runtime on CUDA (tests/test_offload_cuda.py; PYTHONPATH starts with . as exported above)"
+    offload_rc=0
+    limit 300 "$PY" -m pytest -q -rs tests/test_offload_cuda.py 2>&1 | tee ${OUT:+"$OUT/test_offload_cuda.log"} \
+        || offload_rc=$?
 else
     echo "== pytest is not installed: no test run; the benchmark still checks each kernel against its reference"
 fi
 
 echo "== benchmark"
 bench_rc=0
-GPU_RC=$gpu_rc TRITON_RC=$triton_rc limit 300 "$PY" - <<'EOF' || bench_rc=$?
+GPU_RC=$gpu_rc TRITON_RC=$triton_rc OFFLOAD_RC=$offload_rc limit 300 "$PY" - <<'EOF' || bench_rc=$?
 import json, os, sys, traceback
 
 import torch
@@ -85,6 +91,7 @@ for out_f, in_f in ((7168, 2048), (2048, 7168), (18432, 7168)):  # K2 expert dow
 result = {
     "device": props.name, "sm": f"{props.major}{props.minor}", "torch": torch.__version__, "triton": triton.__version__,
     "pytest_gpu_rc": os.environ["GPU_RC"], "pytest_triton_rc": os.environ["TRITON_RC"],
+    "pytest_offload_cuda_rc": os.environ["OFFLOAD_RC"],
     "copy_gbs_read_plus_write": copy_gbs, "int4_best": best, "int4_sweep": sweep, "fp8_dequant": fp8, "errors": errors,
 }  # fmt: skip
 if os.environ.get("OUT"):
@@ -94,7 +101,8 @@ if os.environ.get("OUT"):
     print(f"wrote {path}")
 
 print(f"\n{props.name}; copy (read+write) {copy_gbs:.0f} GB/s; pytest -m gpu rc={result['pytest_gpu_rc']}, "
-      f"Triton tests rc={result['pytest_triton_rc']}; GB/s = weight bytes / kernel time (CUDA graph)")
+      f"Triton tests rc={result['pytest_triton_rc']}, offload CUDA tests rc={result['pytest_offload_cuda_rc']}; "
+      f"GB/s = weight bytes / kernel time (CUDA graph)")
 print(f"{'shape':6} {'tok/exp':>7} {'blk_n':>5} {'gate GB/s':>9} {'down GB/s':>9} {'ffn GB/s':>8} {'% copy':>6} "
       f"{'ffn us':>7} {'eager us':>8} {'max rel err':>11}")
 for r in best:
@@ -114,5 +122,5 @@ if errors or bad:
 EOF
 
 status=0
-for rc in "$gpu_rc" "$triton_rc" "$bench_rc"; do [[ "$rc" == 0 || "$rc" == skipped ]] || status=1; done
+for rc in "$gpu_rc" "$triton_rc" "$offload_rc" "$bench_rc"; do [[ "$rc" == 0 || "$rc" == skipped ]] || status=1; done
 exit "$status"

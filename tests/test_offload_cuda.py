@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(not CUDA, reason="needs CUDA (a CUDA build of to
 
 # copying to a slot always wins, even for one token on a RAM-resident expert: every expert goes to a slot
 ALWAYS_GPU = dict(dram_gbs=1.0, nvme_gbs=1.0, cpu_gflops=1e-3, pcie_gbs=1e3, gpu_tflops=1e3)
+# the CPU wins for any batch here: only the prefetcher fills slots (free ones, during decode), from its own thread
+CPU_FIRST = dict(dram_gbs=20.0, nvme_gbs=1.0, cpu_gflops=1e3, pcie_gbs=1.0, gpu_tflops=100.0)
 SLEEP_CYCLES = 200_000_000  # torch.cuda._sleep: ~0.1 s of GPU clock, far longer than the host needs to queue work
 LOGIT_TOL = 1e-3
 
@@ -88,13 +90,13 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # ---- (a) GpuSlots on CUDA -------------------------------------------------------------------------------------
-D, I, E, L = 128, 64, 8, 3  # hidden, expert inter, experts per layer, layers
+D, INTER, E, L = 128, 64, 8, 3  # hidden, expert inter, experts per layer, layers
 
 
 def test_slots_load_map_and_evict() -> None:
     gen = torch.Generator().manual_seed(1)
-    experts = {(1, e): random_expert(D, I, gen) for e in range(4)}
-    slots = GpuSlots(2, L, E, D, I, "cuda")
+    experts = {(1, e): random_expert(D, INTER, gen) for e in range(4)}
+    slots = GpuSlots(2, L, E, D, INTER, "cuda")
     assert all(t.is_cuda for pool in slots.pools.values() for t in pool)
     assert slots.slot_map(1).cpu().tolist() == [-1] * E  # nothing resident yet
 
@@ -136,8 +138,8 @@ def test_slots_load_map_and_evict() -> None:
 def test_slot_is_not_overwritten_under_a_kernel_still_reading_it() -> None:
     """The copy into an evicted slot waits for the compute stream's work queued before it."""
     gen = torch.Generator().manual_seed(2)
-    old, new = random_expert(D, I, gen), random_expert(D, I, gen)
-    slots = GpuSlots(1, L, E, D, I, "cuda")
+    old, new = random_expert(D, INTER, gen), random_expert(D, INTER, gen)
+    slots = GpuSlots(1, L, E, D, INTER, "cuda")
     slot = slots.load((1, 0), old)
     slots.slot_map(1)
     torch.cuda.synchronize()
@@ -153,8 +155,8 @@ def test_slot_is_not_overwritten_under_a_kernel_still_reading_it() -> None:
 def test_compute_stream_reads_a_slot_only_after_its_copy() -> None:
     """slot_map() orders the compute stream after the side stream's copies."""
     gen = torch.Generator().manual_seed(3)
-    expert = random_expert(D, I, gen)
-    slots = GpuSlots(2, L, E, D, I, "cuda")
+    expert = random_expert(D, INTER, gen)
+    slots = GpuSlots(2, L, E, D, INTER, "cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(slots._stream):
         torch.cuda._sleep(SLEEP_CYCLES)  # the copy stream is busy: the next copy lands late
@@ -171,8 +173,8 @@ def test_compute_stream_reads_a_slot_only_after_its_copy() -> None:
 def test_staging_buffers_are_not_reused_before_their_copy_left() -> None:
     """Three copies in a row through the two pinned staging buffers while the copy stream is held back."""
     gen = torch.Generator().manual_seed(4)
-    experts = [random_expert(D, I, gen) for _ in range(5)]
-    slots = GpuSlots(5, L, E, D, I, "cuda")
+    experts = [random_expert(D, INTER, gen) for _ in range(5)]
+    slots = GpuSlots(5, L, E, D, INTER, "cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(slots._stream):
         torch.cuda._sleep(SLEEP_CYCLES)
@@ -190,9 +192,9 @@ def test_staging_buffers_are_not_reused_before_their_copy_left() -> None:
 def test_run_slotted_matches_the_cpu_path(dtype: torch.dtype, tol: float, tokens: int) -> None:
     gen = torch.Generator().manual_seed(5 + tokens)
     k, layer = 4, 1
-    experts = {e: random_expert(D, I, gen) for e in range(E)}
+    experts = {e: random_expert(D, INTER, gen) for e in range(E)}
     resident = [0, 2, 3, 5, 6]
-    gpu, cpu = GpuSlots(6, L, E, D, I, "cuda"), GpuSlots(6, L, E, D, I, "cpu")
+    gpu, cpu = GpuSlots(6, L, E, D, INTER, "cuda"), GpuSlots(6, L, E, D, INTER, "cpu")
     for e in resident:
         assert gpu.load((layer, e), experts[e]) is not None and cpu.load((layer, e), experts[e]) is not None
     # every token routes to 4 distinct experts, among them slotted, unslotted and (expert 6) resident but sent
@@ -222,8 +224,8 @@ def test_run_slotted_matches_the_triton_reference() -> None:
 
     gen = torch.Generator().manual_seed(6)
     k, layer, tokens = 3, 2, 9
-    experts = {e: random_expert(D, I, gen) for e in range(E)}
-    slots = GpuSlots(E, L, E, D, I, "cuda")
+    experts = {e: random_expert(D, INTER, gen) for e in range(E)}
+    slots = GpuSlots(E, L, E, D, INTER, "cuda")
     for e in range(E):
         slots.load((layer, e), experts[e])
     ids = torch.stack([torch.randperm(E, generator=gen)[:k] for _ in range(tokens)])
@@ -301,20 +303,21 @@ def cpu_reference(folder: Path) -> tuple[list[int], torch.Tensor]:
     return _references[folder]
 
 
-CASES = {
-    # mini (top-8 of 384): 2 slots never hold a whole layer, so the CPU worker thread and the GPU run together
-    "mini-2slots-prefetch": ("mini", 2, True, EAGER_GPU, None),
-    "mini-2slots-budget12": ("mini", 2, False, EAGER_GPU, 12),
-    # every expert wants a slot and 2 cannot hold them: evictions of slots the previous layer's kernel read
-    "mini-2slots-always-gpu": ("mini", 2, True, ALWAYS_GPU, None),
+CASES = {  # preset, slots, prefetch, cost rates, RAM budget in experts, what must happen on the way
+    # mini (top-8 of 384; EAGER_GPU sends every expert to a slot): 2 slots never hold a layer's experts, so the
+    # CPU worker thread and the GPU run together, and slots the previous layer's kernel read are evicted
+    "mini-2slots-prefetch": ("mini", 2, True, EAGER_GPU, None, {"mixed", "evictions"}),
+    "mini-2slots-budget12": ("mini", 2, False, EAGER_GPU, 12, {"mixed", "evictions"}),
+    # every mini expert has a slot and only the prefetcher fills them, while the layers it guessed for run
+    "mini-allslots-prefetch-fills": ("mini", 4 * 384, True, CPU_FIRST, None, {"mixed", "prefetch_loads"}),
     # tiny (top-4 of 16, MoE layers 1 and 2): 32 slots hold every expert, so whole layers run on the GPU alone
-    "tiny-32slots-always-gpu": ("tiny", 32, True, ALWAYS_GPU, None),
+    "tiny-32slots-always-gpu": ("tiny", 32, True, ALWAYS_GPU, None, {"gpu_only"}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_model_on_cuda_matches_the_cpu_reference(case: str, request: pytest.FixtureRequest) -> None:
-    preset, slots, prefetch, rates, budget = CASES[case]
+    preset, slots, prefetch, rates, budget, expect = CASES[case]
     folder: Path = request.getfixturevalue(f"{preset}_k25")
     ref_tokens, ref_logits = cpu_reference(folder)
     record: list[tuple[int, int]] = []
@@ -332,11 +335,13 @@ def test_model_on_cuda_matches_the_cpu_reference(case: str, request: pytest.Fixt
     assert used and all(p.gpu_s > 0 for p in used)
     assert runtime.slots.counters.loads > 0
     assert any(g > 0 for g, _ in record)
-    if slots == 2:
+    if "mixed" in expect:
         assert any(g > 0 and c > 0 for g, c in record), "no layer ran experts on the GPU and the CPU together"
-    if rates is ALWAYS_GPU and slots == 2:
+    if "evictions" in expect:
         assert runtime.slots.counters.evictions > 0
-    if slots == 32:
+    if "prefetch_loads" in expect:
+        assert runtime.slots.counters.prefetch_loads > 0
+    if "gpu_only" in expect:
         assert all(c == 0 for _, c in record), "an expert ran on the CPU although every expert had a slot"
     if budget is not None:
         assert stats.peak_resident_bytes <= budget * stats.expert_bytes

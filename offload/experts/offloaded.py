@@ -129,7 +129,10 @@ class OffloadedExperts:
         on_gpu, on_cpu = self._split(layer, needed, counts, phase)
 
         if self._pool is not None and on_cpu:  # CUDA: cold experts on the CPU while the GPU works
-            pending = self._pool.submit(self._run_cpu, layer, x, ids, weights, on_cpu, phase)
+            # the inputs come to the CPU here, before the GPU work below is queued: the worker's own copy would
+            # wait for that work (same stream), and the CPU experts would start only once the GPU's were done
+            host = x.float().cpu(), ids.cpu(), weights.cpu()
+            pending = self._pool.submit(self._run_cpu, layer, *host, on_cpu, phase)
             y_gpu = self._run_gpu(layer, x, ids, weights, on_gpu, name)
             side = shared() if shared is not None else None
             y_cpu = pending.result()
