@@ -91,9 +91,10 @@ def _table(out: dict[str, Any]) -> Table:
     t.add_row("next-layer prediction", f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}")
     rss, gpu = out["peak_rss_bytes"] / 2**30, out["gpu_peak_bytes"] / 2**30
     t.add_row("peak memory", f"RSS {rss:.2f} GiB, GPU {gpu:.2f} GiB")
+    disk = (f"disk sequential {lim['disk_read_gbs']:.2f} GB/s (best of readahead {lim['disk_read_advised_gbs']:.2f}, "
+            f"plain {lim['disk_read_plain_gbs']:.2f})")  # fmt: skip
     t.add_row("measured limits", f"DRAM read {lim['dram_read_gbs']:.1f} GB/s, copy {lim['dram_copy_gbs']:.1f} GB/s; "
-              f"matmul {lim['cpu_gflops']:.0f} GFLOP/s; disk sequential {lim['disk_read_gbs']:.2f} GB/s "
-              f"(plain reads {lim['disk_read_plain_gbs']:.2f})")  # fmt: skip
+              f"matmul {lim['cpu_gflops']:.0f} GFLOP/s; {disk}")  # fmt: skip
     for name, key, frac in (("DRAM", "dram_roofline_tok_s", "roofline_fraction"),
                             ("compute", "compute_roofline_tok_s", "compute_fraction"),
                             ("disk", "disk_roofline_tok_s", "disk_fraction")):  # fmt: skip

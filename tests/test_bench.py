@@ -34,7 +34,7 @@ def test_drop_and_read_back(tmp_path):
 def test_summary_figures_follow_from_the_runs_and_limits(tiny_k25):
     spec = BenchSpec(prompt_len=8, gen_len=3, runs=3)
     limits = Limits(dram_read_gbs=10.0, dram_copy_gbs=12.0, cpu_gflops=100.0, disk_read_gbs=2.0,
-                    disk_read_plain_gbs=1.0, disk_file="x")  # fmt: skip
+                    disk_read_advised_gbs=2.0, disk_read_plain_gbs=1.0, disk_file="x")  # fmt: skip
     with Engine(tiny_k25, max_context=16, device="cpu", prefetch=False) as engine:
         prompt = bench_prompt(engine, 8)
         assert len(prompt) == 8
