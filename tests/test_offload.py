@@ -49,7 +49,7 @@ def offloaded(budget_experts: int | None, prefetch: bool, slots: int = 0):
         cfg = ckpt.config
         cost = CostModel(eb, 3 * cfg.hidden_size * cfg.moe_intermediate_size, **EAGER_GPU)
         budget = None if budget_experts is None else budget_experts * eb
-        return OffloadedExperts(ckpt, torch.float32, OffloadConfig(budget, slots, prefetch), cost)
+        return OffloadedExperts(ckpt, torch.float32, OffloadConfig(budget, slots, prefetch, predict=True), cost)
 
     return make
 
@@ -194,3 +194,11 @@ def test_ctrl_c_inside_a_layer_leaves_no_thread(tiny_k25, monkeypatch):
             model.forward(torch.tensor([1, 2, 3]), 0, model.new_cache(8))
         assert kimi_threads() == []
         assert runtime.store._pinned == {}  # the interrupted layer's experts were unpinned
+
+
+def test_guesses_are_made_only_when_they_can_be_acted_on(tiny_k25):
+    with Checkpoint(tiny_k25) as ckpt:
+        for budget, slots, prefetch, want in ((None, 0, True, False), (10**6, 0, False, False), (10**6, 0, True, True),
+                                              (None, 1, True, True)):  # fmt: skip
+            with OffloadedExperts(ckpt, torch.float32, OffloadConfig(budget, slots, prefetch)) as runtime:
+                assert runtime.predicting is want, (budget, slots, prefetch)

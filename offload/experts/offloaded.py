@@ -53,6 +53,9 @@ class OffloadConfig:
     device: str = "cpu"  # where the model's dense parts and the slots live
     predict_extra: int = 0  # guess top_k + extra experts per token for the next layer
     freq_weight: float = 0.0  # blend of past routing frequency into the guess (0: router only)
+    predict: bool | None = None  # guess the next layer's experts; None: when a guess can be acted on (prefetch on
+    # and a RAM budget or GPU slots), since each guess costs a router matmul (3 MB of float32 reads per K2.5 layer
+    # on the bench preset, 11 MB on K2.5)
 
     def __post_init__(self) -> None:
         if self.ram_budget is not None and self.ram_budget <= 0:
@@ -91,6 +94,8 @@ class OffloadedExperts:
         cuda = self.device.type == "cuda"
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="kimi-cpu-experts") if cuda else None
         self.prefetcher = Prefetcher(self._fetch) if config.prefetch else None
+        useful = config.prefetch and (config.ram_budget is not None or config.gpu_slots > 0)
+        self.predicting = useful if config.predict is None else config.predict
         self.calls = 0
         self.expert_runs = 0
         self._passes = 0
@@ -116,7 +121,7 @@ class OffloadedExperts:
             phase.passes += 1
             self.predictor.forget_pending()  # guesses of a pass that stopped early
         self.calls += 1
-        if next_layer is not None:  # first, so the prefetcher reads while this layer computes
+        if next_layer is not None and self.predicting:  # first, so the prefetcher reads while this layer computes
             if self.device.type != "cpu":
                 next_layer = _prior_to(next_layer, self.device)
             guess = self.predictor.guess(next_layer)
