@@ -88,7 +88,9 @@ def _table(out: dict[str, Any]) -> Table:
     t.add_row("experts per decode token", f"GPU slot {per['gpu']:.1f}, RAM {per['ram']:.1f}, disk {per['disk']:.1f}")
     disk = f"{dec['disk_bytes_per_token'] / 1e6:,.2f} MB/token, {out['decode_disk_gbs']:.2f} GB/s"
     t.add_row("decode disk reads", disk)
-    t.add_row("next-layer prediction", f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}")
+    guessed = dec["predicted"] > 0
+    t.add_row("next-layer prediction", f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}" if guessed else
+              "no guesses made: nothing to act on (prefetch needs a RAM budget or GPU slots)")  # fmt: skip
     rss, gpu = out["peak_rss_bytes"] / 2**30, out["gpu_peak_bytes"] / 2**30
     t.add_row("peak memory", f"RSS {rss:.2f} GiB, GPU {gpu:.2f} GiB")
     disk = (f"disk sequential {lim['disk_read_gbs']:.2f} GB/s (best of readahead {lim['disk_read_advised_gbs']:.2f}, "
