@@ -70,15 +70,20 @@ def write_model(
     out: Path,
     options: SynthOptions = SynthOptions(),
     on_bytes: Callable[[int], None] | None = None,
+    vocab: tuple[bytes, ...] | None = None,
+    fill: Callable[[TensorSpec], np.ndarray] | None = None,
 ) -> Path:
     """Write config.json, sharded safetensors with their index, and a Kimi-format tokenizer into `out`.
 
+    `vocab` (token bytes in rank order) and `fill` (a tensor's stored bytes) replace the tokenizer trained on the
+    built-in corpus and the drawn weights: how a trained model is written (scripts/train_demo.py).
     Writes into `out` + '.partial' and renames at the end, so an interrupted run never leaves a folder that looks
     complete. Refuses to touch an existing non-empty `out`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it first")
-    vocab = train_bpe(cfg.vocab_size - NUM_SPECIAL) if options.write_data else ()
+    if vocab is None:
+        vocab = train_bpe(cfg.vocab_size - NUM_SPECIAL) if options.write_data else ()
     if options.write_data and len(vocab) + NUM_SPECIAL != cfg.vocab_size:
         raise ValueError(
             f"the tokenizer corpus yields {len(vocab)} base tokens but the config has vocab_size {cfg.vocab_size} "
@@ -98,10 +103,11 @@ def write_model(
         by_name = {s.name: s for s in shard}
         entries = [Entry(s.name, s.dtypes[0], s.shape) for s in shard]
 
-        def fill(e: Entry, by_name: dict[str, TensorSpec] = by_name) -> np.ndarray:
-            return draw(cfg, by_name[e.name], options.seed, options.skew)
+        def data(e: Entry, by_name: dict[str, TensorSpec] = by_name) -> np.ndarray:
+            spec = by_name[e.name]
+            return fill(spec) if fill is not None else draw(cfg, spec, options.seed, options.skew)
 
-        write_shard(tmp / fname, entries, fill if options.write_data else None, on_bytes)
+        write_shard(tmp / fname, entries, data if options.write_data else None, on_bytes)
         total += sum(e.nbytes for e in entries)
         weight_map.update({s.name: fname for s in shard})
         log.info("wrote %s (%d tensors)", fname, len(shard))
