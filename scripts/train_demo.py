@@ -38,6 +38,7 @@ from offload.engine.tokenizer import Tokenizer
 from offload.quant import KIMI_INT4_IGNORE, QuantConfig
 from offload.synth.generator import SynthOptions, write_model
 from offload.synth.tokenizer import NUM_SPECIAL, train_bpe, write_tokenizer
+from offload.synth.weights import draw
 
 MODULES = (
     "abc argparse array ast asyncio base64 bisect calendar cmath codecs collections colorsys configparser "
@@ -49,7 +50,7 @@ MODULES = (
     "uuid warnings weakref zipfile zlib"
 ).split()
 BASE_TOKENS = 2048
-MAX_TOKENS = 384  # tokens per training sequence (longer turns are cut)
+MAX_TOKENS = 512  # tokens per training sequence (turns are cut into parts of about 1000 characters first)
 
 
 def corpus() -> list[tuple[str, str]]:
@@ -70,6 +71,28 @@ def corpus() -> list[tuple[str, str]]:
                 out.append((f"{mod_name}.{attr}", doc))
     seen: set[str] = set()
     return [(t, d) for t, d in out if not (t in seen or seen.add(t))]  # type: ignore[func-returns-value]
+
+
+def chunks(pairs: list[tuple[str, str]], size: int = 1000) -> list[tuple[str, str]]:
+    """Long texts cut at paragraph breaks into parts of about `size` characters; later parts are asked for as
+    continuations."""
+    out = []
+    for title, text in pairs:
+        parts, cur = [], ""
+        for para in text.split("\n\n"):
+            if cur and len(cur) + len(para) > size:
+                parts.append(cur)
+                cur = ""
+            cur = f"{cur}\n\n{para}" if cur else para
+        parts.append(cur)
+        for k, part in enumerate(parts):
+            out.append((title if k == 0 else f"{title}, part {k + 1}", part))
+    return out
+
+
+def question(title: str) -> str:
+    base, _, part = title.partition(", part ")
+    return f"Explain {base}." if not part else f"Continue explaining {base} (part {part})."
 
 
 def held_out(title: str) -> bool:
@@ -97,7 +120,7 @@ def encode_turns(pairs: list[tuple[str, str]], fmt: ChatFormat, tok: Tokenizer,
     """(ids, where the answer starts) per turn; thinking on for every other turn."""
     out = []
     for i, (title, text) in enumerate(pairs):
-        prompt = fmt.encode([{"role": "user", "content": f"Explain {title}."}], thinking=i % 2 == 1)
+        prompt = fmt.encode([{"role": "user", "content": question(title)}], thinking=i % 2 == 1)
         answer = ([tok.encode_with_specials("</think>")[0]] if i % 2 == 1 else []) + tok.encode(text) + [im_end]
         ids = (prompt + answer)[:MAX_TOKENS]
         out.append((ids, len(prompt)))
@@ -145,9 +168,9 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     t_start = time.time()
-    pairs = corpus()
-    train_pairs = [p for p in pairs if not held_out(p[0])]
-    eval_pairs = [p for p in pairs if held_out(p[0])]
+    pairs = chunks(corpus())
+    train_pairs = [p for p in pairs if not held_out(p[0].partition(", part ")[0])]
+    eval_pairs = [p for p in pairs if held_out(p[0].partition(", part ")[0])]
     text = "\n\n".join(d for _, d in train_pairs)
     print(f"corpus: {len(pairs)} turns ({len(eval_pairs)} held out), {len(text):,} characters of training text")
     t0 = time.time()
@@ -202,7 +225,8 @@ def main() -> None:
             for g, load in zip(gates, loads, strict=True):
                 g.e_score_correction_bias += 1e-3 * torch.sign(load.mean() - load)
                 load.zero_()
-        running = float(out.loss) if running is None else 0.98 * running + 0.02 * float(out.loss)
+        value = out.loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
         step += 1
         if step % 25 == 0:
             curve.append((step, round(time.time() - t_train, 1), round(running, 4)))
@@ -244,11 +268,12 @@ def write_checkpoint(cfg: ModelConfig, state: dict[str, torch.Tensor], vocab: tu
     inter = cfg.moe_intermediate_size
     experts: dict[str, dict[str, np.ndarray]] = {}
 
-    def expert(module: str) -> dict[str, np.ndarray]:
+    def expert(spec: TensorSpec) -> dict[str, np.ndarray]:
+        module = spec.module
         if module not in experts:
-            _, layer, _, _, e, proj = module.split(".")[:6]
-            fused = f"model.layers.{layer}.mlp.experts."
-            gate_up, down = state[fused + "gate_up_proj"][int(e)], state[fused + "down_proj"][int(e)]
+            proj = module.rsplit(".", 1)[1]
+            fused = f"model.layers.{spec.layer}.mlp.experts."
+            gate_up, down = state[fused + "gate_up_proj"][spec.expert], state[fused + "down_proj"][spec.expert]
             w = {"gate_proj": gate_up[:inter], "up_proj": gate_up[inter:], "down_proj": down}[proj]
             packed, scale = quantize_int4(w.float().contiguous())
             experts[module] = {
@@ -260,8 +285,10 @@ def write_checkpoint(cfg: ModelConfig, state: dict[str, torch.Tensor], vocab: tu
 
     def fill(spec: TensorSpec) -> np.ndarray:
         if spec.expert is not None:
-            return expert(spec.module)[spec.role]
+            return expert(spec)[spec.role]
         name = spec.name.removeprefix(cfg.tensor_prefix)
+        if name not in state:  # K2.5's vision tower placeholders: not part of the text model
+            return draw(cfg, spec, 0)
         t = state[name]
         if spec.role == "bias":
             return t.float().numpy()
