@@ -91,6 +91,9 @@ def _table(out: dict[str, Any]) -> Table:
     guessed = dec["predicted"] > 0
     t.add_row("next-layer prediction", f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}" if guessed else
               "no guesses made: nothing to act on (prefetch needs a RAM budget or GPU slots)")  # fmt: skip
+    routing = ex["routing"]
+    t.add_row("routing skew", f"top 10% of experts take {routing['top10_share']:.0%} of picks, top 25% take "
+              f"{routing['top25_share']:.0%} (uniform: 10%, 25%)")  # fmt: skip
     rss, gpu = out["peak_rss_bytes"] / 2**30, out["gpu_peak_bytes"] / 2**30
     t.add_row("peak memory", f"RSS {rss:.2f} GiB, GPU {gpu:.2f} GiB")
     disk = (f"disk sequential {lim['disk_read_gbs']:.2f} GB/s (best of readahead {lim['disk_read_advised_gbs']:.2f}, "

@@ -202,3 +202,15 @@ def test_guesses_are_made_only_when_they_can_be_acted_on(tiny_k25):
                                               (None, 1, True, True)):  # fmt: skip
             with OffloadedExperts(ckpt, torch.float32, OffloadConfig(budget, slots, prefetch)) as runtime:
                 assert runtime.predicting is want, (budget, slots, prefetch)
+
+
+def test_routing_skew_by_hand():
+    from offload.experts.stats import PHASES, ExpertStats, PhaseCounts
+
+    phases = {p: PhaseCounts() for p in PHASES}
+    now = ExpertStats(phases=phases, choices={1: (6, 1, 1, 1, 1, 1, 0, 0, 0, 0), 2: (0,) * 10})
+    then = ExpertStats(phases=phases, choices={1: (1, 0, 0, 0, 0, 0, 0, 0, 0, 0)})
+    assert now.top_share(0.1) == pytest.approx(6 / 11)  # layer 2 routed nothing: not averaged in
+    assert (now - then).choices[1] == (5, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+    assert (now - then).top_share(0.1) == pytest.approx(0.5) and (now - then).top_share(0.25) == pytest.approx(0.6)
+    assert now.to_dict()["routing"]["picks"] == 11

@@ -76,6 +76,7 @@ class OffloadedExperts:
         self.device = torch.device(config.device)
         self.n_experts = cfg.n_routed_experts
         self.first_layer = cfg.moe_layers[0] if len(cfg.moe_layers) else -1
+        self.moe_layers = list(cfg.moe_layers)
         self.cpu = CpuExecutor(ckpt, dtype)
         self.store = ExpertStore(ckpt, config.ram_budget)
         self.cost = cost
@@ -299,6 +300,7 @@ class OffloadedExperts:
         sc = self.store.counters
         return ExpertStats(
             phases=phases, layer_recall=layers, ram_budget_bytes=self.store.budget,
+            choices={layer: tuple(int(c) for c in self.predictor.counts[layer].tolist()) for layer in self.moe_layers},
             resident_bytes=self.store.resident_bytes, peak_resident_bytes=sc.peak_bytes,
             released_bytes=sc.released_bytes,
             expert_bytes=self.store.expert_bytes, gpu_slots=self.slots.n if self.slots else 0,

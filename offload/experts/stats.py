@@ -61,6 +61,7 @@ class ExpertStats:
 
     phases: Mapping[str, PhaseCounts]
     layer_recall: Mapping[int, tuple[int, int, int]] = field(default_factory=dict)  # decode: predicted, chosen, hit
+    choices: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # per MoE layer: router picks per expert
     ram_budget_bytes: int | None = None  # None: unbounded
     resident_bytes: int = 0  # routed expert bytes resident now (accounted)
     peak_resident_bytes: int = 0
@@ -80,13 +81,28 @@ class ExpertStats:
         for layer, (pred, chosen, hit) in self.layer_recall.items():
             p0, c0, h0 = other.layer_recall.get(layer, (0, 0, 0))
             layers[layer] = (pred - p0, chosen - c0, hit - h0)
+        picks = {}
+        for layer, counts in self.choices.items():
+            before = other.choices.get(layer, (0,) * len(counts))
+            picks[layer] = tuple(a - b for a, b in zip(counts, before, strict=True))
         return replace(
-            self, phases={p: self.phases[p] - other.phases[p] for p in PHASES}, layer_recall=layers,
+            self, phases={p: self.phases[p] - other.phases[p] for p in PHASES}, layer_recall=layers, choices=picks,
             released_bytes=self.released_bytes - other.released_bytes,
             slot_evictions=self.slot_evictions - other.slot_evictions, prefetched=self.prefetched - other.prefetched,
             prefetch_used=self.prefetch_used - other.prefetch_used,
             prefetch_skipped=self.prefetch_skipped - other.prefetch_skipped,
         )  # fmt: skip
+
+    def top_share(self, fraction: float) -> float:
+        """Mean over MoE layers of the share of router picks that went to the most picked `fraction` of experts
+        (uniform routing: `fraction`); 0 when nothing was routed."""
+        shares = []
+        for counts in self.choices.values():
+            total = sum(counts)
+            if total:
+                k = max(1, round(fraction * len(counts)))
+                shares.append(sum(sorted(counts, reverse=True)[:k]) / total)
+        return sum(shares) / len(shares) if shares else 0.0
 
     def to_dict(self, wall_s: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Every figure with its unit in its name; `wall_s` (phase -> seconds) adds the disk GB/s of each phase."""
@@ -111,6 +127,8 @@ class ExpertStats:
                 d["wall_s"] = wall_s[name]
                 d["disk_gbs"] = (c.disk_bytes + c.prefetch_bytes) / wall_s[name] / 1e9
             out[name] = d
+        out["routing"] = {"top10_share": self.top_share(0.1), "top25_share": self.top_share(0.25),
+                          "picks": sum(sum(c) for c in self.choices.values())}  # fmt: skip
         out["decode_recall_by_layer"] = {
             str(layer): (hit / chosen if chosen else 0.0)
             for layer, (_, chosen, hit) in sorted(self.layer_recall.items())
@@ -136,6 +154,9 @@ class ExpertStats:
                 f"waited {c.disk_wait_s:.2f} s){guess}; CPU experts {1e3 * c.per_token(c.cpu_s):.2f} ms/token, "
                 f"GPU experts {1e3 * c.per_token(c.gpu_s):.2f} ms/token"
             )
+        if any(sum(c) for c in self.choices.values()):
+            out.append(f"routing: the most picked 10% of experts take {self.top_share(0.1):.0%} of picks, the top 25% "
+                       f"take {self.top_share(0.25):.0%} (uniform: 10% and 25%)")  # fmt: skip
         budget = "unbounded" if self.ram_budget_bytes is None else f"{self.ram_budget_bytes / 1e9:.3f} GB"
         out.append(
             f"experts in RAM: {self.resident_bytes / 1e9:.3f} GB now, peak {self.peak_resident_bytes / 1e9:.3f} GB, "
