@@ -100,16 +100,13 @@ def test_generate_bad_input(tiny_k25, tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-def test_generate_without_model_makes_the_demo_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("KIMI_OFFLOAD_CACHE", str(tmp_path / "cache"))
+def test_generate_without_model_uses_the_trained_demo():
+    from offload.synth.demo import demo_dir
+
     r = _generate("--prompt", "Hello", "--max-tokens", "2", "--temperature", "0", "--json")
     assert r.exit_code == 0, r.output
-    assert "synthetic" in r.stderr and "--model" in r.stderr
-    demo = tmp_path / "cache" / "demo-mini-v1"
-    assert json.loads(r.stdout)["model"] == str(demo) and (demo / "config.json").is_file()
-    stamp = (demo / "config.json").stat().st_mtime_ns
-    r = _generate("--prompt", "Hello", "--max-tokens", "2", "--temperature", "0", "--json")
-    assert r.exit_code == 0 and (demo / "config.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert "trained by this project" in r.stderr and "--model" in r.stderr
+    assert json.loads(r.stdout)["model"] == str(demo_dir())
 
 
 # ---- plan and profiles ----------------------------------------------------------------------------------------

@@ -1,41 +1,27 @@
-"""The built-in demo model: the `mini` preset, written once into the user's cache directory and reused."""
+"""The built-in demo model: small, trained by the project on Python's own documentation (scripts/train_demo.py),
+stored in Kimi K2.5's checkpoint format (nested layout, routed experts INT4 pack-quantized) inside the package."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
-from offload.synth.generator import SynthOptions, data_bytes, write_model
-from offload.synth.presets import PRESETS, preset_config
-
-DEMO_PRESET = "mini"
-DEMO_VERSION = 1  # bump when the generator's output for the demo changes, so stale copies are not reused
-
-
-def cache_root() -> Path:
-    """$KIMI_OFFLOAD_CACHE, else $XDG_CACHE_HOME/kimi-offload, else ~/.cache/kimi-offload."""
-    if os.environ.get("KIMI_OFFLOAD_CACHE"):
-        return Path(os.environ["KIMI_OFFLOAD_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kimi-offload"
+DEMO_NAME = "kimi-demo"
 
 
 def demo_dir() -> Path:
-    return cache_root() / f"demo-{DEMO_PRESET}-v{DEMO_VERSION}"
-
-
-def demo_bytes() -> int:
-    return data_bytes(preset_config(DEMO_PRESET))
+    """The packaged demo checkpoint folder."""
+    return Path(str(resources.files("offload").joinpath("demo_model")))
 
 
 def ensure_demo_model(on_bytes: Callable[[int], None] | None = None) -> tuple[Path, bool]:
-    """(folder, whether it was made now). The generator writes to a temporary name and renames, so an existing
-    folder is complete."""
+    """(folder, False): the demo ships with the package, nothing is made. A missing folder (a broken install) is
+    an error that says how to get it back."""
     folder = demo_dir()
-    if folder.is_dir():
-        return folder, False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    options = SynthOptions(max_shard_bytes=PRESETS[DEMO_PRESET].max_shard_bytes)
-    write_model(preset_config(DEMO_PRESET), folder, options, on_bytes)
-    return folder, True
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in demo model is missing from {folder}: reinstall kimi-offload, or retrain it with "
+            f"`python scripts/train_demo.py --out {folder}`"
+        )
+    return folder, False
