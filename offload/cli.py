@@ -126,7 +126,7 @@ def _model_dir(model: Path | None) -> Path:
     from offload.synth.demo import ensure_demo_model
 
     err.print(
-        "[yellow]no --model given: using the built-in demo model, a small model (30 M parameters, 64 experts) trained "
+        "[yellow]no --model given: using the built-in demo model, a small model (35 M parameters, 64 experts) trained "
         "by this project on Python's documentation, in Kimi K2.5's checkpoint format. It knows some Python docs and "
         "nothing else.[/] Point --model at a real checkpoint folder (config.json, *.safetensors, tiktoken.model) to "
         "run Kimi."
