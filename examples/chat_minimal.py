@@ -2,7 +2,7 @@
 
     python examples/chat_minimal.py [MODEL_FOLDER [MAX_TOKENS]]      (Ctrl-D ends; or pipe lines in)
 
-No folder: the built-in demo model (random weights: the text is noise, the machinery is real)."""
+No folder: the built-in demo model (small, trained on Python's documentation: it knows Python docs, not Kimi)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     python examples/chat_once.py --model models/mini "What is MLA?"
 
-Without --model it uses the built-in demo model (random weights: the text is noise, the machinery is real).
+Without --model it uses the built-in demo model (small, trained on Python's documentation; not Kimi).
 """
 
 from __future__ import annotations
