@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from offload.bench.limits import read_files
 from offload.bench.runner import run_once
 from offload.checkpoint import Checkpoint
 from offload.checkpoint.dequant import dense_weight
@@ -226,14 +227,6 @@ def _version(pkg: str) -> str:
         return "source tree" if pkg == "kimi-offload" else "absent"
 
 
-def _warm(files: list[Path]) -> None:
-    """Read files once so the page cache holds them: every runtime starts warm."""
-    for f in files:
-        with open(f, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
-
-
 def _prompt(folder: Path, n: int) -> list[int]:
     from offload.bench.runner import PROSE
     from offload.engine.tokenizer import Tokenizer
@@ -258,7 +251,7 @@ def _peers(args: argparse.Namespace, work: Path, threads: int) -> Iterator[tuple
 
         def start_llama() -> tuple:
             gguf = convert_gguf(hf, work / "model-q4_0.gguf", args.llama_src, threads)
-            _warm([gguf])
+            read_files([gguf])
             return llama_peer(gguf, threads)
 
         yield "llama.cpp", start_llama
@@ -280,7 +273,7 @@ def main() -> None:
     prompt = _prompt(args.model, args.prompt_len)
     runners: dict[str, tuple[Run, Callable[[], None], dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
-    _warm(sorted(args.model.glob("*.safetensors")))
+    read_files(sorted(args.model.glob("*.safetensors")))
     runners["kimi-offload"] = ours(args.model)
     for name, start in _peers(args, args.work, threads):
         try:

@@ -11,18 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from offload.bench.limits import drop_checkpoint, measure, shard_files
+from offload.bench.limits import drop_checkpoint, measure, read_files, shard_files
 from offload.bench.runner import RunResult, bench_prompt, run_once, summarize
 from offload.bench.spec import BenchSpec
 from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
-
-
-def _warm(folder: Path) -> None:
-    """Read every shard once, so the page cache holds the checkpoint (when RAM allows)."""
-    for f in shard_files(folder):
-        with open(f, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
 
 
 def run_bench(*, model_dir: Path, profile: str, dtype: str, spec: BenchSpec, flags: OffloadFlags,
@@ -41,7 +33,7 @@ def run_bench(*, model_dir: Path, profile: str, dtype: str, spec: BenchSpec, fla
                        "process has the checkpoint mapped?); stop it and run again")  # fmt: skip
         err.print(f"[dim]--cold: the checkpoint's pages were dropped; mincore finds {left} bytes resident[/]")
     elif size < psutil.virtual_memory().available * 0.8:
-        _warm(model_dir)
+        read_files(shard_files(model_dir))  # the page cache holds the checkpoint: a warm start
     try:
         engine = load_engine(model_dir, dtype, spec.prompt_len + spec.gen_len + 1, profile, err, flags=flags)
     except LOAD_ERRORS as e:

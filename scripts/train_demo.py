@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -69,8 +70,10 @@ def corpus() -> list[tuple[str, str]]:
             doc = inspect.getdoc(obj)
             if doc and len(doc) > 80:
                 out.append((f"{mod_name}.{attr}", doc))
-    seen: set[str] = set()
-    return [(t, d) for t, d in out if not (t in seen or seen.add(t))]  # type: ignore[func-returns-value]
+    first: dict[str, str] = {}
+    for title, doc in out:
+        first.setdefault(title, doc)  # a name seen twice (re-exported) keeps its first text
+    return list(first.items())
 
 
 def chunks(pairs: list[tuple[str, str]], size: int = 1000) -> list[tuple[str, str]]:
@@ -177,11 +180,10 @@ def main() -> None:
     vocab = train_bpe(BASE_TOKENS, text[:400_000])
     print(f"tokenizer: {len(vocab)} base tokens trained in {time.time() - t0:.0f} s")
     cfg = model_config(len(vocab) + NUM_SPECIAL)
-    tok_dir = args.out.with_name(args.out.name + ".tokenizer")
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(tok_dir, vocab)
-    tok = Tokenizer.from_dir(tok_dir)
-    fmt = ChatFormat.from_dir(tok_dir, tok)
+    with tempfile.TemporaryDirectory() as tok_dir:  # the checkpoint writes its own copy at the end
+        write_tokenizer(Path(tok_dir), vocab)
+        tok = Tokenizer.from_dir(tok_dir)
+        fmt = ChatFormat.from_dir(tok_dir, tok)
     im_end = tok.encode_with_specials("<|im_end|>")[0]
     pad = cfg.vocab_size - 1
     train = encode_turns(train_pairs, fmt, tok, im_end)

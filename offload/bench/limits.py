@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from offload.checkpoint import pages
+from offload.planner.profile import best_seconds, probe_cpu_gflops, probe_dram_gbs
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,28 +27,21 @@ class Limits:
     disk_file: str
 
 
-def _best(fn: object, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def dram_read_gbs(nbytes: int = 1 << 30, reps: int = 3) -> float:
-    x = torch.ones(nbytes // 4)  # ones, not empty: untouched pages all map the zero page, which reads from cache
-    return nbytes / _best(lambda: float(x.sum()), reps) / 1e9
+    return probe_dram_gbs(nbytes, reps)
 
 
 def dram_copy_gbs(nbytes: int = 1 << 29, reps: int = 3) -> float:
     a, b = torch.ones(nbytes // 4), torch.zeros(nbytes // 4)
-    return 2 * nbytes / _best(lambda: b.copy_(a), reps) / 1e9
+    return 2 * nbytes / best_seconds(lambda: b.copy_(a), reps) / 1e9
 
 
-def cpu_gflops(n: int = 1024, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / _best(lambda: a @ b, reps) / 1e9
+def read_files(files: list[Path]) -> None:
+    """Read files once, 64 MiB at a time, so the page cache holds them (a warm start)."""
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
 
 
 def shard_files(folder: Path) -> list[Path]:
@@ -92,4 +86,5 @@ def measure(folder: Path) -> Limits:
     """Every limit, timed now (a few seconds, plus one cold read of the largest shard)."""
     largest = max(shard_files(folder), key=lambda p: p.stat().st_size)
     advised, plain = disk_read_gbs(largest)
-    return Limits(dram_read_gbs(), dram_copy_gbs(), cpu_gflops(), max(advised, plain), advised, plain, str(largest))
+    return Limits(dram_read_gbs(), dram_copy_gbs(), probe_cpu_gflops(), max(advised, plain), advised, plain,
+                  str(largest))  # fmt: skip

@@ -72,11 +72,12 @@ def willneed(shard: SafetensorsFile, start: int, end: int) -> None:
         os.posix_fadvise(shard.fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
 
-def read(shard: SafetensorsFile, start: int, end: int) -> None:
-    """Bring [start, end) into the page cache: one readahead request for all of it (deep disk queue), then reads
-    in order, which return as the pages arrive. The bytes land in a scratch buffer that is thrown away."""
+def read(shard: SafetensorsFile, start: int, end: int, advise: bool = True) -> None:
+    """Bring [start, end) into the page cache: one readahead request for all of it (deep disk queue; advise=False
+    when the caller has made it already), then reads in order, which return as the pages arrive. The bytes land in
+    a scratch buffer that is thrown away."""
     fd = shard.fd
-    if SUPPORTED:
+    if advise and SUPPORTED:
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
     buf = getattr(_scratch, "buf", None)
     if buf is None:

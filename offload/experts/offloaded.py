@@ -183,14 +183,13 @@ class OffloadedExperts:
                 slot = self.slots.load(key, self.cpu.packed(layer, e), keep=lambda k: k in used_keys)
             finally:
                 self.store.release([key])
-            self._count_source(phase, source, before)
+            self._count_disk(phase, before)  # the read happened either way
             if slot is None:
-                on_cpu.append(e)  # every slot holds an expert this layer uses
-                phase.from_ram -= source == "ram"
-                phase.from_disk -= source == "disk"
+                on_cpu.append(e)  # every slot holds an expert this layer uses; the CPU path counts its source
             else:
                 on_gpu.append(e)
                 phase.slot_copies += 1
+                self._count_source(phase, source, None)
         return on_gpu, on_cpu
 
     def _run_cpu(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: list[int],

@@ -163,11 +163,11 @@ class ExpertStore:
                         pages.willneed(s.shard, s.start, s.end)
                 for key in fresh:  # reading waits for the readahead in flight, and fetches what it missed
                     for s, _ in gaps[key]:
-                        pages.read(s.shard, s.start, s.end)
+                        pages.read(s.shard, s.start, s.end, advise=False)
                     read[key] = sum(n for _, n in gaps[key])
                 for key, event in mine:
                     for s, _ in gaps[key]:
-                        pages.read(s.shard, s.start, s.end)
+                        pages.read(s.shard, s.start, s.end, advise=False)
                     read[key] = sum(n for _, n in gaps[key])
                     self._finish(key, event)
             for _, kind, pending in plan:

@@ -208,9 +208,7 @@ def load_profile(spec: str, probe: bool = True) -> Profile:
 # ---- auto detection ------------------------------------------------------------------------------------------
 
 
-def _best_seconds(
-    fn: Callable[[], object], reps: int, sync: Callable[[], None] = lambda: None, inner: int = 1
-) -> float:
+def best_seconds(fn: Callable[[], object], reps: int, sync: Callable[[], None] = lambda: None, inner: int = 1) -> float:
     """Fastest of `reps` timings of `inner` calls, per call; one untimed call first pays for allocation and setup."""
     fn()
     sync()
@@ -224,19 +222,19 @@ def _best_seconds(
     return best
 
 
-def _probe_dram_gbs(nbytes: int = 512 * 2**20, reps: int = 4) -> float:
+def probe_dram_gbs(nbytes: int = 512 * 2**20, reps: int = 4) -> float:
     import torch  # torch takes seconds to import; presets and TOML files do not need it
 
     # ones, not empty: untouched pages all map the one zero page, which reads from cache, not DRAM
     x = torch.ones(nbytes // 4, dtype=torch.float32)
-    return nbytes / _best_seconds(x.sum, reps) / 1e9
+    return nbytes / best_seconds(x.sum, reps) / 1e9
 
 
-def _probe_cpu_gflops(n: int = 1024, reps: int = 5) -> float:
+def probe_cpu_gflops(n: int = 1024, reps: int = 5) -> float:
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)  # [n, n] float32: bf16 matmuls are slow on AVX2-only CPUs
-    return 2 * n**3 / _best_seconds(lambda: a @ b, reps) / 1e9
+    return 2 * n**3 / best_seconds(lambda: a @ b, reps) / 1e9
 
 
 def _probe_gpu(
@@ -250,12 +248,12 @@ def _probe_gpu(
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=cuda)  # pinned, as the prefetcher's staging buffers
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    pcie = nbytes / _best_seconds(lambda: src.copy_(host, non_blocking=True), reps, sync) / 1e9
+    pcie = nbytes / best_seconds(lambda: src.copy_(host, non_blocking=True), reps, sync) / 1e9
     # a device-to-device copy reads and writes every byte; several per timing, as one is too short to time
-    memory = 2 * nbytes / _best_seconds(lambda: dst.copy_(src), reps, sync, inner=10) / 1e9
+    memory = 2 * nbytes / best_seconds(lambda: dst.copy_(src), reps, sync, inner=10) / 1e9
     a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)  # [n, n]
     b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
-    tflops = 2 * matmul_n**3 / _best_seconds(lambda: a @ b, reps, sync, inner=10) / 1e12
+    tflops = 2 * matmul_n**3 / best_seconds(lambda: a @ b, reps, sync, inner=10) / 1e12
     return pcie, memory, tflops
 
 
@@ -320,7 +318,7 @@ def detect_profile(probe: bool = True, nvme_gbs: float | None = None) -> Profile
     ram_gib = psutil.virtual_memory().total / GIB
     cores = _physical_cores()
     if probe:
-        dram, gflops, how = _probe_dram_gbs(), _probe_cpu_gflops(), "timed"
+        dram, gflops, how = probe_dram_gbs(), probe_cpu_gflops(), "timed"
         measured += ("dram_gbs", "cpu_gflops")
     else:
         dram, gflops, how = DEFAULT_DRAM_GBS, cores * DEFAULT_GFLOPS_PER_CORE, "assumed"
