@@ -38,9 +38,10 @@ from safetensors.torch import save_file
 
 from offload.bench.limits import read_files
 from offload.bench.runner import run_once
-from offload.checkpoint import Checkpoint
-from offload.checkpoint.dequant import dense_weight
+from offload.checkpoint import Checkpoint, open_checkpoint
+from kernels.dequant import dequantize
 from offload.engine.engine import Engine
+from offload.planner.plan import RuntimeConfig
 from offload.quant import QuantConfig
 from offload.tokenizer_pattern import KIMI_PATTERN
 
@@ -55,7 +56,7 @@ def export_hf(src: Path, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path
     if (dst / "config.json").exists():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpoint(src)
+    ckpt = open_checkpoint(src)
     cfg = replace(ckpt.config, quant=QuantConfig(), dtype=str(dtype).removeprefix("torch."), layout="deepseek_v3")
     weight_map: dict[str, str] = {}
     shard: dict[str, torch.Tensor] = {}
@@ -78,7 +79,7 @@ def export_hf(src: Path, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path
         if suffix in ("weight_scale", "weight_shape", "weight_scale_inv"):
             continue
         if suffix == "weight_packed" or f"{module}.weight_scale_inv" in ckpt:
-            name, t = f"{module}.weight", dense_weight(ckpt.linear(module), ckpt.config.quant, dtype)
+            name, t = f"{module}.weight", dequantize(ckpt.weight(module), dtype)
         elif name.endswith("e_score_correction_bias"):
             t = ckpt.tensor(name).float().clone()
         else:
@@ -111,7 +112,7 @@ def _export_tokenizer(src: Path, dst: Path) -> None:
 
 # ---- runners: each loads once, then times (prompt, tokens) runs ----
 def ours(folder: Path) -> tuple[Run, Callable[[], None], dict[str, Any]]:
-    engine = Engine(folder, torch.bfloat16, max_context=8192, device="cpu")
+    engine = Engine(folder, RuntimeConfig(context=8192, device="cpu"))
 
     def run(prompt: list[int], n: int) -> tuple[float, float]:
         r = run_once(engine, prompt, n)

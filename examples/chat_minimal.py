@@ -11,6 +11,7 @@ import sys
 import torch
 
 from offload.engine.engine import Engine
+from offload.planner.plan import RuntimeConfig
 from offload.engine.sampling import SamplingParams
 from offload.synth.demo import ensure_demo_model
 
@@ -18,7 +19,7 @@ folder = sys.argv[1] if len(sys.argv) > 1 else ensure_demo_model()[0]
 max_tokens = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 dim, plain = ("\x1b[2m", "\x1b[0m") if sys.stdout.isatty() else ("", "")
 messages: list[dict[str, str]] = []
-with Engine(folder, torch.bfloat16, max_context=8192) as engine:
+with Engine(folder, RuntimeConfig(context=8192)) as engine:
     while True:
         try:
             messages.append({"role": "user", "content": input("> " if sys.stdin.isatty() else "")})

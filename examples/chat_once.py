@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--no-thinking", action="store_true")
     args = ap.parse_args()
     folder = args.model or ensure_demo_model()[0]
-    with Engine(folder, torch.bfloat16) as engine:
+    with Engine(folder) as engine:
         messages = [{"role": "user", "content": args.question}]
         ids = engine.chat_format.encode(messages, thinking=not args.no_thinking)
         gen = engine.generate(ids, SamplingParams(temperature=1.0, top_p=0.95, seed=0), max_tokens=args.max_tokens)

@@ -12,7 +12,7 @@ import argparse
 
 from offload.planner.plan import RuntimeConfig, make_plan
 from offload.planner.profile import list_profiles
-from offload.planner.shapes import SHAPES, shape_config
+from offload.planner.shapes import SHAPES, resolve_model
 
 SETTINGS = [
     ("bf16", {"gpu_weights": "bf16"}),
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=32768)
     ap.add_argument("--bpw", type=float, nargs="*", default=[None, 2.5, 1.8], help="expert bits per weight")
     args = ap.parse_args()
-    cfg = shape_config(args.model)
+    name, cfg, storage = resolve_model(args.model)
     cols = ["profile", "experts", "setting", "fits", "max context", "decode ceiling", "limited by", "in RAM",
             "in GPU slots", "prefill"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
@@ -39,7 +39,7 @@ def main() -> None:
                 if label != "CPU only" and not prof.has_gpu:
                     continue
                 rt = RuntimeConfig(context=args.context, expert_bpw=bpw, **kw)  # type: ignore[arg-type]
-                plan = make_plan(args.model, cfg, prof, rt)
+                plan = make_plan(name, cfg, storage, prof, rt)
                 if plan.fits or label == "CPU only":
                     break
             experts = "as stored" if bpw is None else f"{bpw:g} bpw"

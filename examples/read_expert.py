@@ -11,9 +11,9 @@ import argparse
 
 import torch
 
-from offload.checkpoint import Checkpoint
-from offload.checkpoint.dequant import dense_weight
-from offload.checkpoint.layout import expert_module
+from offload.checkpoint import Checkpoint, open_checkpoint
+from kernels.dequant import dequantize
+from offload.parts import expert_module
 
 
 def main() -> None:
@@ -22,12 +22,12 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=1)
     ap.add_argument("--expert", type=int, default=0)
     args = ap.parse_args()
-    with Checkpoint(args.model) as ck:
+    with open_checkpoint(args.model) as ck:
         c = ck.config
         for r in ck.expert_ranges(args.layer, args.expert):
             print(f"bytes {r.start:>12,} .. {r.end:>12,} of {r.path.name} ({r.length:,} B)")
         w = {  # float32 [out, in] from whichever format the checkpoint stores (INT4, FP8 or plain)
-            proj: dense_weight(ck.linear(expert_module(args.layer, args.expert, proj)), c.quant, torch.float32)
+            proj: dequantize(ck.weight(expert_module(args.layer, args.expert, proj)), torch.float32)
             for proj in ("gate_proj", "up_proj", "down_proj")
         }
         x = torch.randn(1, c.hidden_size)  # [1, H]

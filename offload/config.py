@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from offload.quant import DTYPE_BYTES, FLOAT_DTYPES, ConfigError, QuantConfig, parse_quantization
+from offload.quant import FLOAT_DTYPES, ConfigError, QuantConfig, parse_quantization
 
 Layout = Literal["deepseek_v3", "kimi_k2", "kimi_k25"]
 LAYOUTS: tuple[str, ...] = ("deepseek_v3", "kimi_k2", "kimi_k25")
@@ -91,81 +90,6 @@ class ModelConfig:
     @property
     def moe_layers(self) -> range:
         return range(self.first_k_dense_replace, self.num_hidden_layers)
-
-    # ---- sizes (bytes as the checkpoint stores them) -----------------------------------------------------
-    def _linear_bytes(self, module: str, out_f: int, in_f: int) -> int:
-        quantized = self.quant.quantizes(module, self.tensor_prefix)
-        return self.quant.linear_bytes(out_f, in_f, self.safetensors_dtype, quantized)
-
-    @property
-    def expert_bytes(self) -> int:
-        """One routed expert (gate, up, down with their scales), as stored."""
-        h, i = self.hidden_size, self.moe_intermediate_size
-        m = f"model.layers.{self.first_k_dense_replace}.mlp.experts.0"
-        return (
-            self._linear_bytes(f"{m}.gate_proj", i, h)
-            + self._linear_bytes(f"{m}.up_proj", i, h)
-            + self._linear_bytes(f"{m}.down_proj", h, i)
-        )
-
-    @property
-    def expert_weight_bytes(self) -> int:
-        """One routed expert's weights and scales, without INT4's 8-byte weight_shape tensors: what a kernel reads
-        and what memory must hold."""
-        m = f"model.layers.{self.first_k_dense_replace}.mlp.experts.0"
-        total = 0
-        for name, (out_f, in_f) in self.mlp_linears(self.moe_intermediate_size).items():
-            quantized = self.quant.quantizes(f"{m}.{name}", self.tensor_prefix)
-            for suffix, (shape, dt) in self.quant.linear_tensors(
-                out_f, in_f, self.safetensors_dtype, quantized
-            ).items():
-                if suffix != "weight_shape":
-                    total += math.prod(shape) * DTYPE_BYTES[dt]
-        return total
-
-    @property
-    def routed_expert_bytes(self) -> int:
-        """All routed experts of all MoE layers."""
-        return self.expert_bytes * self.n_routed_experts * len(self.moe_layers)
-
-    @property
-    def routed_bytes_per_token(self) -> int:
-        """Routed expert bytes one token touches (top-k in every MoE layer)."""
-        return self.expert_bytes * self.num_experts_per_tok * len(self.moe_layers)
-
-    @property
-    def nonexpert_bytes_by_part(self) -> dict[str, int]:
-        """Bytes of everything but the routed experts, by part, as stored."""
-        h, width = self.hidden_size, 2 if self.dtype != "float32" else 4
-        parts = dict.fromkeys((p for p in PARTS if p != "routed_experts"), 0)
-        parts["embed"] = self.vocab_size * h * width
-        if not self.tie_word_embeddings:
-            parts["lm_head"] = self._linear_bytes("lm_head", self.vocab_size, h)
-        parts["norms"] = h * width  # final norm
-        for layer in range(self.num_hidden_layers):
-            p = f"model.layers.{layer}"
-            parts["norms"] += 2 * h * width + self.kv_lora_rank * width
-            for name, (out_f, in_f) in self.attention_linears().items():
-                parts["attention"] += self._linear_bytes(f"{p}.self_attn.{name}", out_f, in_f)
-            if self.q_lora_rank is not None:
-                parts["norms"] += self.q_lora_rank * width
-            if self.is_moe_layer(layer):
-                si = self.moe_intermediate_size * self.n_shared_experts
-                for name, (out_f, in_f) in self.mlp_linears(si).items():
-                    parts["shared_experts"] += self._linear_bytes(f"{p}.mlp.shared_experts.{name}", out_f, in_f)
-                parts["router"] += self.n_routed_experts * h * width + self.n_routed_experts * 4  # + f32 bias
-            else:
-                for name, (out_f, in_f) in self.mlp_linears(self.intermediate_size).items():
-                    parts["dense_mlp"] += self._linear_bytes(f"{p}.mlp.{name}", out_f, in_f)
-        return parts
-
-    @property
-    def nonexpert_bytes(self) -> int:
-        return sum(self.nonexpert_bytes_by_part.values())
-
-    @property
-    def total_bytes(self) -> int:
-        return self.nonexpert_bytes + self.routed_expert_bytes
 
     @property
     def kv_values_per_token_layer(self) -> int:

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from offload.errors import OffloadError
+
 WeightFormat = Literal["bf16", "int4", "fp8"]
 
 # safetensors dtype strings and their sizes in bytes
@@ -21,7 +23,7 @@ DTYPE_BYTES = {
 FLOAT_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
 
-class ConfigError(ValueError):
+class ConfigError(OffloadError):
     """config.json holds a value this runtime does not support, or values that contradict each other."""
 
 

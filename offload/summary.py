@@ -7,32 +7,26 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from offload.checkpoint.reader import Checkpoint
-
-FORMAT_NAMES = {
-    "int4": "INT4 pack-quantized (compressed-tensors), group {group}",
-    "fp8": "FP8 e4m3, {b0}x{b1} blocks (weight_scale_inv)",
-    "bf16": "unquantized ({dtype})",
-}
+from kernels.formats import FORMATS
+from offload.checkpoint import Checkpoint
 
 
 def describe(ckpt: Checkpoint) -> dict[str, Any]:
     """A JSON-ready summary of an open checkpoint."""
-    c = ckpt.config
-    q = c.quant
-    fmt = FORMAT_NAMES[q.format].format(group=q.group_size, b0=q.block[0], b1=q.block[1], dtype=c.dtype)
+    c, st = ckpt.config, ckpt.storage
+    attention = ckpt.weight(f"model.layers.{c.num_hidden_layers - 1}.self_attn.kv_b_proj")
     dtypes: Counter[str] = Counter()
     for _, info in ckpt.all_tensors():
         dtypes[info.dtype] += info.nbytes
-    expert_quantized = q.quantizes(f"model.layers.{c.first_k_dense_replace}.mlp.experts.0.gate_proj", c.tensor_prefix)
-    attn_quantized = q.quantizes("model.layers.0.self_attn.kv_b_proj", c.tensor_prefix)
     return {
-        "folder": str(ckpt.folder),
+        "folder": str(ckpt.path),
         "layout": c.layout,
         "tensor_prefix": c.tensor_prefix,
-        "weight_format": fmt,
-        "routed_experts_stored_as": q.format if expert_quantized else c.dtype,
-        "attention_stored_as": q.format if attn_quantized else c.dtype,
+        "weight_format": f"routed experts {st.expert_label}: {FORMATS[st.expert_format]}",
+        "routed_experts_stored_as": st.expert_format,
+        "attention_stored_as": FORMATS.get(attention.fmt, attention.fmt)
+        if attention.fmt in ("bf16", "f16", "f32")
+        else attention.fmt,
         "layers": c.num_hidden_layers,
         "dense_layers": c.first_k_dense_replace,
         "moe_layers": len(c.moe_layers),
@@ -52,15 +46,15 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
         ),
         "max_position_embeddings": c.max_position_embeddings,
         "vocab_size": c.vocab_size,
-        "expert_bytes": c.expert_bytes,
-        "routed_bytes_per_token": c.routed_bytes_per_token,
+        "expert_bytes": st.expert_bytes,
+        "routed_bytes_per_token": st.expert_bytes * c.num_experts_per_tok * len(c.moe_layers),
         "kv_bytes_per_token": c.kv_bytes_per_token(),
         "bytes_by_part": ckpt.bytes_by_part(),
         "bytes_by_dtype": dict(dtypes),
-        "shards": len(ckpt.shards),
-        "shard_bytes": sum(s.size for s in ckpt.shards.values()),
+        "shards": len(ckpt.files),
+        "shard_bytes": sum(f.size for f in ckpt.files.values()),
         "tensors": len(ckpt.all_tensors()),
-        "tokenizer": describe_tokenizer(ckpt.folder),
+        "tokenizer": describe_tokenizer(ckpt.path),
     }
 
 

@@ -12,6 +12,7 @@ from offload.bench.runner import RunResult, bench_prompt, run_once, summarize
 from offload.bench.spec import BenchSpec
 from offload.cli import app
 from offload.engine.engine import Engine
+from offload.planner.plan import RuntimeConfig
 from tests.conftest import make
 
 
@@ -35,7 +36,7 @@ def test_summary_figures_follow_from_the_runs_and_limits(tiny_k25):
     spec = BenchSpec(prompt_len=8, gen_len=3, runs=3)
     limits = Limits(dram_read_gbs=10.0, dram_copy_gbs=12.0, cpu_gflops=100.0, disk_read_gbs=2.0,
                     disk_read_advised_gbs=2.0, disk_read_plain_gbs=1.0, disk_file="x")  # fmt: skip
-    with Engine(tiny_k25, max_context=16, device="cpu", prefetch=False) as engine:
+    with Engine(tiny_k25, RuntimeConfig(context=16, device="cpu", prefetch=False)) as engine:
         prompt = bench_prompt(engine, 8)
         assert len(prompt) == 8
         before = engine.stats()

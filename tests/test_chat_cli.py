@@ -13,7 +13,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from offload.cli_chat import COMMANDS, MultiLine, TurnStats, help_lines, stats_lines, visible
+from offload.cli.chat_session import COMMANDS, MultiLine, TurnStats, help_lines, stats_lines, visible
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = r"(?:\x1b\[[0-9;?]*[a-zA-Z])*"  # styles, and the modes readline switches

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.sizes import sizes
 import ctypes
 import json
 import shutil
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from offload.checkpoint import Checkpoint, CheckpointError
+from offload.checkpoint import Checkpoint, open_checkpoint, CheckpointError
 from offload.checkpoint.layout import expert_tensors
 from offload.quant import ConfigError
 from offload.synth.generator import write_model
@@ -22,7 +23,7 @@ from .conftest import make
 
 def test_every_layout_and_format_opens_and_matches_safetensors(tiny_dirs):
     for (_layout, experts), folder in tiny_dirs.items():
-        with Checkpoint(folder) as ck:
+        with open_checkpoint(folder) as ck:
             assert ck.config.quant.format == experts
             for shard, info in ck.all_tensors():
                 with safe_open(shard.path, framework="pt") as f:
@@ -34,7 +35,7 @@ def test_every_layout_and_format_opens_and_matches_safetensors(tiny_dirs):
 
 def test_index_total_size_and_weight_map(tiny_k25):
     index = json.loads((tiny_k25 / "model.safetensors.index.json").read_text())
-    with Checkpoint(tiny_k25) as ck:
+    with open_checkpoint(tiny_k25) as ck:
         assert len(ck.shards) > 1
         assert index["metadata"]["total_size"] == sum(info.nbytes for _, info in ck.all_tensors())
         assert set(index["weight_map"]) == {info.name for _, info in ck.all_tensors()}
@@ -43,16 +44,16 @@ def test_index_total_size_and_weight_map(tiny_k25):
 
 def test_config_sizes_match_the_files(tiny_dirs):
     for folder in tiny_dirs.values():
-        with Checkpoint(folder) as ck:
+        with open_checkpoint(folder) as ck:
             parts = ck.bytes_by_part()
             c = ck.config
-            assert parts["routed_experts"] == c.routed_expert_bytes
-            for part, n in c.nonexpert_bytes_by_part.items():
+            assert parts["routed_experts"] == sizes(c).routed_expert_bytes
+            for part, n in sizes(c).nonexpert_bytes_by_part.items():
                 assert parts.get(part, 0) == n, (folder.name, part)
 
 
 def test_views_are_zero_copy(tiny_k25):
-    with Checkpoint(tiny_k25) as ck:
+    with open_checkpoint(tiny_k25) as ck:
         t = ck.tensor("model.norm.weight")
         shard, info = next((s, i) for s, i in ck.all_tensors() if i.name.endswith("model.norm.weight"))
         anchor = ctypes.c_char.from_buffer(shard.mapping)  # the mapping's first byte
@@ -66,12 +67,12 @@ def test_views_are_zero_copy(tiny_k25):
 
 
 def test_expert_ranges_cover_exactly_the_expert_tensors(tiny_k25):
-    with Checkpoint(tiny_k25) as ck:
+    with open_checkpoint(tiny_k25) as ck:
         c = ck.config
         for layer in c.moe_layers:
             for e in (0, 7, c.n_routed_experts - 1):
                 ranges = ck.expert_ranges(layer, e)
-                assert sum(r.length for r in ranges) == c.expert_bytes
+                assert sum(r.length for r in ranges) == sizes(c).expert_bytes
                 # packed weights and shapes (int32) are adjacent, scales (bf16) elsewhere: two runs per expert
                 assert len(ranges) == 2
                 for spec in expert_tensors(c, layer, e):
@@ -85,7 +86,7 @@ def test_expert_ranges_cover_exactly_the_expert_tensors(tiny_k25):
 
 
 def test_k25_vision_tensors_are_ignored(tiny_k25):
-    with Checkpoint(tiny_k25) as ck:
+    with open_checkpoint(tiny_k25) as ck:
         assert ck.bytes_by_part()["other"] > 0
         assert "vision_tower.patch_embed.proj.weight" in {i.name for _, i in ck.all_tensors()}
 
@@ -96,13 +97,13 @@ def test_single_file_checkpoint(tmp_path, tiny_dirs):
     dst.mkdir()
     shutil.copy(src / "config.json", dst)
     tensors = {}
-    with Checkpoint(src) as ck:
+    with open_checkpoint(src) as ck:
         for shard, info in ck.all_tensors():
             tensors[info.name] = shard.view(info.name).clone()
     from safetensors.torch import save_file
 
     save_file(tensors, dst / "model.safetensors")
-    with Checkpoint(dst) as ck:
+    with open_checkpoint(dst) as ck:
         assert torch.equal(ck.tensor("lm_head.weight"), tensors["lm_head.weight"])
 
 
@@ -118,17 +119,17 @@ def first_shard(folder):
 
 def test_missing_folder_or_config(tmp_path, victim):
     with pytest.raises(ConfigError, match="does not exist"):
-        Checkpoint(tmp_path / "absent")
+        open_checkpoint(tmp_path / "absent")
     (victim / "config.json").unlink()
     with pytest.raises(ConfigError, match=r"config\.json is missing"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_index_names_a_missing_shard(victim):
     shard = first_shard(victim)
     shard.unlink()
     with pytest.raises(CheckpointError, match=rf"to shard {shard.name}, but .* does not exist"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_truncated_shard(victim):
@@ -137,7 +138,7 @@ def test_truncated_shard(victim):
     shard.write_bytes(data[:-100])
     with pytest.raises(CheckpointError, match=rf"shard .*{shard.name} is truncated: tensor '.*' ends at byte "
                                               rf"{len(data)} but the file has {len(data) - 100} bytes"):  # fmt: skip
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_absurd_header_length(victim):
@@ -146,7 +147,7 @@ def test_absurd_header_length(victim):
     data[:8] = struct.pack("<Q", 1 << 40)
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"{shard.name}: header length 1099511627776 is absurd"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_corrupt_header_json(victim):
@@ -155,20 +156,20 @@ def test_corrupt_header_json(victim):
     data[8:12] = b"!!!!"
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"{shard.name}: header JSON is corrupt"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_corrupt_index(victim):
     (victim / "model.safetensors.index.json").write_text("{]")
     with pytest.raises(CheckpointError, match=r"index\.json is corrupt"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_no_weights_at_all(victim):
     for p in victim.glob("model*"):
         p.unlink()
     with pytest.raises(CheckpointError, match=r"neither model\.safetensors\.index\.json nor model\.safetensors"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def rewrite_header(shard, edit):
@@ -189,7 +190,7 @@ def test_required_tensor_missing(victim):
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=rf"tensor '{name}' \(shape \[32, 2\], BF16\) is required by .*"
                                               r"config\.json but is in no shard"):  # fmt: skip
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_index_names_tensor_absent_from_shard(victim):
@@ -198,7 +199,7 @@ def test_index_names_tensor_absent_from_shard(victim):
     index["weight_map"]["language_model.model.extra.weight"] = first_shard(victim).name
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"maps tensor 'language_model.model.extra.weight' to .* header lacks it"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def shard_holding(folder, name):
@@ -214,7 +215,7 @@ def test_shape_disagrees_with_config(victim):
 
     rewrite_header(shard_holding(victim, name), edit)
     with pytest.raises(CheckpointError, match=rf"tensor '{name}' has shape \[32, 2\]; config.json implies \[64\]"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_dtype_disagrees_with_config(victim):
@@ -225,7 +226,7 @@ def test_dtype_disagrees_with_config(victim):
 
     rewrite_header(shard_holding(victim, name), edit)
     with pytest.raises(CheckpointError, match=rf"tensor '{name}' is F16; config.json implies BF16"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_offsets_disagree_with_shape(victim):
@@ -238,7 +239,7 @@ def test_offsets_disagree_with_shape(victim):
     with pytest.raises(
         CheckpointError, match=rf"tensor '{name}' \(F32 \[64\]\) needs 256 bytes but its data_offsets span 128"
     ):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_config_disagrees_with_weights(tmp_path, victim):
@@ -248,7 +249,7 @@ def test_config_disagrees_with_weights(tmp_path, victim):
     with pytest.raises(
         CheckpointError, match=r"mlp\.gate\.weight' has shape \[16, 64\]; config.json implies \[32, 64\]"
     ):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_generator_refuses_non_empty_folder(tmp_path):
@@ -261,7 +262,7 @@ def test_generator_refuses_non_empty_folder(tmp_path):
 
 
 def test_views_outlive_close(tiny_k25):
-    with Checkpoint(tiny_k25) as ck:
+    with open_checkpoint(tiny_k25) as ck:
         v = ck.tensor("model.embed_tokens.weight")
         expected = v.float().sum().item()
     assert v.float().sum().item() == expected  # the mapping stays until the last view is gone
@@ -277,7 +278,7 @@ def test_overlapping_tensors_in_header(victim):
 
     rewrite_header(shard, edit)
     with pytest.raises(CheckpointError, match=r"overlaps the tensor before it \(corrupt header\)"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 def test_malformed_header_entry(victim):
@@ -289,11 +290,11 @@ def test_malformed_header_entry(victim):
 
     rewrite_header(shard, edit)
     with pytest.raises(CheckpointError, match=r"has unknown dtype \['F32'\]"):
-        Checkpoint(victim)
+        open_checkpoint(victim)
 
 
 @pytest.mark.parametrize("weight_map", [["a", "b"], {"t": None}, {"t": "../elsewhere.safetensors"}])
 def test_malformed_index_weight_map(victim, weight_map):
     (victim / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(CheckpointError, match=r"index\.json is corrupt: .*shard file names in this folder"):
-        Checkpoint(victim)
+        open_checkpoint(victim)

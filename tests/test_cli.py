@@ -47,6 +47,7 @@ def _generate(*args: str):
 
 def test_generate_json_is_greedy_and_reproducible(tiny_k25):
     from offload.engine.engine import Engine
+    from offload.planner.plan import RuntimeConfig
     from offload.engine.sampling import SamplingParams
 
     args = ["--model", str(tiny_k25), "--prompt-ids", "5,6,7,8", "--max-tokens", "6", "--temperature", "0",
@@ -59,7 +60,7 @@ def test_generate_json_is_greedy_and_reproducible(tiny_k25):
     assert out["prompt_tokens"] == 4 and 1 <= len(out["token_ids"]) <= 6
     import torch
 
-    with Engine(tiny_k25, torch.float32) as engine:
+    with Engine(tiny_k25, RuntimeConfig(dtype="float32")) as engine:
         want = engine.generate([5, 6, 7, 8], SamplingParams(temperature=0), max_tokens=6).run()
     assert out["token_ids"] == want.token_ids and out["text"] == want.text
     assert json.loads(_generate(*args).stdout)["token_ids"] == out["token_ids"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.engine.tokenizer import Tokenizer
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.loader import load_transformer
@@ -29,7 +29,7 @@ def test_export_gives_transformers_our_logits_and_tokens(tiny_k25, tmp_path, mon
                                                              experts_implementation="eager").eval()  # fmt: skip
     with torch.inference_mode():
         theirs = ref(ids[None]).logits[0].float()
-    with Checkpoint(tiny_k25) as ckpt:
+    with open_checkpoint(tiny_k25) as ckpt:
         model = load_transformer(ckpt, DequantizedExperts(ckpt, torch.float32), torch.float32)
         ours = model.forward(ids, 0, model.new_cache(len(ids)))
     assert float((ours - theirs).abs().max()) < 1e-4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.sizes import sizes
 import copy
 import json
 
@@ -37,12 +38,12 @@ def test_k25_sizes_against_hand_arithmetic():
     # packed nibbles of gate+up+down, bf16 scales (gate/up [2048, 224], down [7168, 64]); 24,772,608 in KIMI.md
     payload = 3 * 7168 * 2048 // 2 + (2 * 2048 * 224 + 7168 * 64) * 2
     assert payload == 24_772_608
-    assert c.expert_bytes == payload + 3 * 2 * 4  # plus three int32 weight_shape [2] tensors
-    assert c.routed_expert_bytes == c.expert_bytes * 384 * 60
-    assert c.routed_bytes_per_token == c.expert_bytes * 8 * 60  # ~11.89 GB
-    assert round(c.routed_bytes_per_token / 1e9, 2) == 11.89
+    assert sizes(c).expert_bytes == payload + 3 * 2 * 4  # plus three int32 weight_shape [2] tensors
+    assert sizes(c).routed_expert_bytes == sizes(c).expert_bytes * 384 * 60
+    assert sizes(c).routed_bytes_per_token == sizes(c).expert_bytes * 8 * 60  # ~11.89 GB
+    assert round(sizes(c).routed_bytes_per_token / 1e9, 2) == 11.89
     assert c.kv_bytes_per_token() == (512 + 64) * 61 * 2 == 70_272
-    parts = c.nonexpert_bytes_by_part
+    parts = sizes(c).nonexpert_bytes_by_part
     assert parts["embed"] == parts["lm_head"] == 163840 * 7168 * 2
     attn = 1536 * 7168 + 64 * 192 * 1536 + 576 * 7168 + 64 * 256 * 512 + 7168 * 64 * 128
     assert parts["attention"] == attn * 2 * 61
@@ -57,7 +58,7 @@ def test_flat_layouts_equal_nested():
     for mt in ("kimi_k2", "deepseek_v3"):
         c = ModelConfig.from_dict(flat(K25, mt))
         assert c.layout == mt and c.tensor_prefix == ""
-        assert c.expert_bytes == nested.expert_bytes and c.nonexpert_bytes == nested.nonexpert_bytes
+        assert sizes(c).expert_bytes == sizes(nested).expert_bytes and sizes(c).nonexpert_bytes == sizes(nested).nonexpert_bytes
 
 
 def test_fp8_deepseek_v3_config():
@@ -68,7 +69,7 @@ def test_fp8_deepseek_v3_config():
     c = ModelConfig.from_dict(d)
     assert c.quant.format == "fp8" and c.quant.block == (128, 128)
     # FP8 expert: 3 e4m3 matrices + f32 scales [16, 56] (gate, up) and [56, 16] (down)
-    assert c.expert_bytes == 3 * 2048 * 7168 + (16 * 56 * 2 + 56 * 16) * 4
+    assert sizes(c).expert_bytes == 3 * 2048 * 7168 + (16 * 56 * 2 + 56 * 16) * 4
     assert not c.quant.quantizes("lm_head") and c.quant.quantizes("model.layers.0.self_attn.q_a_proj")
 
 

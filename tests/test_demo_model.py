@@ -8,8 +8,9 @@ import json
 import torch
 import torch.nn.functional as F
 
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.engine.engine import Engine
+from offload.planner.plan import RuntimeConfig
 from offload.engine.sampling import SamplingParams
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.loader import load_transformer
@@ -20,7 +21,7 @@ def test_demo_is_a_k25_int4_checkpoint_of_at_most_40_mb():
     folder, made = ensure_demo_model()
     assert not made and folder == demo_dir()
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 40_000_000
-    with Checkpoint(folder) as ckpt:
+    with open_checkpoint(folder) as ckpt:
         cfg = ckpt.config
         assert cfg.layout == "kimi_k25" and cfg.quant.format == "int4" and cfg.quant.group_size == 32
         assert cfg.n_routed_experts == 64 and cfg.first_k_dense_replace == 1 and cfg.n_shared_experts == 1
@@ -31,7 +32,7 @@ def test_int4_demo_held_out_loss_is_within_2_percent_of_the_float_model():
     folder = demo_dir()
     subset = json.loads((folder / "training.json").read_text())["test_subset"]
     total, n = 0.0, 0
-    with Checkpoint(folder) as ckpt:
+    with open_checkpoint(folder) as ckpt:
         model = load_transformer(ckpt, DequantizedExperts(ckpt, torch.float32), torch.float32)
         for ids, start in zip(subset["ids"], subset["starts"], strict=True):
             logits = model.forward(torch.tensor(ids), 0, model.new_cache(len(ids)))  # [S, V]
@@ -44,7 +45,7 @@ def test_int4_demo_held_out_loss_is_within_2_percent_of_the_float_model():
 
 
 def test_demo_answers_in_the_chat_format_and_stops():
-    with Engine(demo_dir(), torch.float32, max_context=1024, device="cpu") as engine:
+    with Engine(demo_dir(), RuntimeConfig(context=1024, dtype="float32", device="cpu")) as engine:
         turn = engine.chat([{"role": "user", "content": "Explain lists."}], thinking=False, max_tokens=400,
                            sampling=SamplingParams(temperature=0.0))  # fmt: skip
         text = "".join(c for _, c in turn)

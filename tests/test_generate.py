@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from offload.engine.engine import Engine
+from offload.planner.plan import RuntimeConfig
 from offload.engine.generate import Generation, StopConditions
 from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
@@ -114,7 +115,7 @@ def test_greedy_tokens_match_transformers(tiny_dirs):
     transformers = pytest.importorskip("transformers")
     folder = tiny_dirs[("deepseek-v3", "bf16")]
     prompt = [11, 250, 3, 77, 5, 190]
-    with Engine(folder, torch.float32) as engine:
+    with Engine(folder, RuntimeConfig(dtype="float32")) as engine:
         r = engine.generate(prompt, GREEDY, max_tokens=16).run()
     ref = transformers.DeepseekV3ForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     seq = list(prompt)
@@ -165,7 +166,7 @@ def test_cancel_stops_after_the_current_token(tok):
 
 
 def test_chat_turn_streams_reasoning_then_content(tiny_k25):
-    with Engine(tiny_k25, torch.float32) as engine:
+    with Engine(tiny_k25, RuntimeConfig(dtype="float32")) as engine:
         turn = engine.chat([{"role": "user", "content": "Hi"}], thinking=True, sampling=GREEDY, max_tokens=6)
         with pytest.raises(RuntimeError, match="not finished"):
             _ = turn.output
@@ -187,7 +188,7 @@ def test_stop_strings_never_match_inside_special_tokens(tok):
 
 
 def test_cancel_during_prefill_stops_between_layers(tiny_k25):
-    with Engine(tiny_k25, torch.float32) as engine:
+    with Engine(tiny_k25, RuntimeConfig(dtype="float32")) as engine:
         gen = engine.generate(list(range(1, 40)), GREEDY, max_tokens=5)
         gen.cancel()  # as a server does when the client leaves while the prompt is being read
         r = gen.run()

@@ -3,6 +3,7 @@ compressed-tensors loading it), numerically healthy weights, non-degenerate rout
 
 from __future__ import annotations
 
+from tests.sizes import sizes
 import base64
 import json
 import warnings
@@ -13,7 +14,7 @@ import torch
 
 from kernels.fp8 import dequantize_fp8
 from kernels.int4 import dequantize_int4, unpack_int4
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.synth.presets import PRESETS, preset_config
 from offload.synth.tokenizer import SPECIAL_OFFSETS, read_tiktoken_model
 
@@ -31,14 +32,14 @@ def test_same_seed_same_bytes_other_seed_different(tmp_path, tiny_k25):
         assert (again / f).read_bytes() == (tiny_k25 / f).read_bytes()
     for shard in tiny_k25.glob("model-*.safetensors"):
         assert (again / shard.name).read_bytes() == shard.read_bytes()
-    with Checkpoint(tiny_k25) as a, Checkpoint(other) as b:
+    with open_checkpoint(tiny_k25) as a, open_checkpoint(other) as b:
         ra, rb = raw_bytes(a), raw_bytes(b)
         changed = [n for n in ra if n.endswith("weight_packed") and ra[n] != rb[n]]
         assert len(changed) == sum(n.endswith("weight_packed") for n in ra)
 
 
 def test_layouts_hold_the_same_weights(tiny_dirs):
-    with Checkpoint(tiny_dirs[("k2.5", "int4")]) as nested, Checkpoint(tiny_dirs[("deepseek-v3", "int4")]) as flat:
+    with open_checkpoint(tiny_dirs[("k2.5", "int4")]) as nested, open_checkpoint(tiny_dirs[("deepseek-v3", "int4")]) as flat:
         rn = {n.removeprefix("language_model."): b for n, b in raw_bytes(nested).items()}
         rf = raw_bytes(flat)
         assert set(rf) <= set(rn)
@@ -50,7 +51,7 @@ def test_transformers_loads_bf16_checkpoint_with_no_missing_keys(tiny_dirs):
     folder = tiny_dirs[("deepseek-v3", "bf16")]
     model, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    with Checkpoint(folder) as ck:
+    with open_checkpoint(folder) as ck:
         assert torch.equal(model.model.layers[1].mlp.gate.weight.data, ck.tensor("model.layers.1.mlp.gate.weight"))
         ids = torch.arange(1, 17)[None]
         logits = model(ids).logits.float()
@@ -68,7 +69,7 @@ def test_compressed_tensors_decompresses_our_int4_experts_to_our_dequantization(
         model, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
                                                                         quantization_config=cfg)  # fmt: skip
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    with Checkpoint(folder) as ck:
+    with open_checkpoint(folder) as ck:
         c = ck.config
         layer = 2
         experts = model.model.layers[layer].mlp.experts
@@ -87,7 +88,7 @@ def test_compressed_tensors_decompresses_our_int4_experts_to_our_dequantization(
 
 def test_int4_experts_are_symmetric_and_scaled_to_fan_in(tmp_path):
     folder = make(tmp_path, "mini", "k2.5", "int4")
-    with Checkpoint(folder) as ck:
+    with open_checkpoint(folder) as ck:
         c = ck.config
         t = ck.linear("model.layers.2.mlp.experts.100.gate_proj")
         q = unpack_int4(t["weight_packed"], c.hidden_size).to(torch.int32)
@@ -97,7 +98,7 @@ def test_int4_experts_are_symmetric_and_scaled_to_fan_in(tmp_path):
 
 
 def test_fp8_weights_and_scales(tiny_dirs):
-    with Checkpoint(tiny_dirs[("k2", "fp8")]) as ck:
+    with open_checkpoint(tiny_dirs[("k2", "fp8")]) as ck:
         c = ck.config
         t = ck.linear("model.layers.1.self_attn.kv_b_proj")
         assert t["weight"].dtype == torch.float8_e4m3fn and t["weight_scale_inv"].dtype == torch.float32
@@ -121,7 +122,7 @@ def route(ck: Checkpoint, layer: int, tokens: int = 2000) -> np.ndarray:
 def test_routing_is_not_degenerate_and_skew_skews(tmp_path):
     flat = make(tmp_path, "mini", "k2", "int4", seed=3)
     skewed = make(tmp_path, "mini", "k2", "int4", seed=3, skew=0.1)
-    with Checkpoint(flat) as a, Checkpoint(skewed) as b:
+    with open_checkpoint(flat) as a, open_checkpoint(skewed) as b:
         ca, cb = route(a, 1), route(b, 1)
     n = a.config.n_routed_experts
     assert (ca > 0).mean() > 0.95 and ca.max() < 4 * ca.mean()  # every expert gets used, none dominates
@@ -139,7 +140,7 @@ def test_tokenizer_in_kimi_format(tiny_k25):
     line = (tiny_k25 / "tiktoken.model").read_text().splitlines()[300]
     assert base64.b64decode(line.split()[0]) == vocab[300] and line.split()[1] == "300"
     tc = json.loads((tiny_k25 / "tokenizer_config.json").read_text())
-    cfg = Checkpoint(tiny_k25).config
+    cfg = open_checkpoint(tiny_k25).config
     base = len(vocab)
     assert cfg.vocab_size == base + 256 and cfg.bos_token_id == base and cfg.eos_token_ids == (base + 1,)
     assert cfg.pad_token_id == base + 255
@@ -174,8 +175,8 @@ def test_chat_template_renders_kimi_turns(tiny_k25):
 def test_preset_sizes():
     mini = preset_config("mini")
     assert mini.n_routed_experts == 384 and mini.num_experts_per_tok == 8 and mini.first_k_dense_replace == 1
-    assert 150e6 < mini.total_bytes < 250e6
+    assert 150e6 < sizes(mini).total_bytes < 250e6
     bench = preset_config("bench")
-    assert 100e6 < bench.routed_bytes_per_token < 1e9 and 2e9 < bench.total_bytes < 10e9
-    assert preset_config("tiny").total_bytes < 5e6
+    assert 100e6 < sizes(bench).routed_bytes_per_token < 1e9 and 2e9 < sizes(bench).total_bytes < 10e9
+    assert sizes(preset_config("tiny")).total_bytes < 5e6
     assert set(PRESETS) == {"tiny", "mini", "bench"}

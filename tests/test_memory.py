@@ -9,7 +9,7 @@ import shutil
 import psutil
 import pytest
 
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.synth.generator import SynthOptions, data_bytes, write_model
 from offload.synth.presets import preset_config
 
@@ -29,7 +29,7 @@ def test_opening_a_multi_gb_checkpoint_reads_headers_only(tmp_path):
     assert data_bytes(cfg) > 1.8e9
     folder = write_model(cfg, tmp_path / "big", SynthOptions(max_shard_bytes=512 * MB))
     before = rss()
-    ck = Checkpoint(folder)
+    ck = open_checkpoint(folder)
     views = {f"e{e}": ck.tensor(f"model.layers.2.mlp.experts.{e}.down_proj.weight_packed") for e in range(64)}
     opened = rss()
     assert opened - before < 4 * MB, f"opening grew RSS by {(opened - before) / MB:.1f} MB"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from offload.checkpoint import Checkpoint
-from offload.checkpoint.dequant import dense_weight
+from offload.checkpoint import Checkpoint, open_checkpoint
+from kernels.dequant import dequantize
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.loader import load_transformer
 from offload.model.transformer import Transformer
@@ -94,7 +94,7 @@ def reference_model(name: str, root: Path) -> tuple[Path, object]:
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     folder, ref = reference_model(request.param, tmp_path_factory.mktemp("parity"))
-    ckpt = Checkpoint(folder)
+    ckpt = open_checkpoint(folder)
     ours = load_transformer(ckpt, DequantizedExperts(ckpt, torch.float32), torch.float32)
     ids = torch.randint(0, ckpt.config.vocab_size, (PROMPT,), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -156,13 +156,13 @@ def _forbidden(*args, **kwargs):
 
 # ---- the project's own checkpoints ------------------------------------------------------------------------------
 def load(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[Checkpoint, Transformer]:
-    ckpt = Checkpoint(folder)
+    ckpt = open_checkpoint(folder)
     return ckpt, load_transformer(ckpt, DequantizedExperts(ckpt, dtype), dtype)
 
 
 def dequantized_copy(src: Path, dst: Path) -> Path:
     """The same model as a float32 single-file checkpoint with every weight dequantized (no quantization_config)."""
-    ckpt = Checkpoint(src)
+    ckpt = open_checkpoint(src)
     cfg = dataclasses.replace(ckpt.config, quant=QuantConfig(), dtype="float32", layout="deepseek_v3")
     tensors: dict[str, torch.Tensor] = {}
     for _, info in ckpt.all_tensors():
@@ -173,7 +173,7 @@ def dequantized_copy(src: Path, dst: Path) -> Path:
         if suffix in ("weight_scale", "weight_shape", "weight_scale_inv"):
             continue
         if suffix == "weight_packed" or f"{module}.weight_scale_inv" in ckpt:
-            tensors[f"{module}.weight"] = dense_weight(ckpt.linear(module), ckpt.config.quant, torch.float32)
+            tensors[f"{module}.weight"] = dequantize(ckpt.weight(module), torch.float32)
         else:
             tensors[name] = ckpt.tensor(name).float().clone()
     ckpt.close()

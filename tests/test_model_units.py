@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from tests.sizes import sizes
 import math
 
 import pytest
 import torch
 
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.config import ModelConfig
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.cache import CacheFullError, LatentCache
@@ -122,7 +123,7 @@ class Recording(DequantizedExperts):
 
 
 def test_experts_come_only_through_the_runtime(tiny_k25):
-    with Checkpoint(tiny_k25) as ckpt:
+    with open_checkpoint(tiny_k25) as ckpt:
         runtime = Recording(ckpt)
         model = load_transformer(ckpt, runtime, torch.float32)
         assert runtime.asked == []  # loading reads no routed expert
@@ -164,10 +165,10 @@ def test_yarn_matches_transformers(rope):
 
 def test_loading_reports_every_non_expert_byte(tiny_dirs):
     for key in (("k2.5", "int4"), ("deepseek-v3", "fp8")):
-        with Checkpoint(tiny_dirs[key]) as ckpt:
+        with open_checkpoint(tiny_dirs[key]) as ckpt:
             seen: list[int] = []
             load_transformer(ckpt, DequantizedExperts(ckpt), torch.float32, on_bytes=seen.append)
-            assert sum(seen) == ckpt.config.nonexpert_bytes
+            assert sum(seen) == sizes(ckpt.config).nonexpert_bytes
 
 
 def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25):
@@ -177,7 +178,7 @@ def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25):
     if native_build() is None:
         pytest.skip("no C++ compiler / AVX2 here: the runtime uses the dequantize path (tested elsewhere)")
     ids = torch.arange(16) * 7 % 300
-    with Checkpoint(tiny_k25) as ckpt:
+    with open_checkpoint(tiny_k25) as ckpt:
         fast = DequantizedExperts(ckpt, torch.float32)
         slow = DequantizedExperts(ckpt, torch.float32, native=False)
         assert fast.native and not slow.native
@@ -189,5 +190,5 @@ def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25):
 
 
 def test_native_kernel_refuses_other_formats(tiny_dirs):
-    with Checkpoint(tiny_dirs[("k2", "fp8")]) as ckpt, pytest.raises(ValueError, match="stores fp8"):
+    with open_checkpoint(tiny_dirs[("k2", "fp8")]) as ckpt, pytest.raises(ValueError, match="stores fp8"):
         DequantizedExperts(ckpt, native=True)

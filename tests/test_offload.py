@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from offload.checkpoint import Checkpoint, pages
+from offload.checkpoint import Checkpoint, open_checkpoint, pages
 from offload.experts.cost import CostModel
 from offload.experts.dequantized import DequantizedExperts
 from offload.experts.offloaded import OffloadConfig, OffloadedExperts
@@ -26,7 +26,7 @@ EAGER_GPU = dict(dram_gbs=20.0, nvme_gbs=1.0, cpu_gflops=1.0, pcie_gbs=50.0, gpu
 
 def greedy(folder: Path, make_runtime, steps: int = STEPS) -> tuple[list[int], torch.Tensor, ExpertRuntime]:
     """Greedy tokens and every step's float32 logits [steps + 1, V] with the runtime `make_runtime(ckpt)` makes."""
-    with Checkpoint(folder) as ckpt:
+    with open_checkpoint(folder) as ckpt:
         runtime = make_runtime(ckpt)
         try:
             model = load_transformer(ckpt, runtime, torch.float32)
@@ -100,7 +100,7 @@ def test_budget_holds_in_the_kernels_view(mini_k25):
     of the experts the store counts as resident are there."""
     drop(mini_k25)
     budget = 10
-    with Checkpoint(mini_k25) as ckpt:
+    with open_checkpoint(mini_k25) as ckpt:
         runtime = offloaded(budget, prefetch=True)(ckpt)
         try:
             model = load_transformer(ckpt, runtime, torch.float32)
@@ -133,7 +133,7 @@ def test_budget_holds_in_the_kernels_view(mini_k25):
 
 
 def test_budget_smaller_than_one_expert_is_refused(mini_k25):
-    with Checkpoint(mini_k25) as ckpt:
+    with open_checkpoint(mini_k25) as ckpt:
         eb = ExpertStore(ckpt, None).expert_bytes
         with pytest.raises(BudgetError, match=r"cannot hold one routed expert .* --ram-budget at least"):
             ExpertStore(ckpt, eb - 1)
@@ -152,7 +152,7 @@ def kimi_threads() -> list[str]:
 
 
 def test_workers_stop_on_close_and_errors_are_not_lost(tiny_k25, monkeypatch):
-    with Checkpoint(tiny_k25) as ckpt:
+    with open_checkpoint(tiny_k25) as ckpt:
         runtime = offloaded(None, prefetch=True)(ckpt)
         assert kimi_threads() == ["kimi-prefetch"]
         runtime.close()
@@ -183,7 +183,7 @@ def test_workers_stop_on_close_and_errors_are_not_lost(tiny_k25, monkeypatch):
 
 
 def test_ctrl_c_inside_a_layer_leaves_no_thread(tiny_k25, monkeypatch):
-    with Checkpoint(tiny_k25) as ckpt:
+    with open_checkpoint(tiny_k25) as ckpt:
         with pytest.raises(KeyboardInterrupt), offloaded(None, prefetch=True)(ckpt) as runtime:
             model = load_transformer(ckpt, runtime, torch.float32)
 
@@ -197,7 +197,7 @@ def test_ctrl_c_inside_a_layer_leaves_no_thread(tiny_k25, monkeypatch):
 
 
 def test_guesses_are_made_only_when_they_can_be_acted_on(tiny_k25):
-    with Checkpoint(tiny_k25) as ckpt:
+    with open_checkpoint(tiny_k25) as ckpt:
         for budget, slots, prefetch, want in ((None, 0, True, False), (10**6, 0, False, False), (10**6, 0, True, True),
                                               (None, 1, True, True)):  # fmt: skip
             with OffloadedExperts(ckpt, torch.float32, OffloadConfig(budget, slots, prefetch)) as runtime:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kernels.cpu_int4 import Int4Expert
 from kernels.int4 import dequantize_int4
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.experts.cost import CostModel
 from offload.experts.dequantized import DequantizedExperts
 from offload.experts.gpu_executor import run_slotted
@@ -249,7 +249,7 @@ def greedy(folder: Path, make_runtime: Callable[[Checkpoint], ExpertRuntime], de
            record: list[tuple[int, int]] | None = None) -> tuple[list[int], torch.Tensor, ExpertRuntime]:  # fmt: skip
     """Greedy tokens and every step's float32 logits [STEPS + 1, V] (on the CPU) with the model on `device`;
     `record` gets (experts on the GPU, experts on the CPU) of each OffloadedExperts layer call."""
-    with Checkpoint(folder) as ckpt:
+    with open_checkpoint(folder) as ckpt:
         runtime = make_runtime(ckpt)
         try:
             if record is not None:
@@ -350,9 +350,10 @@ def test_model_on_cuda_matches_the_cpu_reference(case: str, request: pytest.Fixt
 def test_engine_on_cuda_matches_the_cpu_reference(tiny_k25: Path) -> None:
     """The same through Engine (plan, cost model from this machine's profile, device="cuda")."""
     from offload.engine.engine import Engine
+    from offload.planner.plan import RuntimeConfig
 
     ref_tokens, ref_logits = cpu_reference(tiny_k25)
-    with Engine(tiny_k25, torch.float32, device="cuda", gpu_slots=2) as engine:
+    with Engine(tiny_k25, RuntimeConfig(dtype="float32", device="cuda", gpu_slots=2)) as engine:
         assert engine.device == "cuda" and engine.experts.device.type == "cuda"
         assert engine.experts.slots is not None and engine.experts.slots.n == 2
         assert engine.experts.slots.device.type == "cuda"

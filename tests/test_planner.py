@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
-from offload.planner.plan import GiB, RuntimeConfig, make_plan
+from offload.config import ModelConfig
+from offload.planner.plan import GiB, Plan, RuntimeConfig, make_plan
 from offload.planner.profile import Profile
 from offload.planner.report import plan_sections, summary_lines
+from offload.checkpoint.layout import layout_storage
 from offload.planner.shapes import SHAPES, resolve_model, shape_config
 
 K25 = shape_config("kimi-k2.5")
+
+
+def plan_for(name: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, **kw: Any) -> Plan:
+    """make_plan with the storage the model's published release has (its config's quantization)."""
+    return make_plan(name, cfg, layout_storage(cfg), profile, rt, **kw)
 EXPERT = 24_772_608  # KIMI.md §3: one INT4 expert, packed weights and scales
 ROUTED = 60 * 384 * EXPERT
 PER_TOKEN = 8 * 60 * EXPERT  # 11.89 GB
@@ -44,7 +52,7 @@ CPU_BOX = Profile(
 
 
 def test_k25_sizes_by_hand():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig())
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig())
     assert plan.expert_bytes == EXPERT and plan.n_experts == 23_040
     assert plan.routed_expert_bytes == ROUTED == 570_760_888_320
     assert plan.routed_bytes_per_token == PER_TOKEN == 11_890_851_840
@@ -57,7 +65,7 @@ def test_k25_sizes_by_hand():
 
 
 def test_int8_gpu_weights_by_hand():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_weights="int8"))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_weights="int8"))
     gpu = {p.part: p.nbytes for p in plan.placements if p.where == "gpu" and p.part != "kv_cache"}
     assert gpu["attention"] == 61 * (ATT_LAYER + 2 * ATT_ROWS)  # 1 byte a weight + a bf16 scale a row
     assert gpu["lm_head"] == VOCAB_H + 2 * 163840
@@ -66,7 +74,7 @@ def test_int8_gpu_weights_by_hand():
 
 def test_gpu_budget_slots_and_ram_by_hand():
     rt = RuntimeConfig(context=32768)
-    plan = make_plan("kimi-k2.5", K25, BOX, rt)
+    plan = plan_for("kimi-k2.5", K25, BOX, rt)
     kv = 32768 * KV_TOKEN
     fixed = sum(BF16.values()) + kv + 1 * GiB + 1 * GiB  # weights, KV, workspace, reserve
     assert fixed == 21_095_653_376 + kv + 2 * GiB
@@ -89,7 +97,7 @@ ATTN_32K = 2 * 61 * 64 * (512 + 64 + 512) * 32768  # absorbed decode over 32K ca
 
 
 def test_decode_ceiling_by_hand():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
     g = SLOTS_BOX * EXPERT / ROUTED
     r = PAGE_CACHE_BOX / ROUTED
     d = 1 - g - r
@@ -110,14 +118,14 @@ def test_decode_ceiling_by_hand():
 def test_all_resident_is_dram_bound_at_the_kimi_md_figure():
     """KIMI.md §6: 89.6 GB/s / 11.89 GB = 7.5 tok/s when every expert is in RAM."""
     big = Profile(**{**_fields(BOX), "ram_gib": 1024, "dram_gbs": 89.6, "cpu_gflops": 1e5})
-    plan = make_plan("kimi-k2.5", K25, big, RuntimeConfig(context=4096))
+    plan = plan_for("kimi-k2.5", K25, big, RuntimeConfig(context=4096))
     assert plan.shares["disk"] == 0 and plan.limited_by == "DRAM"
     assert plan.decode_tok_s_ceiling == pytest.approx(89.6e9 / plan.per_token_bytes["dram"])
     assert 7.4 < plan.decode_tok_s_ceiling < 7.6
 
 
 def test_cpu_only_keeps_everything_in_ram():
-    plan = make_plan("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192))
+    plan = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192))
     assert not plan.on_gpu and plan.gpu_budget == {} and plan.gpu_expert_slots == 0
     ram = {p.part: p.nbytes for p in plan.placements if p.where == "ram"}
     kv = 8192 * KV_TOKEN
@@ -134,65 +142,65 @@ def test_cpu_only_keeps_everything_in_ram():
 
 def test_fp8_weights_on_the_cpu_are_budgeted_as_converted():
     cfg = shape_config("kimi-k2-instruct")
-    plan = make_plan("k2", cfg, CPU_BOX, RuntimeConfig(context=4096))
+    plan = plan_for("k2", cfg, CPU_BOX, RuntimeConfig(context=4096))
     ram = {p.part: p for p in plan.placements if p.where == "ram"}
     assert ram["attention"].fmt == "bf16" and ram["attention"].nbytes == BF16["attention"]  # not the FP8 bytes
-    f32 = make_plan("k2", cfg, CPU_BOX, RuntimeConfig(context=4096, cpu_dtype="f32"))
+    f32 = plan_for("k2", cfg, CPU_BOX, RuntimeConfig(context=4096, dtype="float32"))
     assert {p.part: p.nbytes for p in f32.placements}["attention"] == 2 * BF16["attention"]
 
 
 def test_context_beyond_the_model_is_refused():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=300_000))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=300_000))
     assert not plan.fits and "exceeds the model's max_position_embeddings 262,144" in plan.refusal()
 
 
 def test_too_small_gpu_says_what_fits():
     small = Profile(**{**_fields(BOX), "gpu_memory_gib": 16})
-    plan = make_plan("kimi-k2.5", K25, small, RuntimeConfig(context=32768))
+    plan = plan_for("kimi-k2.5", K25, small, RuntimeConfig(context=32768))
     assert not plan.fits
     msg = plan.refusal()
     need = (sum(BF16.values()) + 32768 * KV_TOKEN + 2 * GiB) / GiB
     assert f"needs {need:.1f} GiB of GPU memory" in msg and "the profile has 16 GiB" in msg
     assert plan.suggestions[0] == "--gpu-weights int8" and "--context" not in msg  # weights alone are > 16 GiB
-    fixed = make_plan("kimi-k2.5", K25, small, RuntimeConfig(context=32768, gpu_weights="int8"))
+    fixed = plan_for("kimi-k2.5", K25, small, RuntimeConfig(context=32768, gpu_weights="int8"))
     assert fixed.fits and fixed.gpu_expert_slots > 0
 
 
 def test_context_suggestion_is_the_largest_that_fits():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=262144))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=262144))
     free = 24 * GiB - (sum(BF16.values()) + 2 * GiB)
     assert plan.max_context == free // KV_TOKEN
     assert not plan.fits and f"--context {free // KV_TOKEN // 1024 * 1024}" in plan.suggestions
-    ok = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=free // KV_TOKEN // 1024 * 1024))
+    ok = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=free // KV_TOKEN // 1024 * 1024))
     assert ok.fits
 
 
 def test_too_small_ram_is_refused():
     tiny = Profile(**{**_fields(CPU_BOX), "ram_gib": 16})
-    plan = make_plan("kimi-k2.5", K25, tiny, RuntimeConfig(context=4096))
+    plan = plan_for("kimi-k2.5", K25, tiny, RuntimeConfig(context=4096))
     assert not plan.fits and "GiB of RAM before any expert is cached" in plan.refusal()
 
 
 def test_prefill_estimate_by_hand():
     fast_disk = Profile(**{**_fields(BOX), "nvme_gbs": 1e4, "pcie_gbs": 1e4, "dram_gbs": 1e4})  # the GPU's FLOPs decide
-    plan = make_plan("kimi-k2.5", K25, fast_disk, RuntimeConfig(context=32768, prefill_chunk=4096))
+    plan = plan_for("kimi-k2.5", K25, fast_disk, RuntimeConfig(context=32768, prefill_chunk=4096))
     active = sum(v // 2 for v in BF16.values()) - 60 * 384 + 8 * 60 * 3 * 7168 * 2048
     attn = 2 * 61 * 64 * (192 + 128) * 4096 * 4096 // 2  # causal, first chunk
     assert plan.prefill_limited_by == "GPU"
     assert plan.prefill_tok_s == pytest.approx(4096 / ((2 * active * 4096 + attn) / 100e12))
-    slow = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768, prefill_chunk=4096))
+    slow = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768, prefill_chunk=4096))
     used = 1 - (1 - 8 / 384) ** 4096  # a 4096-token chunk uses essentially every expert of a layer
     d = 1 - SLOTS_BOX * EXPERT / ROUTED - PAGE_CACHE_BOX / ROUTED
     assert slow.prefill_limited_by == "NVMe"
     assert slow.prefill_tok_s == pytest.approx(4096 / (d * ROUTED * used / 5e9))
     big = Profile(**{**_fields(CPU_BOX), "ram_gib": 1024, "dram_gbs": 1e4})
-    cpu = make_plan("kimi-k2.5", K25, big, RuntimeConfig(context=8192))
+    cpu = plan_for("kimi-k2.5", K25, big, RuntimeConfig(context=8192))
     assert cpu.prefill_limited_by == "CPU"
     assert cpu.prefill_tok_s == pytest.approx(4096 / ((2 * active * 4096 + attn) / 1000e9))
 
 
 def test_expert_bpw_what_if():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(expert_bpw=2.5))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(expert_bpw=2.5))
     assert plan.expert_bytes == math.ceil(3 * 7168 * 2048 * 2.5 / 8)
     assert any("what-if" in w for w in plan.warnings)
 
@@ -215,15 +223,15 @@ def test_builtin_shapes(name):
     cfg = shape_config(name)
     assert cfg.hidden_size == 7168 and cfg.num_hidden_layers == 61
     assert resolve_model(name)[1] == cfg
-    plan = make_plan(name, cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
+    plan = plan_for(name, cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
     assert plan.routed_expert_bytes == plan.expert_bytes * plan.n_experts
     if name == "deepseek-v3":
         assert plan.n_experts == 58 * 256 and plan.expert_bytes == 3 * 7168 * 2048 + 3 * 16 * 56 * 4  # FP8 + scales
 
 
 def test_a_checkpoint_folder_works_too(tiny_k25):
-    name, cfg = resolve_model(str(tiny_k25))
-    plan = make_plan(name, cfg, CPU_BOX, RuntimeConfig(context=512))
+    name, cfg, storage = resolve_model(str(tiny_k25))
+    plan = make_plan(name, cfg, storage, CPU_BOX, RuntimeConfig(context=512))
     # tiny preset: hidden 64, expert 32 wide, INT4 group 32: packed 4 bits + a bf16 scale per 32 weights
     h, i = cfg.hidden_size, cfg.moe_intermediate_size
     one = 3 * h * i // 2 + 2 * (i * h // 32) * 2 + 2 * (h * i // 32)
@@ -238,13 +246,13 @@ def test_tied_embeddings_and_plain_q_proj():
     from offload.config import ModelConfig
 
     cfg = ModelConfig.from_dict(raw)
-    plan = make_plan("tied", cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
+    plan = plan_for("tied", cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
     gpu = {p.part: p.nbytes for p in plan.placements if p.where == "gpu"}
     assert gpu["lm_head"] == VOCAB_H + 2 * 163840  # the tied head still runs on the GPU: a copy there
     q_proj = 12288 * 7168  # no q LoRA: one [H * 192, hidden] projection
     att = q_proj + 576 * 7168 + 16384 * 512 + 7168 * 8192
     assert gpu["attention"] == 61 * (att + 2 * (12288 + 576 + 16384 + 7168))
-    cpu = make_plan("tied", cfg, CPU_BOX, RuntimeConfig(context=4096, lm_head="cpu"))
+    cpu = plan_for("tied", cfg, CPU_BOX, RuntimeConfig(context=4096, lm_head="cpu"))
     ram = {p.part: p.nbytes for p in cpu.placements if p.where == "ram"}
     assert ram["lm_head"] == 0 and ram["embed"] == VOCAB_H * 2  # one tensor serves both
     assert cpu.per_token_bytes["dram"] >= VOCAB_H * 2  # but the head reads all of it every token
@@ -260,10 +268,10 @@ def test_every_suggestion_fits_when_applied(model):
         for context in (4096, 32768, 131072, 262144, 400_000):
             for kw in ({}, {"gpu_weights": "int8"}, {"lm_head": "cpu"}):
                 rt = RuntimeConfig(context=context, **kw)  # type: ignore[arg-type]
-                plan = make_plan(model, cfg, prof, rt)
+                plan = plan_for(model, cfg, prof, rt)
                 for flags in plan.suggestions:
                     change = _parse_flags(flags)
-                    fixed = make_plan(model, cfg, prof, RuntimeConfig(**{**_fields(rt), **change}))
+                    fixed = plan_for(model, cfg, prof, RuntimeConfig(**{**_fields(rt), **change}))
                     assert fixed.fits, (model, prof.name, context, kw, flags, fixed.problems)
 
 
@@ -277,7 +285,7 @@ def _parse_flags(flags: str) -> dict:
 
 
 def test_printed_numbers_come_from_the_plan():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768))
     text = "\n".join(f"{k}: {v}" for _, rows in plan_sections(plan) for k, v in rows)
     assert "23,040 x 24,772,608 B = 570.76 GB (531.56 GiB)" in text
     assert "480 experts = 11.89 GB" in text
@@ -292,18 +300,18 @@ def _fields(p: Profile) -> dict:
 
 
 def test_gpu_slots_and_ram_budget_overrides_by_hand():
-    plan = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=4, ram_budget_gb=100))
+    plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=4, ram_budget_gb=100))
     assert plan.gpu_expert_slots == 4 and plan.gpu_budget["expert_slots"] == 4 * EXPERT and plan.fits
     assert plan.ram_budget["expert_page_cache"] == 100 * 10**9 == plan.ram_expert_bytes
     assert plan.shares == pytest.approx({"gpu": 4 * EXPERT / ROUTED, "ram": 100e9 / ROUTED,
                                          "disk": 1 - (4 * EXPERT + 100e9) / ROUTED})  # fmt: skip
-    too_many = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=SLOTS_BOX + 1))
+    too_many = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=SLOTS_BOX + 1))
     assert not too_many.fits
     assert f"{SLOTS_BOX + 1} GPU expert slots need" in too_many.problems[0]
     assert f"--gpu-slots {SLOTS_BOX} fits" in too_many.problems[0]
-    over = make_plan("kimi-k2.5", K25, BOX, RuntimeConfig(ram_budget_gb=300))
+    over = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(ram_budget_gb=300))
     assert over.fits and any("--ram-budget 300 GB is more than" in w for w in over.warnings)
-    no_gpu = make_plan("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(device="cuda"))
+    no_gpu = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(device="cuda"))
     assert not no_gpu.fits and "--device cuda, but the profile cpu has no GPU" in no_gpu.problems
     with pytest.raises(ValueError, match="gpu_slots = -1"):
         RuntimeConfig(gpu_slots=-1)

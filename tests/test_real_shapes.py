@@ -3,13 +3,14 @@ the reader validates all 210k tensors and `inspect` describes it from headers al
 
 from __future__ import annotations
 
+from tests.sizes import sizes
 import json
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.cli import app
 from offload.config import ModelConfig
 from offload.synth.generator import SynthOptions, write_model
@@ -30,16 +31,16 @@ def k25_replica(tmp_path_factory):
 
 
 def test_replica_opens_and_sizes_match_config(k25_replica):
-    with Checkpoint(k25_replica) as ck:
+    with open_checkpoint(k25_replica) as ck:
         c = ck.config
         parts = ck.bytes_by_part()
         assert len(ck.shards) == 64
-        assert parts["routed_experts"] == c.routed_expert_bytes == c.expert_bytes * 384 * 60
+        assert parts["routed_experts"] == sizes(c).routed_expert_bytes == sizes(c).expert_bytes * 384 * 60
         assert sum(parts.values()) == json.loads((k25_replica / "model.safetensors.index.json").read_text())[
             "metadata"]["total_size"]  # fmt: skip
         assert 590e9 < sum(parts.values()) < 600e9  # "about 595 GB"
         ranges = ck.expert_ranges(60, 383)
-        assert sum(r.length for r in ranges) == c.expert_bytes
+        assert sum(r.length for r in ranges) == sizes(c).expert_bytes
 
 
 def test_inspect_on_replica(k25_replica):

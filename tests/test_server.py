@@ -22,8 +22,9 @@ import uvicorn
 from openai import OpenAI
 from rich.console import Console
 
-from offload.cli_serve import run_server
+from offload.cli.serve import run_server
 from offload.engine.engine import Engine
+from offload.planner.plan import RuntimeConfig
 from offload.engine.generate import GenerationResult
 from offload.engine.reasoning import AssistantOutput, ToolCall
 from offload.engine.sampling import SamplingParams
@@ -63,7 +64,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def engine(tiny_k25: Path) -> Iterator[Engine]:
-    with Engine(tiny_k25, torch.float32, 4096, detect_profile(probe=False)) as e:
+    with Engine(tiny_k25, RuntimeConfig(context=4096, dtype="float32"), detect_profile(probe=False)) as e:
         yield e
 
 
@@ -528,19 +529,21 @@ def test_serve_command(tiny_k25: Path) -> None:
     assert f"at http://127.0.0.1:{port}/v1" in stderr and "tiny" in stderr
 
 
-def test_serve_refuses_a_taken_port_before_loading(tmp_path: Path) -> None:
+def test_serve_refuses_a_taken_port_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import offload.cli.serve
+
     messages: list[str] = []
 
     def fail(msg: str) -> typer.Exit:
         messages.append(msg)
         return typer.Exit(2)
 
+    monkeypatch.setattr(offload.cli.serve, "fail", fail)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(typer.Exit):  # the folder does not even exist: the port is checked first
             run_server(model_dir=tmp_path / "none", host="127.0.0.1", port=port, api_key=None, model_name=None,
-                       profile="auto", context=2048, dtype="float32", max_queue=4, err=Console(file=io.StringIO()),
-                       fail=fail)  # fmt: skip
+                       profile="auto", max_queue=4, runtime=RuntimeConfig(context=2048, dtype="float32"))  # fmt: skip
     assert messages and f"cannot listen on 127.0.0.1:{port}" in messages[0]

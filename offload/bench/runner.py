@@ -17,7 +17,6 @@ from offload.bench.spec import BenchSpec
 from offload.engine.engine import Engine
 from offload.engine.sampling import SamplingParams
 from offload.experts.stats import ExpertStats
-from offload.planner.plan import make_plan
 
 # ordinary prose, repeated to the prompt length: real text routes like real use, unlike random ids
 PROSE = (
@@ -78,12 +77,10 @@ def summarize(engine: Engine, spec: BenchSpec, limits: Limits, runs: list[RunRes
               resident_after_drop: int | None) -> dict[str, Any]:  # fmt: skip
     """Every figure, its unit in its name. Ceilings: the plan's per-token bytes and FLOPs (at the mean decode
     context) over the rates measured in this run; fractions: the median decode rate over each ceiling."""
-    cfg = engine.ckpt.config
     plan = engine.plan
     profile = replace(plan.profile, dram_gbs=limits.dram_read_gbs, cpu_gflops=limits.cpu_gflops,
                       nvme_gbs=limits.disk_read_gbs)  # fmt: skip
-    context = spec.prompt_len + spec.gen_len // 2
-    measured_plan = make_plan(plan.model, cfg, profile, replace(plan.runtime, context=context), suggest=False)
+    measured_plan = plan.replan(profile, context=spec.prompt_len + spec.gen_len // 2)
     secs = measured_plan.seconds_per_token
     decode = _spread([r.decode_tok_s for r in runs])
     prefill = _spread([r.prefill_tok_s for r in runs])

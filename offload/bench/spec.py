@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from offload.errors import OffloadError
+
 
 @dataclass(frozen=True, slots=True)
 class BenchSpec:
@@ -16,4 +18,4 @@ class BenchSpec:
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1 or self.gen_len < 2 or self.runs < 1:
-            raise ValueError(f"prompt_len >= 1, gen_len >= 2 and runs >= 1 are needed, got {self}")
+            raise OffloadError(f"prompt_len >= 1, gen_len >= 2 and runs >= 1 are needed, got {self}")

@@ -1,11 +1,18 @@
-"""The tensors a ModelConfig implies: names (with the layout's prefix), shapes, dtypes, and the part each belongs to."""
+"""The safetensors release layout: each model module's tensors (names with the layout's prefix, shapes, dtypes) as
+config.json's quantization implies them, and the Storage that follows from them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from offload.config import ModelConfig
+from offload.config import PARTS, ModelConfig
+from offload.parts import Module, expert_modules, model_modules
+from offload.quant import DTYPE_BYTES
+from offload.storage import Storage
+
+FLOAT_TAGS = {"BF16": "bf16", "F16": "f16", "F32": "f32"}  # safetensors dtype -> kernels.formats tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,67 +31,62 @@ class TensorSpec:
     layer: int | None = None
     expert: int | None = None
 
-
-def expert_module(layer: int, expert: int, proj: str) -> str:
-    return f"model.layers.{layer}.mlp.experts.{expert}.{proj}"
-
-
-def _linear(cfg: ModelConfig, module: str, out_f: int, in_f: int, part: str, layer: int | None = None,
-            expert: int | None = None) -> Iterator[TensorSpec]:  # fmt: skip
-    quantized = cfg.quant.quantizes(module, cfg.tensor_prefix)
-    for suffix, (shape, dtype) in cfg.quant.linear_tensors(out_f, in_f, cfg.safetensors_dtype, quantized).items():
-        yield TensorSpec(
-            cfg.tensor_prefix + f"{module}.{suffix}", shape, (dtype,), part, module, suffix, in_f, out_f, layer, expert
-        )
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtypes[0]]
 
 
-def _vector(cfg: ModelConfig, module: str, suffix: str, n: int, part: str, role: str, layer: int | None,
-            dtypes: tuple[str, ...] | None = None) -> TensorSpec:  # fmt: skip
-    return TensorSpec(cfg.tensor_prefix + f"{module}.{suffix}", (n,), dtypes or (cfg.safetensors_dtype,), part,
-                      module, role, 0, 0, layer)  # fmt: skip
-
-
-def layer_tensors(cfg: ModelConfig, layer: int) -> Iterator[TensorSpec]:
-    """Layer `layer`'s tensors in forward order; routed experts last, expert by expert."""
-    p = f"model.layers.{layer}"
-    yield _vector(cfg, f"{p}.input_layernorm", "weight", cfg.hidden_size, "norms", "norm", layer)
-    for name, (out_f, in_f) in cfg.attention_linears().items():
-        yield from _linear(cfg, f"{p}.self_attn.{name}", out_f, in_f, "attention", layer)
-        if name == "q_a_proj":
-            yield _vector(cfg, f"{p}.self_attn.q_a_layernorm", "weight", cfg.q_lora_rank or 0, "norms", "norm", layer)
-        if name == "kv_a_proj_with_mqa":
-            yield _vector(cfg, f"{p}.self_attn.kv_a_layernorm", "weight", cfg.kv_lora_rank, "norms", "norm", layer)
-    yield _vector(cfg, f"{p}.post_attention_layernorm", "weight", cfg.hidden_size, "norms", "norm", layer)
-    if not cfg.is_moe_layer(layer):
-        for name, (out_f, in_f) in cfg.mlp_linears(cfg.intermediate_size).items():
-            yield from _linear(cfg, f"{p}.mlp.{name}", out_f, in_f, "dense_mlp", layer)
-        return
-    yield TensorSpec(cfg.tensor_prefix + f"{p}.mlp.gate.weight", (cfg.n_routed_experts, cfg.hidden_size),
-                     (cfg.safetensors_dtype,), "router", f"{p}.mlp.gate", "weight", cfg.hidden_size,
-                     cfg.n_routed_experts, layer)  # fmt: skip
-    # transformers keeps the bias in float32 whatever the weights' dtype; accept both
-    yield _vector(cfg, f"{p}.mlp.gate", "e_score_correction_bias", cfg.n_routed_experts, "router", "bias", layer,
-                  ("F32", cfg.safetensors_dtype))  # fmt: skip
-    if cfg.n_shared_experts:
-        inter = cfg.moe_intermediate_size * cfg.n_shared_experts
-        for name, (out_f, in_f) in cfg.mlp_linears(inter).items():
-            yield from _linear(cfg, f"{p}.mlp.shared_experts.{name}", out_f, in_f, "shared_experts", layer)
-    for e in range(cfg.n_routed_experts):
-        yield from expert_tensors(cfg, layer, e)
+def module_tensors(cfg: ModelConfig, m: Module) -> Iterator[TensorSpec]:
+    """The stored tensors of one module."""
+    full = cfg.tensor_prefix + m.name
+    dt = cfg.safetensors_dtype
+    if m.kind == "linear":
+        out_f, in_f = m.shape
+        quantized = cfg.quant.quantizes(m.name, cfg.tensor_prefix)
+        for suffix, (shape, dtype) in cfg.quant.linear_tensors(out_f, in_f, dt, quantized).items():
+            yield TensorSpec(f"{full}.{suffix}", shape, (dtype,), m.part, m.name, suffix, in_f, out_f, m.layer,
+                             m.expert)  # fmt: skip
+    elif m.kind == "router":
+        yield TensorSpec(f"{full}.weight", m.shape, (dt,), m.part, m.name, "weight", m.shape[1], m.shape[0], m.layer)
+    elif m.kind == "router_bias":  # transformers keeps the bias in float32 whatever the weights' dtype; accept both
+        yield TensorSpec(f"{full}.e_score_correction_bias", m.shape, ("F32", dt), m.part, m.name, "bias", 0, 0, m.layer)
+    elif m.kind == "embed":
+        yield TensorSpec(f"{full}.weight", m.shape, (dt,), m.part, m.name, "embed")
+    else:
+        yield TensorSpec(f"{full}.weight", m.shape, (dt,), m.part, m.name, "norm", 0, 0, m.layer)
 
 
 def expert_tensors(cfg: ModelConfig, layer: int, expert: int) -> Iterator[TensorSpec]:
     """The tensors of one routed expert: gate, up, down (packed weights and scales when quantized)."""
-    for proj, (out_f, in_f) in cfg.mlp_linears(cfg.moe_intermediate_size).items():
-        yield from _linear(cfg, expert_module(layer, expert, proj), out_f, in_f, "routed_experts", layer, expert)
+    for m in expert_modules(cfg, layer, expert):
+        yield from module_tensors(cfg, m)
 
 
-def model_tensors(cfg: ModelConfig) -> Iterator[TensorSpec]:
+def model_tensors(cfg: ModelConfig, routed: bool = True) -> Iterator[TensorSpec]:
     """Every tensor of the text model, in forward order: embeddings, layers, final norm, lm_head."""
-    yield TensorSpec(cfg.tensor_prefix + "model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size),
-                     (cfg.safetensors_dtype,), "embed", "model.embed_tokens", "embed")  # fmt: skip
-    for layer in range(cfg.num_hidden_layers):
-        yield from layer_tensors(cfg, layer)
-    yield _vector(cfg, "model.norm", "weight", cfg.hidden_size, "norms", "norm", None)
-    if not cfg.tie_word_embeddings:
-        yield from _linear(cfg, "lm_head", cfg.vocab_size, cfg.hidden_size, "lm_head")
+    for m in model_modules(cfg, routed):
+        yield from module_tensors(cfg, m)
+
+
+def expert_format(cfg: ModelConfig) -> tuple[str, tuple[int, ...]]:
+    """(kernels.formats tag, its parameters) of the routed experts as config.json declares them."""
+    layer = cfg.moe_layers[0] if len(cfg.moe_layers) else 0
+    q = cfg.quant
+    if q.format != "bf16" and q.quantizes(f"model.layers.{layer}.mlp.experts.0.up_proj", cfg.tensor_prefix):
+        return ("int4", (q.group_size,)) if q.format == "int4" else ("fp8", q.block)
+    return FLOAT_TAGS[cfg.safetensors_dtype], ()
+
+
+def layout_storage(cfg: ModelConfig, nbytes: Callable[[TensorSpec], int] = lambda s: s.nbytes) -> Storage:
+    """The Storage of this layout, with each tensor's size from `nbytes` (default: the size its spec implies)."""
+    parts = dict.fromkeys((p for p in PARTS if p != "routed_experts"), 0)
+    for spec in model_tensors(cfg, routed=False):
+        parts[spec.part] += nbytes(spec)
+    layer = cfg.moe_layers[0] if len(cfg.moe_layers) else 0
+    expert = list(expert_tensors(cfg, layer, 0))
+    fmt, params = expert_format(cfg)
+    return Storage(
+        expert_format=fmt, expert_params=params, expert_bytes=sum(nbytes(s) for s in expert),
+        expert_weight_bytes=sum(nbytes(s) for s in expert if s.role != "weight_shape"), part_bytes=parts,
+        float_format=FLOAT_TAGS[cfg.safetensors_dtype],
+    )  # fmt: skip

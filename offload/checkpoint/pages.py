@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from offload.checkpoint.safetensors_file import SafetensorsFile
+from offload.checkpoint.base import MappedFile
 
 PAGE = mmap.PAGESIZE
 READ_CHUNK = 8 << 20  # bytes per pread: large enough to stream, small enough to stay in cache
@@ -37,7 +37,7 @@ def pages_in(start: int, end: int) -> tuple[int, int]:
     return (lo, hi) if lo < hi else (lo, lo)
 
 
-def mapping_address(shard: SafetensorsFile) -> int:
+def mapping_address(shard: MappedFile) -> int:
     """Address of the shard's first byte in this process (the mapping starts at file offset 0, page aligned)."""
     buf = ctypes.c_char.from_buffer(shard.mapping)
     try:
@@ -57,7 +57,7 @@ def _mincore(addr: int, length: int, what: str) -> int:
     return sum(1 for b in bytes(vec) if b & 1)
 
 
-def resident_pages(shard: SafetensorsFile, start: int, end: int) -> tuple[int, int]:
+def resident_pages(shard: MappedFile, start: int, end: int) -> tuple[int, int]:
     """(pages resident in RAM, pages in all) over the pages [start, end) touches, as the kernel sees them (mincore):
     in the page cache or mapped here. Raises OSError where mincore is not available."""
     lo, hi = pages_out(start, end)
@@ -66,13 +66,13 @@ def resident_pages(shard: SafetensorsFile, start: int, end: int) -> tuple[int, i
     return _mincore(mapping_address(shard) + lo, hi - lo, f"{shard.path} [{lo}, {hi})"), (hi - lo) // PAGE
 
 
-def willneed(shard: SafetensorsFile, start: int, end: int) -> None:
+def willneed(shard: MappedFile, start: int, end: int) -> None:
     """Ask the kernel to start reading [start, end) into the page cache; returns at once."""
     if SUPPORTED:
         os.posix_fadvise(shard.fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
 
-def read(shard: SafetensorsFile, start: int, end: int, advise: bool = True) -> None:
+def read(shard: MappedFile, start: int, end: int, advise: bool = True) -> None:
     """Bring [start, end) into the page cache: one readahead request for all of it (deep disk queue; advise=False
     when the caller has made it already), then reads in order, which return as the pages arrive. The bytes land in
     a scratch buffer that is thrown away."""
@@ -91,14 +91,14 @@ def read(shard: SafetensorsFile, start: int, end: int, advise: bool = True) -> N
         at += n
 
 
-def no_readahead(shard: SafetensorsFile) -> None:
+def no_readahead(shard: MappedFile) -> None:
     """Reads of this shard bring in exactly the pages asked for (POSIX_FADV_RANDOM); faults on the mapping are not
     affected."""
     if SUPPORTED:
         os.posix_fadvise(shard.fd, 0, 0, os.POSIX_FADV_RANDOM)
 
 
-def advise_random(shard: SafetensorsFile, start: int, end: int) -> None:
+def advise_random(shard: MappedFile, start: int, end: int) -> None:
     """Faults in [start, end) of the mapping read only their own page (no read-around): for regions whose pages are
     always read explicitly first, so read-around would only bring in bytes no one asked for."""
     lo, hi = pages_in(start, end)
@@ -106,7 +106,7 @@ def advise_random(shard: SafetensorsFile, start: int, end: int) -> None:
         shard.mapping.madvise(mmap.MADV_RANDOM, lo, hi - lo)
 
 
-def release(shard: SafetensorsFile, start: int, end: int) -> int:
+def release(shard: MappedFile, start: int, end: int) -> int:
     """Drop the pages that hold only bytes of [start, end): unmap them here (MADV_DONTNEED) and evict them from the
     page cache (POSIX_FADV_DONTNEED). Returns the bytes released. The data is unchanged: a later touch reads it
     again from the file."""

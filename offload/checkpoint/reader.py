@@ -1,16 +1,18 @@
-"""A checkpoint folder opened from its headers: every shard mapped once, tensors checked against the config."""
+"""The safetensors reader: a checkpoint folder opened from its headers, every shard mapped once, tensors checked
+against config.json."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from offload.checkpoint.layout import expert_tensors, model_tensors
+from kernels.dequant import StoredWeight
+from offload.checkpoint.base import ByteRange, MappedFile
+from offload.checkpoint.layout import FLOAT_TAGS, expert_tensors, layout_storage, model_tensors
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
 from offload.config import ModelConfig
 
@@ -20,33 +22,24 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """A contiguous run of bytes in one shard file."""
-
-    path: Path
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-
-class Checkpoint:
-    """The tensors of a checkpoint folder, by name, as zero-copy views over the mapped shards."""
+class SafetensorsCheckpoint:
+    """The tensors of a safetensors checkpoint folder, by name, as zero-copy views over the mapped shards
+    (implements offload.checkpoint.Checkpoint)."""
 
     def __init__(self, folder: str | Path, config: ModelConfig | None = None) -> None:
-        self.folder = Path(folder)
+        self.path = self.folder = Path(folder)
         self.config = config if config is not None else ModelConfig.from_dir(self.folder)
         self.shards: dict[str, SafetensorsFile] = {}
         self._where: dict[str, tuple[SafetensorsFile, TensorInfo]] = {}
+        self.files: dict[str, MappedFile] = {}
         try:
             self._open_shards()
             self._validate()
         except BaseException:
             self.close()
             raise
+        self.files.update(self.shards)
+        self.storage = layout_storage(self.config, lambda spec: self._where[spec.name][1].nbytes)
 
     # ---- opening -------------------------------------------------------------------------------------------
     def _open_shards(self) -> None:
@@ -126,6 +119,23 @@ class Checkpoint:
         shard, info = self._lookup(name)
         return shard.view(info.name)
 
+    def weight(self, module: str) -> StoredWeight:
+        """The stored weight of Linear `module`, tagged with its format."""
+        t = self.linear(module)
+        q = self.config.quant
+        if "weight_packed" in t:
+            out_f, in_f = (int(v) for v in t["weight_shape"])
+            return StoredWeight("int4", (out_f, in_f), {"packed": t["weight_packed"], "scale": t["weight_scale"]},
+                                (q.group_size,))  # fmt: skip
+        w = t["weight"]
+        shape = (int(w.shape[0]), int(w.shape[1]))
+        if "weight_scale_inv" in t:
+            return StoredWeight("fp8", shape, {"weight": w, "scale_inv": t["weight_scale_inv"]}, q.block)
+        info = self._lookup(f"{module}.weight")[1]
+        if info.dtype not in FLOAT_TAGS:
+            raise CheckpointError(f"{self.folder}: {module}.weight is {info.dtype}; expected BF16, F16 or F32")
+        return StoredWeight(FLOAT_TAGS[info.dtype], shape, {"weight": w})
+
     def linear(self, module: str) -> dict[str, torch.Tensor]:
         """The stored tensors of one Linear, by suffix: {'weight'} or {'weight_packed', 'weight_scale',
         'weight_shape'} or {'weight', 'weight_scale_inv'}."""
@@ -164,6 +174,21 @@ class Checkpoint:
                 merged.append(ByteRange(path, start, end))
         return merged
 
+    def expert_regions(self) -> list[ByteRange]:
+        """Maximal runs of routed-expert tensors in each shard (from the headers)."""
+        out: list[ByteRange] = []
+        for shard in self.shards.values():
+            spans = sorted((i.start, i.end) for name, i in shard.tensors.items() if ".mlp.experts." in name)
+            for start, end in spans:
+                if out and out[-1].path == shard.path and out[-1].end == start:
+                    out[-1] = ByteRange(shard.path, out[-1].start, end)
+                else:
+                    out.append(ByteRange(shard.path, start, end))
+        return out
+
+    def file(self, path: Path) -> SafetensorsFile:
+        return self.shard(path)
+
     def shard(self, path: Path) -> SafetensorsFile:
         """The open shard at `path` (as named in a ByteRange)."""
         for shard in self.shards.values():
@@ -188,8 +213,9 @@ class Checkpoint:
         for shard in self.shards.values():
             shard.close()
         self.shards.clear()
+        self.files.clear()
 
-    def __enter__(self) -> Checkpoint:
+    def __enter__(self) -> SafetensorsCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from offload.errors import OffloadError
 from offload.quant import DTYPE_BYTES
 
 TORCH_DTYPES = {
@@ -22,7 +23,7 @@ TORCH_DTYPES = {
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OffloadError):
     """A checkpoint folder or shard is missing, truncated, corrupt, or disagrees with its config."""
 
 

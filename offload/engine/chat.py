@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from offload.engine.chat_format import ChatFormat
 from offload.engine.generate import Generation, GenerationResult
 from offload.engine.reasoning import AssistantOutput, ReasoningStream
 from offload.engine.sampling import SamplingParams
 
-if TYPE_CHECKING:
-    from offload.engine.engine import Engine
+
+class Generates(Protocol):
+    """What a chat turn needs of the engine: its chat format and its generate call."""
+
+    chat_format: ChatFormat
+
+    def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None, max_tokens: int = 256,
+                 stop_strings: Sequence[str] = (), ignore_eos: bool = False) -> Generation: ...  # fmt: skip
 
 
 class ChatTurn:
@@ -18,7 +25,7 @@ class ChatTurn:
     (ids, timings, finish reason) are complete afterwards."""
 
     def __init__(
-        self, engine: Engine, messages: Sequence[Mapping[str, Any]], *,
+        self, engine: Generates, messages: Sequence[Mapping[str, Any]], *,
         tools: Sequence[Mapping[str, Any]] | None = None, thinking: bool = True,
         sampling: SamplingParams | None = None, max_tokens: int = 1024, stop: Sequence[str] = (),
     ) -> None:  # fmt: skip

@@ -29,6 +29,8 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from offload.errors import OffloadError
+
 if TYPE_CHECKING:
     from offload.engine.tokenizer import Tokenizer
 
@@ -43,7 +45,7 @@ _PRIVATE = re.compile("[\U000f0000-\U0010fffd]")
 Message = Mapping[str, Any]
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(OffloadError):
     """A conversation or chat template that cannot be rendered; the message says what to change."""
 
 

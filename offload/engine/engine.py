@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from offload.checkpoint import Checkpoint
+from offload.checkpoint import open_checkpoint
 from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormat
-from offload.engine.generate import Generation, StopConditions
+from offload.engine.generate import Generation, PromptError, StopConditions
 from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
-from offload.experts.cost import CostModel
-from offload.experts.offloaded import OffloadConfig, OffloadedExperts
+from offload.errors import OffloadError
+from offload.experts.offloaded import OffloadedExperts
 from offload.experts.stats import ExpertStats
 from offload.model.loader import load_transformer
 from offload.planner.plan import Plan, RuntimeConfig, make_plan
@@ -25,14 +26,14 @@ from offload.planner.profile import Profile, detect_profile
 log = logging.getLogger(__name__)
 
 
-class PlanError(RuntimeError):
+class PlanError(OffloadError):
     """The run does not fit the machine; the message has the numbers and the flags to change."""
 
 
 def resolve_device(device: str) -> str:
     """auto -> cuda when torch sees a CUDA device, else cpu; cuda without one is an error that says what to do."""
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {device!r}; choose auto, cpu or cuda")
+        raise PlanError(f"device {device!r}; choose auto, cpu or cuda")
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
         raise PlanError(f"--device cuda, but torch {torch.__version__} sees no CUDA device; run with --device cpu "
@@ -41,57 +42,51 @@ def resolve_device(device: str) -> str:
 
 
 class Engine:
-    """Everything `generate`, `chat` and `serve` need from one checkpoint folder."""
+    """Everything `generate`, `chat`, `serve` and `bench` need from one checkpoint, planned for this machine."""
 
-    def __init__(
-        self, folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_context: int | None = None,
-        profile: Profile | None = None, on_bytes: Callable[[int], None] | None = None, device: str = "auto",
-        ram_budget_gb: float | None = None, gpu_slots: int | None = None, prefetch: bool = True,
-        prefetch_mode: str = "advise",
-    ) -> None:  # fmt: skip
-        """device: auto, cpu or cuda. ram_budget_gb / gpu_slots: None takes the plan's. prefetch: read the next
-        layer's predicted experts ahead of use."""
-        self.folder = Path(folder)
-        self.device = resolve_device(device)
-        self.ckpt = Checkpoint(self.folder)
+    def __init__(self, model: str | Path, runtime: RuntimeConfig | None = None, profile: Profile | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+        """model: a checkpoint path. runtime: what this run wants (context, device, dtype, RAM budget, GPU slots,
+        prefetch); None takes the defaults. profile: the machine (None: detected, not probed). `progress` hears
+        (stored bytes of a weight just prepared, stored bytes of all weights to prepare): a progress bar."""
+        rt = runtime or RuntimeConfig()
+        self.device = resolve_device(rt.device)
+        self.ckpt = open_checkpoint(model)
+        self.folder = self.ckpt.path
         cfg = self.ckpt.config
-        self.max_context = min(max_context or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        prof = profile or detect_profile(probe=False)
-        runtime = RuntimeConfig(
-            context=self.max_context, device="cuda" if self.device == "cuda" else "cpu",
-            cpu_dtype="f32" if dtype == torch.float32 else "bf16", gpu_slots=gpu_slots, ram_budget_gb=ram_budget_gb,
-        )  # fmt: skip
-        self.plan: Plan = make_plan(str(self.folder), cfg, prof, runtime)
+        self.max_context = min(rt.context, cfg.max_position_embeddings)
+        rt = replace(rt, context=self.max_context, device=self.device)  # type: ignore[arg-type]
+        self.plan: Plan = make_plan(str(self.folder), cfg, self.ckpt.storage, profile or detect_profile(probe=False),
+                                    rt)  # fmt: skip
         if not self.plan.fits:
             self.ckpt.close()
             raise PlanError(self.plan.refusal())
-        budget = self.plan.ram_budget["expert_page_cache"]
-        on_gpu = self.device == "cuda"
-        offload = OffloadConfig(
-            ram_budget=None if budget >= self.plan.routed_expert_bytes else budget,
-            gpu_slots=self.plan.gpu_expert_slots if on_gpu else 0, prefetch=prefetch, prefetch_mode=prefetch_mode,
-            device=self.device,
-        )  # fmt: skip
-        cost = CostModel(
-            self.plan.expert_bytes, 3 * cfg.hidden_size * cfg.moe_intermediate_size, prof.dram_gbs, prof.nvme_gbs,
-            prof.cpu_gflops, prof.pcie_gbs if on_gpu else 0.0, prof.gpu_tflops if on_gpu else 0.0,
-        )  # fmt: skip
+        self.dtype = torch.float32 if rt.dtype == "float32" else torch.bfloat16
         try:
             self.tokenizer = Tokenizer.from_dir(self.folder)
             self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
-            self.experts = OffloadedExperts(self.ckpt, dtype, offload, cost)
+            self.experts = OffloadedExperts(self.ckpt, self.dtype, self.plan.offload, self.plan.cost)
         except BaseException:
             self.ckpt.close()
             raise
         try:
-            self.model = load_transformer(self.ckpt, self.experts, dtype, self.device, on_bytes=on_bytes)
+            total = self.ckpt.storage.nonexpert_bytes
+            on_bytes = None if progress is None else (lambda n: progress(n, total))
+            self.model = load_transformer(self.ckpt, self.experts, self.dtype, self.device, on_bytes=on_bytes)
         except BaseException:
             self.close()
             raise
-        self.dtype = dtype
+        self.vocab_size = min(self.tokenizer.vocab_size, cfg.vocab_size)
         self.stop_ids = self.tokenizer.stop_ids | frozenset(cfg.eos_token_ids)
-        log.info("loaded %s (%s, %d layers, %s compute on %s)", self.folder, cfg.layout, cfg.num_hidden_layers, dtype,
-                 self.device)  # fmt: skip
+        log.info("loaded %s (%s, %d layers, %s compute on %s)", self.folder, cfg.layout, cfg.num_hidden_layers,
+                 self.dtype, self.device)  # fmt: skip
+
+    def check_prompt(self, ids: Sequence[int]) -> None:
+        """Refuse token ids the model cannot embed (OffloadError, naming them and the range)."""
+        vocab = self.ckpt.config.vocab_size
+        if bad := [i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)]:
+            raise PromptError(f"token ids {bad[:8]}{' ...' if len(bad) > 8 else ''} are outside 0..{vocab - 1}, the "
+                              "model's vocabulary")  # fmt: skip
 
     def stats(self) -> ExpertStats:
         """The expert runtime's counters since loading (subtract two snapshots for one answer)."""
@@ -104,11 +99,12 @@ class Engine:
         """A generation to iterate (streaming text) or `.run()`; stops on [EOS], <|im_end|> and `stop_strings`
         (with ignore_eos, only on max_tokens and stop strings: benchmarks)."""
         if isinstance(stop_strings, str):
-            raise ValueError(f"stop_strings = {stop_strings!r}; pass a sequence of strings, e.g. [{stop_strings!r}]")
+            raise OffloadError(f"stop_strings = {stop_strings!r}; pass a sequence of strings, e.g. [{stop_strings!r}]")
+        self.check_prompt(prompt_ids)
         stop = StopConditions(max_tokens, frozenset() if ignore_eos else self.stop_ids, tuple(stop_strings))
         return Generation(
             self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context,
-            vocab_limit=min(self.tokenizer.vocab_size, self.ckpt.config.vocab_size),
+            vocab_limit=self.vocab_size,
         )  # fmt: skip
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:

@@ -11,9 +11,14 @@ from typing import Literal, Protocol
 import torch
 
 from offload.engine.sampling import Sampler, SamplingParams
+from offload.errors import OffloadError
 from offload.model.transformer import Cancelled, Transformer
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class PromptError(OffloadError):
+    """A prompt the model cannot take: empty, longer than the context, or with token ids outside the vocabulary."""
 
 
 class TextStream(Protocol):
@@ -36,9 +41,9 @@ class StopConditions:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens = {self.max_tokens}; generate at least one token")
+            raise OffloadError(f"max_tokens = {self.max_tokens}; generate at least one token")
         if isinstance(self.stop_strings, str) or not all(isinstance(s, str) and s for s in self.stop_strings):
-            raise ValueError(f"stop_strings = {self.stop_strings!r}; expected a tuple of non-empty strings")
+            raise OffloadError(f"stop_strings = {self.stop_strings!r}; expected a tuple of non-empty strings")
 
 
 @dataclass(slots=True)
@@ -93,10 +98,10 @@ class Generation:
         stop: StopConditions, max_context: int | None = None, vocab_limit: int | None = None,
     ) -> None:  # fmt: skip
         if not prompt_ids:
-            raise ValueError("the prompt is empty; give at least one token")
+            raise PromptError("the prompt is empty; give at least one token")
         limit = max_context or model.cfg.max_position_embeddings
         if len(prompt_ids) >= limit:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {limit}")
+            raise PromptError(f"the prompt has {len(prompt_ids)} tokens; the context holds {limit}")
         self.model = model
         self.detok = detok
         self.prompt = torch.tensor(list(prompt_ids), dtype=torch.long)

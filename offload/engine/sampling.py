@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from offload.errors import OffloadError
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -20,15 +22,15 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature = {self.temperature}; use 0 (greedy) or a positive finite value")
+            raise OffloadError(f"temperature = {self.temperature}; use 0 (greedy) or a positive finite value")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p = {self.top_p}; expected 0 < top_p <= 1")
+            raise OffloadError(f"top_p = {self.top_p}; expected 0 < top_p <= 1")
         if self.top_k < 0:
-            raise ValueError(f"top_k = {self.top_k}; use 0 (off) or a positive count")
+            raise OffloadError(f"top_k = {self.top_k}; use 0 (off) or a positive count")
         if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p = {self.min_p}; expected 0 <= min_p < 1")
+            raise OffloadError(f"min_p = {self.min_p}; expected 0 <= min_p < 1")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed = {self.seed}; expected 0 <= seed < 2**63")
+            raise OffloadError(f"seed = {self.seed}; expected 0 <= seed < 2**63")
 
     @property
     def greedy(self) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.engine.detokenize import StreamDecoder, byte_level_alphabet
+from offload.errors import OffloadError
 from offload.tokenizer_pattern import KIMI_PATTERN
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ NUM_RESERVED = 256  # Kimi reserves this many special ids right after the base t
 PREFER = ("auto", "tiktoken", "hf")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(OffloadError):
     """A tokenizer file is missing or malformed, or a token is unknown."""
 
 

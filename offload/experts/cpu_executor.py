@@ -12,21 +12,13 @@ from collections.abc import Collection
 import torch
 
 from kernels.cpu_int4 import Int4Expert, int4_grouped_ffn_cpu, native_build
+from kernels.dequant import dequantize
 from kernels.ffn import grouped_ffn
 from offload.checkpoint import Checkpoint
-from offload.checkpoint.dequant import dense_weight
-from offload.checkpoint.layout import expert_module
+from offload.parts import expert_module
 
 log = logging.getLogger(__name__)
 PROJS = ("gate_proj", "up_proj", "down_proj")
-
-
-def int4_experts(ckpt: Checkpoint) -> bool:
-    """True when the routed experts are INT4 group 32 (the layout the native kernel and GPU slots take)."""
-    cfg = ckpt.config
-    module = expert_module(cfg.moe_layers[0] if len(cfg.moe_layers) else 0, 0, "up_proj")
-    q = cfg.quant
-    return q.format == "int4" and q.group_size == 32 and q.quantizes(module, cfg.tensor_prefix)
 
 
 class CpuExecutor:
@@ -36,19 +28,17 @@ class CpuExecutor:
         """native: use the INT4 CPU kernel (None: when the checkpoint's experts are INT4 group 32 and it builds)."""
         self.ckpt = ckpt
         self.dtype = dtype
-        self.int4 = int4_experts(ckpt)
-        if native and not self.int4:
+        self.fused = ckpt.storage.fused_experts  # INT4 group 32: the native kernel and GPU slots read it in place
+        if native and not self.fused:
             raise ValueError(f"the native kernel reads INT4 group-32 experts; this checkpoint stores "
-                             f"{ckpt.config.quant.format}")  # fmt: skip
-        self.native = bool(self.int4 and native is not False and native_build() is not None)
+                             f"{ckpt.storage.expert_label}")  # fmt: skip
+        self.native = bool(self.fused and native is not False and native_build() is not None)
         self._views: dict[tuple[int, int], Int4Expert] = {}
         log.info("CPU experts: %s", "native INT4 kernel" if self.native else "dequantize and multiply")
 
     def weights(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gate [I, D], up [I, D], down [D, I]) in the compute dtype."""
-        w = (dense_weight(self.ckpt.linear(expert_module(layer, expert, p)), self.ckpt.config.quant, self.dtype)
-             for p in PROJS)  # fmt: skip
-        gate, up, down = w
+        gate, up, down = (dequantize(self.ckpt.weight(expert_module(layer, expert, p)), self.dtype) for p in PROJS)
         return gate, up, down
 
     def packed(self, layer: int, expert: int) -> Int4Expert:
@@ -56,8 +46,8 @@ class CpuExecutor:
         hold no memory of their own; making six of them costs more than the kernel on a small expert)."""
         found = self._views.get((layer, expert))
         if found is None:
-            stored = [self.ckpt.linear(expert_module(layer, expert, p)) for p in PROJS]
-            gate, up, down = ((s["weight_packed"], s["weight_scale"]) for s in stored)
+            stored = [self.ckpt.weight(expert_module(layer, expert, p)).parts for p in PROJS]
+            gate, up, down = ((s["packed"], s["scale"]) for s in stored)
             found = self._views[(layer, expert)] = (gate, up, down)
         return found
 

@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
 from offload.checkpoint import Checkpoint
+from offload.experts.config import OffloadConfig
 from offload.experts.cost import CostModel
 from offload.experts.cpu_executor import CpuExecutor
 from offload.experts.gpu_executor import run_slotted
@@ -42,36 +42,13 @@ def _prior_to(nxt: NextLayer, device: torch.device) -> NextLayer:
     return NextLayer(nxt.layer, guess)
 
 
-@dataclass(frozen=True, slots=True)
-class OffloadConfig:
-    """What the expert runtime may use. The engine fills it from the plan and the command line."""
-
-    ram_budget: int | None = None  # bytes of routed experts kept resident; None: unbounded
-    gpu_slots: int = 0
-    prefetch: bool = True
-    prefetch_mode: str = "advise"  # advise: kernel readahead, no copy, no wait; read: read on the worker thread
-    device: str = "cpu"  # where the model's dense parts and the slots live
-    predict_extra: int = 0  # guess top_k + extra experts per token for the next layer
-    freq_weight: float = 0.0  # blend of past routing frequency into the guess (0: router only)
-    predict: bool | None = None  # guess the next layer's experts; None: when a guess can be acted on (prefetch on
-    # and a RAM budget or GPU slots), since each guess costs a router matmul (3 MB of float32 reads per K2.5 layer
-    # on the bench preset, 11 MB on K2.5)
-
-    def __post_init__(self) -> None:
-        if self.ram_budget is not None and self.ram_budget <= 0:
-            raise ValueError(f"ram_budget = {self.ram_budget}; give a positive number of bytes or None")
-        if self.gpu_slots < 0:
-            raise ValueError(f"gpu_slots = {self.gpu_slots}; give 0 or more")
-        if self.prefetch_mode not in ("advise", "read"):
-            raise ValueError(f"prefetch_mode = {self.prefetch_mode!r}; choose advise or read")
-
-
 class OffloadedExperts:
     """ExpertRuntime over a checkpoint's mapped experts; call close() (or use `with`) to stop its workers."""
 
-    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype, config: OffloadConfig = OffloadConfig(),
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype, config: OffloadConfig | None = None,
                  cost: CostModel | None = None) -> None:  # fmt: skip
         cfg = ckpt.config
+        config = config or OffloadConfig()
         self.config = config
         self.device = torch.device(config.device)
         self.n_experts = cfg.n_routed_experts
@@ -84,9 +61,9 @@ class OffloadedExperts:
                                    config.predict_extra, config.freq_weight)  # fmt: skip
         self.slots: GpuSlots | None = None
         if config.gpu_slots:
-            if not self.cpu.int4:
+            if not self.cpu.fused:
                 raise ValueError(f"GPU slots hold INT4 group-32 experts; this checkpoint's experts are "
-                                 f"{cfg.quant.format}: run with --gpu-slots 0")  # fmt: skip
+                                 f"{ckpt.storage.expert_label}: run with --gpu-slots 0")  # fmt: skip
             self.slots = GpuSlots(config.gpu_slots, cfg.num_hidden_layers, cfg.n_routed_experts, cfg.hidden_size,
                                   cfg.moe_intermediate_size, self.device)  # fmt: skip
         self._phases = {p: PhaseCounts() for p in PHASES}
@@ -298,7 +275,8 @@ class OffloadedExperts:
         }
         sc = self.store.counters
         return ExpertStats(
-            phases=phases, layer_recall=layers, ram_budget_bytes=self.store.budget,
+            phases=phases, calls=self.calls, expert_runs=self.expert_runs, layer_recall=layers,
+            ram_budget_bytes=self.store.budget,
             choices={layer: tuple(int(c) for c in self.predictor.counts[layer].tolist()) for layer in self.moe_layers},
             resident_bytes=self.store.resident_bytes, peak_resident_bytes=sc.peak_bytes,
             released_bytes=sc.released_bytes,

@@ -60,6 +60,8 @@ class ExpertStats:
     """A snapshot of the expert runtime's counters (cumulative) and state (current)."""
 
     phases: Mapping[str, PhaseCounts]
+    calls: int = 0  # MoE layer calls
+    expert_runs: int = 0  # routed experts run (each (layer, expert) once per call that needs it)
     layer_recall: Mapping[int, tuple[int, int, int]] = field(default_factory=dict)  # decode: predicted, chosen, hit
     choices: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # per MoE layer: router picks per expert
     ram_budget_bytes: int | None = None  # None: unbounded
@@ -86,7 +88,8 @@ class ExpertStats:
             before = other.choices.get(layer, (0,) * len(counts))
             picks[layer] = tuple(a - b for a, b in zip(counts, before, strict=True))
         return replace(
-            self, phases={p: self.phases[p] - other.phases[p] for p in PHASES}, layer_recall=layers, choices=picks,
+            self, phases={p: self.phases[p] - other.phases[p] for p in PHASES}, calls=self.calls - other.calls,
+            expert_runs=self.expert_runs - other.expert_runs, layer_recall=layers, choices=picks,
             released_bytes=self.released_bytes - other.released_bytes,
             slot_evictions=self.slot_evictions - other.slot_evictions, prefetched=self.prefetched - other.prefetched,
             prefetch_used=self.prefetch_used - other.prefetch_used,
@@ -107,7 +110,8 @@ class ExpertStats:
     def to_dict(self, wall_s: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Every figure with its unit in its name; `wall_s` (phase -> seconds) adds the disk GB/s of each phase."""
         out: dict[str, Any] = {
-            "device": self.device, "ram_budget_bytes": self.ram_budget_bytes, "resident_bytes": self.resident_bytes,
+            "device": self.device, "moe_calls": self.calls, "expert_runs": self.expert_runs,
+            "ram_budget_bytes": self.ram_budget_bytes, "resident_bytes": self.resident_bytes,
             "peak_resident_bytes": self.peak_resident_bytes, "released_bytes": self.released_bytes,
             "expert_bytes": self.expert_bytes, "gpu_slots": self.gpu_slots, "slot_evictions": self.slot_evictions,
             "prefetch": self.prefetch, "prefetched_experts": self.prefetched, "prefetch_used": self.prefetch_used,

@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from offload.checkpoint import Checkpoint, SafetensorsFile, pages
+from offload.checkpoint import Checkpoint, MappedFile, pages
+from offload.errors import OffloadError
 from offload.experts.policy import SegmentedLRU
 
 log = logging.getLogger(__name__)
@@ -42,25 +43,12 @@ class StoreCounters:
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    shard: SafetensorsFile
+    shard: MappedFile
     start: int
     end: int
 
 
-def expert_regions(ckpt: Checkpoint) -> list[Span]:
-    """Maximal runs of routed-expert tensors in each shard (from the headers: tensors of `.mlp.experts.`)."""
-    out: list[Span] = []
-    for shard in ckpt.shards.values():
-        spans = sorted((i.start, i.end) for name, i in shard.tensors.items() if ".mlp.experts." in name)
-        for start, end in spans:
-            if out and out[-1].shard is shard and out[-1].end == start:
-                out[-1] = Span(shard, out[-1].start, end)
-            else:
-                out.append(Span(shard, start, end))
-    return out
-
-
-class BudgetError(ValueError):
+class BudgetError(OffloadError):
     """The RAM budget cannot hold what one step needs."""
 
 
@@ -82,9 +70,9 @@ class ExpertStore:
             log.warning("this OS has no mincore/MADV_DONTNEED: the RAM budget is accounted but pages are not released")
         self.regions: list[Span] = []  # runs of routed-expert bytes, per shard
         if budget is not None:
-            self.regions = expert_regions(ckpt)
+            self.regions = [Span(ckpt.file(r.path), r.start, r.end) for r in ckpt.expert_regions()]
             if pages.SUPPORTED:
-                for shard in ckpt.shards.values():  # reads bring in what was asked, no readahead past it (uncounted)
+                for shard in ckpt.files.values():  # reads bring in what was asked, no readahead past it (uncounted)
                     pages.no_readahead(shard)
                 for r in self.regions:
                     pages.advise_random(r.shard, r.start, r.end)
@@ -104,7 +92,7 @@ class ExpertStore:
         found = self._spans.get(key)
         if found is None:
             found = self._spans[key] = tuple(
-                Span(self.ckpt.shard(r.path), r.start, r.end) for r in self.ckpt.expert_ranges(*key)
+                Span(self.ckpt.file(r.path), r.start, r.end) for r in self.ckpt.expert_ranges(*key)
             )
         return found
 
@@ -340,13 +328,6 @@ class ExpertStore:
         released = sum(pages.release(s.shard, s.start, s.end) for s in self.spans(key))
         self.counters.released += 1
         self.counters.released_bytes += released
-
-    def _read(self, key: Key) -> int:
-        """Bring `key` into the page cache (no lock held); returns the bytes that were not resident before."""
-        gaps = self._gaps(key)
-        for s, _ in gaps:
-            pages.read(s.shard, s.start, s.end)
-        return sum(n for _, n in gaps)
 
     def _finish(self, key: Key, event: threading.Event, fresh: bool = False, failed: bool = False) -> None:
         """A read is over: the expert becomes resident (or, when the read failed, its bytes are unaccounted)."""

@@ -7,8 +7,8 @@ from itertools import pairwise
 
 import torch
 
+from kernels.dequant import dequantize
 from offload.checkpoint import Checkpoint
-from offload.checkpoint.dequant import dense_weight
 from offload.experts.runtime import ExpertRuntime
 from offload.model.attention import MLA, MLAWeights
 from offload.model.mlp import MLP, Lookahead, MoE
@@ -35,9 +35,9 @@ def load_transformer(
     report = on_bytes or (lambda n: None)
 
     def linear(module: str) -> torch.Tensor:
-        stored = ckpt.linear(module)
-        report(sum(t.nbytes for t in stored.values()))
-        return dense_weight(stored, cfg.quant, dtype).to(device)
+        stored = ckpt.weight(module)
+        report(stored.nbytes)
+        return dequantize(stored, dtype).to(device)
 
     def raw(name: str) -> torch.Tensor:  # kept in its stored dtype (the router casts to float32 itself)
         t = ckpt.tensor(name)

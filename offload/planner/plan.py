@@ -7,14 +7,19 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from offload.config import ModelConfig
+from offload.errors import OffloadError
+from offload.experts.config import OffloadConfig
+from offload.experts.cost import CostModel
 from offload.planner.profile import Profile
 from offload.planner.sizes import (
     GpuWeights,
+    WeightFormat,
     attention_flops_per_token,
     expert_params,
     part_params,
     prefill_attention_flops,
 )
+from offload.storage import Storage
 
 GiB = 1 << 30
 CHUNK = 1024  # suggested context lengths are rounded down to this
@@ -28,7 +33,7 @@ class RuntimeConfig:
     gpu_weights: GpuWeights = "bf16"  # format of the non-expert weights on the GPU
     lm_head: Literal["gpu", "cpu"] = "gpu"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # cpu: plan for the CPU alone even when the machine has a GPU
-    cpu_dtype: Literal["bf16", "f32"] = "bf16"  # compute dtype of the weights the CPU holds
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # compute dtype (and that of the weights the CPU converts)
     gpu_reserve_gib: float = 1.0  # CUDA context, allocator slack
     workspace_gib: float = 1.0  # activations and prefill scratch where the model computes
     ram_reserve_gib: float | None = None  # OS, Python, torch, the tensor index; None: 10% of RAM, at most 8 GiB
@@ -36,26 +41,30 @@ class RuntimeConfig:
     expert_bpw: float | None = None  # what-if: bits per routed-expert weight, scales included; None = as stored
     gpu_slots: int | None = None  # GPU expert slots; None: as many as the free GPU memory holds
     ram_budget_gb: float | None = None  # RAM for routed experts (GB, 1e9 B); None: all the RAM the rest leaves
+    prefetch: bool = True  # read the next layer's predicted experts ahead of use
+    prefetch_mode: Literal["advise", "read"] = "advise"  # advise: kernel readahead; read: reads on a worker thread
 
     def __post_init__(self) -> None:
         if self.context < 1:
-            raise ValueError(f"context = {self.context}; reserve at least one token")
+            raise OffloadError(f"context = {self.context}; reserve at least one token")
         if self.gpu_weights not in ("bf16", "int8"):
-            raise ValueError(f"gpu_weights = {self.gpu_weights!r}; choose bf16 or int8")
+            raise OffloadError(f"gpu_weights = {self.gpu_weights!r}; choose bf16 or int8")
         if self.lm_head not in ("gpu", "cpu"):
-            raise ValueError(f"lm_head = {self.lm_head!r}; choose gpu or cpu")
+            raise OffloadError(f"lm_head = {self.lm_head!r}; choose gpu or cpu")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device = {self.device!r}; choose auto, cpu or cuda")
+            raise OffloadError(f"device = {self.device!r}; choose auto, cpu or cuda")
         if self.gpu_slots is not None and self.gpu_slots < 0:
-            raise ValueError(f"gpu_slots = {self.gpu_slots}; give 0 or more")
+            raise OffloadError(f"gpu_slots = {self.gpu_slots}; give 0 or more")
         if self.ram_budget_gb is not None and self.ram_budget_gb <= 0:
-            raise ValueError(f"ram_budget_gb = {self.ram_budget_gb}; give a positive size in GB")
-        if self.cpu_dtype not in ("bf16", "f32"):
-            raise ValueError(f"cpu_dtype = {self.cpu_dtype!r}; choose bf16 or f32")
+            raise OffloadError(f"ram_budget_gb = {self.ram_budget_gb}; give a positive size in GB")
+        if self.dtype not in ("bfloat16", "float32"):
+            raise OffloadError(f"dtype {self.dtype!r} is not supported; choose one of bfloat16, float32")
+        if self.prefetch_mode not in ("advise", "read"):
+            raise OffloadError(f"prefetch_mode = {self.prefetch_mode!r}; choose advise or read")
         if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0 or self.prefill_chunk < 1:
-            raise ValueError("reserves and workspace must be >= 0 and prefill_chunk >= 1")
+            raise OffloadError("reserves and workspace must be >= 0 and prefill_chunk >= 1")
         if self.expert_bpw is not None and not 1 <= self.expert_bpw <= 16:
-            raise ValueError(f"expert_bpw = {self.expert_bpw}; expected bits per weight between 1 and 16")
+            raise OffloadError(f"expert_bpw = {self.expert_bpw}; expected bits per weight between 1 and 16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +77,16 @@ class Placement:
     nbytes: int
 
 
+_NOT_IN_DICT = ("config", "storage", "profile", "runtime", "placements", "offload", "cost")
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The arithmetic `plan` prints and the runtime obeys. Byte counts are exact; speeds are ceilings."""
 
     model: str
+    config: ModelConfig
+    storage: Storage
     profile: Profile
     runtime: RuntimeConfig
     on_gpu: bool
@@ -96,6 +110,8 @@ class Plan:
     prefill_limited_by: str
     max_context: int  # the longest context that fits with everything else unchanged
     fits: bool
+    offload: OffloadConfig  # what the expert runtime may use, as planned
+    cost: CostModel  # per-expert CPU / GPU costs from the profile's rates
     problems: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
@@ -113,34 +129,39 @@ class Plan:
         tries = f"; any of these fits: {' | '.join(self.suggestions)}" if self.suggestions else ""
         return "; ".join(self.problems) + tries
 
+    def replan(self, profile: Profile | None = None, **runtime: Any) -> Plan:
+        """The same model planned again on other rates (`profile`) or with runtime fields changed."""
+        rt = replace(self.runtime, **runtime)
+        return make_plan(self.model, self.config, self.storage, profile or self.profile, rt, suggest=False)
+
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("profile", "runtime", "placements")}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in _NOT_IN_DICT}
         out.update(
             profile=self.profile.name, runtime=asdict(self.runtime), gpu_bytes=self.gpu_bytes, ram_bytes=self.ram_bytes,
-            placements=[asdict(p) for p in self.placements], problems=list(self.problems),
+            placements=[asdict(p) for p in self.placements], offload=asdict(self.offload), problems=list(self.problems),
             suggestions=list(self.suggestions), warnings=list(self.warnings),
         )  # fmt: skip
         return out
 
 
-def _stored_fmt(cfg: ModelConfig) -> str:
-    return {"float32": "f32", "float16": "f16"}.get(cfg.dtype, "bf16")
-
-
-def _expert_fmt(cfg: ModelConfig, rt: RuntimeConfig) -> str:
+def _expert_fmt(storage: Storage, rt: RuntimeConfig) -> str:
     if rt.expert_bpw is not None:
         return f"{rt.expert_bpw:g} bpw (what-if)"
-    return {"int4": "int4 g32", "fp8": "fp8 block"}.get(cfg.quant.format, _stored_fmt(cfg))
+    return storage.expert_label
 
 
-def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, suggest: bool = True) -> Plan:
-    """Pure arithmetic: no I/O, no torch. Uniform routing is assumed (a trained router's skew only helps).
-    `suggest`: also try the flag changes that would make a refused plan fit (each one re-planned)."""
+def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig,
+              suggest: bool = True) -> Plan:  # fmt: skip
+    """Pure arithmetic: no I/O, no torch. `storage` is how the checkpoint stores the model (its bytes, and the
+    experts' format: only formats the fused kernels read go into GPU slots). Uniform routing is assumed (a trained
+    router's skew only helps). `suggest`: also try the flag changes that would make a refused plan fit (each one
+    re-planned)."""
     on_gpu = profile.has_gpu and rt.device != "cpu"
+    cpu_fmt: WeightFormat = "f32" if rt.dtype == "float32" else "bf16"
     params = part_params(cfg)
-    stored = cfg.nonexpert_bytes_by_part
+    stored = storage.part_bytes
     n_moe, k = len(cfg.moe_layers), cfg.num_experts_per_tok
-    eb = cfg.expert_weight_bytes if rt.expert_bpw is None else math.ceil(expert_params(cfg) * rt.expert_bpw / 8)
+    eb = storage.expert_weight_bytes if rt.expert_bpw is None else math.ceil(expert_params(cfg) * rt.expert_bpw / 8)
     n_experts = n_moe * cfg.n_routed_experts
     routed, per_token = eb * n_experts, eb * k * n_moe
     kv_tok = cfg.kv_bytes_per_token()
@@ -157,12 +178,12 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
         if p in gpu_parts:
             continue
         if p == "embed":  # rows are cast when looked up: the stored tensor itself, zero-copy
-            placements.append(Placement(p, "ram", _stored_fmt(cfg), stored[p]))
+            placements.append(Placement(p, "ram", storage.float_format, stored[p]))
         elif p == "lm_head" and tied:  # the embedding again: no second copy
             placements.append(Placement(p, "ram", "tied to embed", 0))
         else:  # in the CPU compute dtype: zero-copy when stored so, a converted copy otherwise (FP8, f32)
-            placements.append(Placement(p, "ram", rt.cpu_dtype, params[p].nbytes(rt.cpu_dtype)))
-    placements.append(Placement("routed_experts", "mmap", _expert_fmt(cfg, rt), routed))
+            placements.append(Placement(p, "ram", cpu_fmt, params[p].nbytes(cpu_fmt)))
+    placements.append(Placement("routed_experts", "mmap", _expert_fmt(storage, rt), routed))
     placements.append(Placement("kv_cache", "gpu" if on_gpu else "ram", "bf16", kv))
     gpu_weights = {p.part: p.nbytes for p in placements if p.where == "gpu" and p.part != "kv_cache"}
     ram_weights = {p.part: p.nbytes for p in placements if p.where == "ram" and p.part != "kv_cache"}
@@ -174,7 +195,10 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
         fixed = {**gpu_weights, "kv_cache": kv, "workspace": int(rt.workspace_gib * GiB),
                  "reserve": int(rt.gpu_reserve_gib * GiB)}  # fmt: skip
         free = profile.gpu_bytes - sum(fixed.values())
-        slots = max(0, min(n_experts, free // eb)) if rt.gpu_slots is None else min(rt.gpu_slots, n_experts)
+        if rt.gpu_slots is not None:
+            slots = min(rt.gpu_slots, n_experts)
+        elif storage.fused_experts or rt.expert_bpw is not None:  # a what-if plans for a slot format
+            slots = max(0, min(n_experts, free // eb))
         gpu_budget = {**fixed, "expert_slots": slots * eb}
 
     # ---- RAM budget: fixed needs first, the rest is page cache for routed experts ------------------------------
@@ -196,7 +220,7 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
 
     # ---- decode: bytes per token on each link, and the time each resource needs for them ------------------------
     h = cfg.hidden_size
-    lm_read = params["lm_head"].nbytes(rt.cpu_dtype) if tied else 0  # a tied head reads the embedding in full
+    lm_read = params["lm_head"].nbytes(cpu_fmt) if tied else 0  # a tied head reads the embedding in full
     cpu_read = (
         sum(v for p, v in ram_weights.items() if p != "embed") + 2 * h + (lm_read if "lm_head" in ram_weights else 0)
     )
@@ -243,6 +267,9 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
 
     # ---- does it fit ------------------------------------------------------------------------------------------
     problems: list[str] = []
+    if on_gpu and rt.gpu_slots and not storage.fused_experts and rt.expert_bpw is None:
+        problems.append(f"--gpu-slots {rt.gpu_slots}: GPU slots hold INT4 group-32 experts, and this checkpoint's "
+                        f"experts are {storage.expert_label}; run with --gpu-slots 0")  # fmt: skip
     if rt.device == "cuda" and not profile.has_gpu:
         problems.append(f"--device cuda, but the profile {profile.name} has no GPU")
     if (
@@ -276,7 +303,7 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
         problems.append(f"needs {ram_needed / GiB:.1f} GiB of RAM before any expert is cached (reserve "
                         f"{reserve_gib:g}, weights kept in RAM {sum(ram_weights.values()) / GiB:.1f}), "
                         f"the profile has {profile.ram_gib:g} GiB")  # fmt: skip
-    suggestions = _suggestions(model, cfg, profile, rt) if problems and suggest else []
+    suggestions = _suggestions(model, cfg, storage, profile, rt) if problems and suggest else []
 
     warnings: list[str] = []
     if rt.ram_budget_gb is not None and page_cache > ram_left:
@@ -287,7 +314,10 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
     if d > 0:
         warnings.append(f"{d:.0%} of the routed experts do not fit in RAM: about {per['nvme'] / 1e9:.2f} GB per "
                         f"token come from disk at {profile.nvme_gbs:g} GB/s")  # fmt: skip
-    if on_gpu and slots < k * n_moe:
+    if on_gpu and not storage.fused_experts and rt.expert_bpw is None:
+        warnings.append(f"no GPU expert slots: they hold INT4 group-32 experts, this checkpoint's are "
+                        f"{storage.expert_label}; routed experts run on the CPU")  # fmt: skip
+    elif on_gpu and slots < k * n_moe:
         warnings.append(f"{slots} GPU expert slots: fewer than one token's {k * n_moe} experts; decode computes "
                         "almost every expert on the CPU")  # fmt: skip
     if rt.expert_bpw is not None:
@@ -298,14 +328,22 @@ def make_plan(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig,
         if assumed:
             warnings.append(f"assumed, not measured, on this machine: {', '.join(assumed)}")
 
+    offload = OffloadConfig(
+        ram_budget=None if page_cache >= routed else max(1, page_cache), gpu_slots=slots if on_gpu else 0,
+        prefetch=rt.prefetch, prefetch_mode=rt.prefetch_mode, device="cuda" if on_gpu else "cpu",
+    )  # fmt: skip
+    cost = CostModel(eb, expert_params(cfg), profile.dram_gbs, profile.nvme_gbs, profile.cpu_gflops,
+                     profile.pcie_gbs if on_gpu else 0.0, profile.gpu_tflops if on_gpu else 0.0)  # fmt: skip
     return Plan(
-        model=model, profile=profile, runtime=rt, on_gpu=on_gpu, placements=tuple(placements), expert_bytes=eb,
+        model=model, config=cfg, storage=storage, profile=profile, runtime=rt, on_gpu=on_gpu,
+        placements=tuple(placements), expert_bytes=eb,
         n_experts=n_experts, routed_expert_bytes=routed, routed_bytes_per_token=per_token, kv_bytes_per_token=kv_tok,
         gpu_budget=gpu_budget, gpu_expert_slots=slots, ram_budget=ram_budget, ram_expert_bytes=round(r * routed),
         shares=shares, per_token_bytes=per, seconds_per_token=secs, decode_tok_s_ceiling=ceiling,
         decode_tok_s_serial=serial, limited_by=limited_by, prefill_tok_s=prefill_tok_s,
         prefill_limited_by=prefill_limited_by, max_context=max_context, fits=not problems,
-        problems=tuple(problems), suggestions=tuple(suggestions), warnings=tuple(warnings),
+        offload=offload, cost=cost, problems=tuple(problems), suggestions=tuple(suggestions),
+        warnings=tuple(warnings),
     )  # fmt: skip
 
 
@@ -319,7 +357,8 @@ _VARIANTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _suggestions(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, most: int = 4) -> list[str]:
+def _suggestions(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig,
+                 most: int = 4) -> list[str]:  # fmt: skip
     """Flag sets that make the plan fit, each verified by planning again: as they are, or with the largest
     context that then fits (a multiple of CHUNK)."""
     out: list[str] = []
@@ -328,10 +367,10 @@ def _suggestions(model: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConf
         if all(getattr(rt, key) == value for key, value in change.items()) and flags:
             continue  # already set
         trial = replace(rt, context=context, **change)
-        plan = make_plan(model, cfg, profile, trial, suggest=False)
+        plan = make_plan(model, cfg, storage, profile, trial, suggest=False)
         if not plan.fits and plan.max_context >= CHUNK:
             trial = replace(trial, context=min(context, plan.max_context // CHUNK * CHUNK))
-            plan = make_plan(model, cfg, profile, trial, suggest=False)
+            plan = make_plan(model, cfg, storage, profile, trial, suggest=False)
         if plan.fits:
             ctx = f"--context {trial.context}" if trial.context != rt.context else ""
             out.append(" ".join(x for x in (flags, ctx) if x))

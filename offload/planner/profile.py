@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from offload.errors import OffloadError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
@@ -38,7 +40,7 @@ GPU_RATES = ("gpu_bandwidth_gbs", "gpu_tflops", "pcie_gbs")
 GPU_FIELDS = ("gpu_name", "gpu_memory_gib", *GPU_RATES)
 
 
-class ProfileError(ValueError):
+class ProfileError(OffloadError):
     """A profile that cannot be loaded or does not add up; the message says what to change."""
 
 

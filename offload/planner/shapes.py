@@ -6,7 +6,9 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from offload.checkpoint.layout import layout_storage
 from offload.config import ConfigError, ModelConfig
+from offload.storage import Storage
 
 SHAPES = ("kimi-k2.5", "kimi-k2-thinking", "kimi-k2-instruct", "deepseek-v3")
 
@@ -19,11 +21,16 @@ def shape_config(name: str) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(text))
 
 
-def resolve_model(spec: str) -> tuple[str, ModelConfig]:
-    """(display name, config) for a built-in name or a checkpoint folder (only its config.json is read)."""
+def resolve_model(spec: str) -> tuple[str, ModelConfig, Storage]:
+    """(display name, config, storage) for a built-in name (its published release's storage) or a checkpoint
+    (opened from its headers: the storage is what its index says)."""
     if spec in SHAPES:
-        return spec, shape_config(spec)
+        cfg = shape_config(spec)
+        return spec, cfg, layout_storage(cfg)
     path = Path(spec)
     if path.exists():
-        return str(path), ModelConfig.from_dir(path)
+        from offload.checkpoint import open_checkpoint
+
+        with open_checkpoint(path) as ckpt:
+            return str(path), ckpt.config, ckpt.storage
     raise ConfigError(f"--model {spec!r} is neither a built-in model ({', '.join(SHAPES)}) nor a folder")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from offload.config import ModelConfig
+from offload.config import PARTS, ModelConfig
+from offload.parts import model_modules
 
 GpuWeights = Literal["bf16", "int8"]
 WeightFormat = Literal["bf16", "int8", "f32"]
@@ -34,26 +35,21 @@ class PartParams:
 
 
 def part_params(cfg: ModelConfig) -> dict[str, PartParams]:
-    """Non-expert parts by name (as `offload.config.PARTS` names them), counted from the config's shapes."""
-    h = cfg.hidden_size
-    att = sum(o * i for o, i in cfg.attention_linears().values())
-    att_rows = sum(o for o, _ in cfg.attention_linears().values())
-    shared = cfg.mlp_linears(cfg.moe_intermediate_size * cfg.n_shared_experts) if cfg.n_shared_experts else {}
-    dense = cfg.mlp_linears(cfg.intermediate_size)
-    n_moe, n_dense, n = len(cfg.moe_layers), cfg.first_k_dense_replace, cfg.num_hidden_layers
-    per_layer_norms = 2 * h + cfg.kv_lora_rank + (cfg.q_lora_rank or 0)
-    parts = {
-        "embed": PartParams(other=cfg.vocab_size * h),
-        "attention": PartParams(linear=n * att, rows=n * att_rows),
-        "norms": PartParams(other=n * per_layer_norms + h),
-        "dense_mlp": PartParams(linear=n_dense * sum(o * i for o, i in dense.values()),
-                                rows=n_dense * sum(o for o, _ in dense.values())),
-        "router": PartParams(other=n_moe * cfg.n_routed_experts * h, f32=n_moe * cfg.n_routed_experts),
-        "shared_experts": PartParams(linear=n_moe * sum(o * i for o, i in shared.values()),
-                                     rows=n_moe * sum(o for o, _ in shared.values())),
-    }  # fmt: skip
-    parts["lm_head"] = PartParams(linear=cfg.vocab_size * h, rows=cfg.vocab_size)  # tied: the embedding, reused
-    return parts
+    """Non-expert parts by name (as `offload.config.PARTS` names them), counted from the model's modules. lm_head is
+    counted even when tied (it is the embedding, reused: what it reads per token is the same)."""
+    acc = {p: [0, 0, 0, 0] for p in PARTS if p != "routed_experts"}  # linear, rows, other, f32
+    for m in model_modules(cfg, routed=False):
+        a = acc[m.part]
+        if m.kind == "linear":
+            a[0] += m.params
+            a[1] += m.shape[0]
+        elif m.kind == "router_bias":  # kept in float32
+            a[3] += m.params
+        else:  # norms, the router weight, the embedding
+            a[2] += m.params
+    if cfg.tie_word_embeddings:
+        acc["lm_head"] = [cfg.vocab_size * cfg.hidden_size, cfg.vocab_size, 0, 0]
+    return {p: PartParams(*v) for p, v in acc.items()}
 
 
 def attention_flops_per_token(cfg: ModelConfig, context: int) -> int:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormatError
-from offload.engine.engine import Engine
+from offload.engine.engine import Engine, PromptError
 from offload.engine.generate import Generation
 from offload.server import errors, responses
 from offload.server.jobs import EngineJob, Failed, Finished, Piece, Relay, chat_job, completion_job
@@ -96,9 +96,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     def prepare_completion(req: CompletionRequest) -> Generation:
         # a raw prompt is the client's own rendering: its special-token text means the special tokens (as in vLLM)
         ids = engine.tokenizer.encode_with_specials(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
-        vocab = engine.ckpt.config.vocab_size
-        if bad := [i for i in ids if not 0 <= i < vocab][:8]:
-            raise errors.bad_request(f"token ids {bad} are outside 0..{vocab - 1}, the model's vocabulary", "prompt")
+        try:
+            engine.check_prompt(ids)
+        except PromptError as e:
+            raise errors.bad_request(str(e), "prompt") from None
         check_context(len(ids), req.max_tokens, "prompt")
         return engine.generate(ids, req.sampling, req.max_tokens, req.stop)
 

@@ -3,23 +3,64 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from rich.console import Console
+import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from offload.bench.limits import drop_checkpoint, measure, read_files, shard_files
 from offload.bench.runner import RunResult, bench_prompt, run_once, summarize
 from offload.bench.spec import BenchSpec
-from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
+from offload.cli.console import console, err, fail
+from offload.cli.load import load_engine, model_dir
+from offload.cli.options import (
+    RUNTIME,
+    DeviceOpt,
+    DtypeOpt,
+    GpuSlotsOpt,
+    ModelOpt,
+    PrefetchOpt,
+    ProfileOpt,
+    RamBudgetOpt,
+    runtime_config,
+)
+from offload.errors import OffloadError
+from offload.planner.plan import RuntimeConfig
+
+BENCH = BenchSpec()  # bench's defaults
 
 
-def run_bench(*, model_dir: Path, profile: str, dtype: str, spec: BenchSpec, flags: OffloadFlags,
-              json_path: Path | None, console: Console, err: Console,
-              fail: Callable[[str], BaseException]) -> None:  # fmt: skip
+def bench_cmd(
+    model: ModelOpt = None,
+    profile: ProfileOpt = "auto",
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per run.")] = BENCH.prompt_len,
+    gen_len: Annotated[int, typer.Option(help="Tokens generated per run (end-of-text ignored).")] = BENCH.gen_len,
+    runs: Annotated[int, typer.Option(help="Measured runs (median, min and max are reported).")] = BENCH.runs,
+    cold: Annotated[bool, typer.Option("--cold", help="Drop the checkpoint from the page cache first (checked).")] = (
+        False
+    ),
+    dtype: DtypeOpt = RUNTIME.dtype,
+    device: DeviceOpt = RUNTIME.device,
+    ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
+    gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
+    prefetch: PrefetchOpt = RUNTIME.prefetch,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure, with units, to this file.")] = (
+        None
+    ),
+) -> None:
+    """Tokens per second, where experts came from, and the fraction of this machine's limits, measured together."""
+    try:
+        spec = BenchSpec(prompt_len, gen_len, runs, cold)
+        runtime = runtime_config(prompt_len + gen_len + 1, dtype, device, ram_budget, gpu_slots, prefetch)
+    except OffloadError as e:
+        raise fail(str(e)) from None
+    run_bench(model_dir=model_dir(model), profile=profile, spec=spec, runtime=runtime, json_path=json_path)
+
+
+def run_bench(*, model_dir: Path, profile: str, spec: BenchSpec, runtime: RuntimeConfig,
+              json_path: Path | None) -> None:  # fmt: skip
     import psutil
 
     err.print("[dim]measuring this machine: DRAM read and copy, matmul, the checkpoint disk's sequential read…[/]")
@@ -34,10 +75,7 @@ def run_bench(*, model_dir: Path, profile: str, dtype: str, spec: BenchSpec, fla
         err.print(f"[dim]--cold: the checkpoint's pages were dropped; mincore finds {left} bytes resident[/]")
     elif size < psutil.virtual_memory().available * 0.8:
         read_files(shard_files(model_dir))  # the page cache holds the checkpoint: a warm start
-    try:
-        engine = load_engine(model_dir, dtype, spec.prompt_len + spec.gen_len + 1, profile, err, flags=flags)
-    except LOAD_ERRORS as e:
-        raise fail(str(e)) from None
+    engine = load_engine(model_dir, runtime, profile)
     with engine:
         prompt = bench_prompt(engine, spec.prompt_len)
         if not spec.cold:

@@ -8,10 +8,10 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 import typer
@@ -19,14 +19,16 @@ from rich.color import ColorSystem
 from rich.console import Console
 from rich.style import Style
 
+from offload.cli.console import console, err, fail
+from offload.cli.load import load_engine
 from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormatError
 from offload.engine.engine import Engine
 from offload.engine.sampling import SamplingParams
+from offload.errors import OffloadError
+from offload.experts.stats import ExpertStats
+from offload.planner.plan import RuntimeConfig
 from offload.planner.report import gb
-
-if TYPE_CHECKING:
-    from offload.cli_load import OffloadFlags
 
 PROMPT, MORE = "> ", "... "  # a new message; the next line of a \"\"\" block
 FENCE = '"""'
@@ -270,11 +272,11 @@ class ChatSession:
                 self.thinking = arg == "on"
                 self.note(f"thinking {arg} from the next answer (temperature {self.temperature})")
         elif name == "/stats":
-            experts = self.engine.experts
+            since_load = self.engine.stats()
             used = len(self.engine.chat_format.encode(self.conversation(), thinking=self.thinking)) if (
                 self.history) else 0  # fmt: skip
-            self.note("\n".join(stats_lines(self.turns, used, self.engine.max_context, experts.calls,
-                                            experts.expert_runs, self.engine.stats().lines())), style="")  # fmt: skip
+            self.note("\n".join(stats_lines(self.turns, used, self.engine.max_context, since_load.calls,
+                                            since_load.expert_runs, since_load.lines())), style="")  # fmt: skip
         elif name == "/save":
             self.save(arg)
         else:
@@ -347,7 +349,7 @@ class ChatSession:
         reasoning: list[str] = []
         content: list[str] = []
         self._at, self._line_open = "", False
-        calls0, runs0 = self.engine.experts.calls, self.engine.experts.expert_runs
+        before = self.engine.stats()
         read0, t0 = _disk_read_bytes(), time.perf_counter()
         abandoned = False
         with _ctrl_c_cancels(turn):
@@ -374,7 +376,7 @@ class ChatSession:
         self.turns.append(TurnStats(
             result.prompt_tokens, len(result.token_ids), finish, result.prefill_s, result.decode_s, wall,
             None if read0 is None or read1 is None else read1 - read0,
-            self.engine.experts.calls - calls0, self.engine.experts.expert_runs - runs0, self.thinking,
+            *self._calls_since(before), self.thinking,
             self.temperature, self.answer_seed,
         ))  # fmt: skip
         self.history.append({"role": "user", "content": text})
@@ -383,6 +385,10 @@ class ChatSession:
             reply["interrupted"] = True
         self.history.append(reply)
         self._footer(self.turns[-1], finished_thinking, n_calls)
+
+    def _calls_since(self, before: ExpertStats) -> tuple[int, int]:
+        used = self.engine.stats() - before
+        return used.calls, used.expert_runs
 
     def _footer(self, t: TurnStats, finished_thinking: bool, n_calls: int) -> None:
         parts = [f"{t.generated_tokens:,} tokens, {_rate(t.generated_tokens - 1, t.decode_s)}"]
@@ -401,11 +407,8 @@ class ChatSession:
 
 
 def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, temperature: float | None,
-             top_p: float, max_tokens: int, seed: int | None, context: int, dtype: str, console: Console,
-             err: Console, fail: Callable[[str], BaseException],
-             flags: OffloadFlags | None = None) -> None:  # fmt: skip
+             top_p: float, max_tokens: int, seed: int | None, runtime: RuntimeConfig) -> None:  # fmt: skip
     """Load the model (a progress bar on `err`), print the plan and a banner, then chat until /exit or Ctrl-D."""
-    from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
     from offload.planner.report import summary_lines
 
     with contextlib.suppress(ImportError):
@@ -415,15 +418,15 @@ def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, 
     try:
         for t in (temperature, 1.0, 0.6):  # both defaults, /think may switch between them
             SamplingParams(1.0 if t is None else t, top_p, seed=seed)
-        engine = load_engine(model_dir, dtype, context, profile, err, f"loading {model_dir.name}",
-                             flags or OffloadFlags())  # fmt: skip
-    except LOAD_ERRORS as e:
+    except OffloadError as e:
         raise fail(str(e)) from None
+    try:
+        engine = load_engine(model_dir, runtime, profile, f"loading {model_dir.name}")
     except KeyboardInterrupt:
         err.print("interrupted while loading", style="dim")
         raise typer.Exit(130) from None
     err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
-    settings = {"profile": profile, "dtype": dtype, "temperature_option": temperature}
+    settings = {"profile": profile, "dtype": runtime.dtype, "temperature_option": temperature}
     session = ChatSession(engine, console, system=system, think=think, temperature=temperature, top_p=top_p,
                           max_tokens=max_tokens, seed=seed, settings=settings)  # fmt: skip
     with engine:

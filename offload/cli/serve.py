@@ -4,23 +4,53 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import typer
-import uvicorn
-from rich.console import Console
 
-from offload.cli_load import LOAD_ERRORS, OffloadFlags, load_engine
-from offload.planner.report import summary_lines
-from offload.server.app import ALIAS, create_app
+from offload.cli.console import err, fail
+from offload.cli.load import load_engine, model_dir
+from offload.cli.options import (
+    RUNTIME,
+    ContextOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GpuSlotsOpt,
+    ModelOpt,
+    PrefetchOpt,
+    ProfileOpt,
+    RamBudgetOpt,
+    runtime_config,
+)
+from offload.planner.plan import RuntimeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def serve_cmd(
+    model: ModelOpt = None,
+    profile: ProfileOpt = "auto",
+    context: ContextOpt = RUNTIME.context,
+    dtype: DtypeOpt = RUNTIME.dtype,
+    device: DeviceOpt = RUNTIME.device,
+    ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
+    gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
+    prefetch: PrefetchOpt = RUNTIME.prefetch,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require `Authorization: Bearer KEY`.")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Name in /v1/models (default: the folder's name).")] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
+) -> None:
+    """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
+    run_server(model_dir=model_dir(model), host=host, port=port, api_key=api_key, model_name=model_name,
+               profile=profile, max_queue=max_queue,
+               runtime=runtime_config(context, dtype, device, ram_budget, gpu_slots, prefetch))  # fmt: skip
+
+
 def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, model_name: str | None, profile: str,
-               context: int, dtype: str, max_queue: int, err: Console,
-               fail: Callable[[str], typer.Exit], flags: OffloadFlags | None = None) -> None:  # fmt: skip
+               max_queue: int, runtime: RuntimeConfig) -> None:  # fmt: skip
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
         raise fail(f"--max-queue {max_queue}: use 0 (no waiting) or more")
@@ -31,10 +61,15 @@ def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, mo
     except OSError as e:
         raise fail(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
     try:
-        engine = load_engine(model_dir, dtype, context, profile, err, flags=flags or OffloadFlags())
-    except LOAD_ERRORS as e:
+        engine = load_engine(model_dir, runtime, profile)
+    except BaseException:
         sock.close()
-        raise fail(str(e)) from None
+        raise
+    import uvicorn
+
+    from offload.planner.report import summary_lines
+    from offload.server.app import ALIAS, create_app
+
     name = model_name or model_dir.resolve().name
     bound_port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/v1"

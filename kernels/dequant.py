@@ -1,0 +1,62 @@
+"""Dequantization dispatched by a stored weight's format tag (see kernels.formats)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from kernels.formats import FORMATS
+from kernels.fp8 import dequantize_fp8
+from kernels.int4 import dequantize_int4
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWeight:
+    """One Linear's weight as stored: `fmt` (a FORMATS tag), its logical [out, in] shape and its tensors.
+
+    parts: float formats {"weight"}; int4 {"packed" [out, in/8] int32, "scale" [out, in/group] bf16};
+    fp8 {"weight" [out, in] e4m3, "scale_inv" [ceil(out/b0), ceil(in/b1)] f32}.
+    params: int4 (group,); fp8 (b0, b1); float formats ().
+    """
+
+    fmt: str
+    shape: tuple[int, int]
+    parts: Mapping[str, torch.Tensor] = field(repr=False)
+    params: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"weight format {self.fmt!r} is unknown; known: {', '.join(FORMATS)}")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.parts.values())
+
+
+def _float(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
+    return w.parts["weight"].to(dtype)  # a weight already in `dtype` comes back as is: zero-copy
+
+
+def _int4(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
+    (group,) = w.params
+    return dequantize_int4(w.parts["packed"], w.parts["scale"], w.shape[1], group, dtype)
+
+
+def _fp8(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
+    b0, b1 = w.params
+    return dequantize_fp8(w.parts["weight"], w.parts["scale_inv"], (b0, b1), dtype)
+
+
+DEQUANTIZE: dict[str, Callable[[StoredWeight, torch.dtype], torch.Tensor]] = {
+    "bf16": _float, "f16": _float, "f32": _float, "int4": _int4, "fp8": _fp8,
+}  # fmt: skip
+
+
+def dequantize(w: StoredWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[out, in] in `dtype`, by the weight's format tag."""
+    out = DEQUANTIZE[w.fmt](w, dtype)
+    if tuple(out.shape) != w.shape:
+        raise ValueError(f"a {w.fmt} weight dequantized to {tuple(out.shape)}; its stored shape is {w.shape}")
+    return out

@@ -1,0 +1,104 @@
+"""The checkpoint seam: what every reader gives the layers above it, and `open_checkpoint`, which picks the reader.
+
+A reader yields a ModelConfig (what the model is), a Storage (how it is stored), a tensor index (name -> stored
+format, shape, byte range), zero-copy tensors and format-tagged Linear weights, each routed expert's byte ranges, and
+the mapped files whose pages the expert store advises and drops. Nothing above `offload/checkpoint` asks which reader
+it has; kernels are chosen by each weight's format tag.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from kernels.dequant import StoredWeight
+from offload.checkpoint.safetensors_file import TensorInfo
+from offload.config import ModelConfig
+from offload.storage import Storage
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """A contiguous run of bytes in one mapped file."""
+
+    path: Path
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class MappedFile(Protocol):
+    """A checkpoint file mapped once: its path, size, mapping and descriptor (for reads and page-cache advice)."""
+
+    path: Path
+    size: int
+
+    @property
+    def mapping(self) -> mmap.mmap: ...
+
+    @property
+    def fd(self) -> int: ...
+
+
+class Checkpoint(Protocol):
+    """An open checkpoint, whatever its file format."""
+
+    path: Path  # what was opened
+    config: ModelConfig
+    storage: Storage
+    files: dict[str, MappedFile]  # file name -> mapped file
+
+    def __contains__(self, name: str) -> bool: ...
+
+    def info(self, name: str) -> TensorInfo:
+        """Where tensor `name` (the model's name, no layout prefix) lies: stored dtype, shape, byte range."""
+        ...
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Zero-copy view of a plain tensor (norms, embedding, router); reads nothing until touched."""
+        ...
+
+    def weight(self, module: str) -> StoredWeight:
+        """The stored weight of Linear `module`, tagged with its format (zero-copy views)."""
+        ...
+
+    def all_tensors(self) -> Sequence[tuple[MappedFile, TensorInfo]]:
+        """Every tensor in the checkpoint, the text model's and any other (vision tower, MTP layers)."""
+        ...
+
+    def expert_ranges(self, layer: int, expert: int) -> list[ByteRange]:
+        """The byte ranges holding routed expert (layer, expert), adjacent ones merged."""
+        ...
+
+    def expert_regions(self) -> list[ByteRange]:
+        """Maximal runs of routed-expert bytes in each file."""
+        ...
+
+    def file(self, path: Path) -> MappedFile:
+        """The mapped file at `path` (as named in a ByteRange)."""
+        ...
+
+    def bytes_by_part(self) -> dict[str, int]:
+        """Stored bytes by model part; tensors outside the text model count as 'other'."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Checkpoint: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at `path`, opened from its headers by the reader its files call for."""
+    from offload.checkpoint.reader import SafetensorsCheckpoint
+
+    return SafetensorsCheckpoint(Path(path))

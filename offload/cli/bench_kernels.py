@@ -1,0 +1,45 @@
+"""`kimi-offload bench-kernels`: CPU INT4 expert kernels against the read bandwidth measured now."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from offload.cli.console import console, err, fail
+
+
+def bench_kernels_cmd(
+    tokens: Annotated[str, typer.Option(help="Tokens per expert to measure, comma-separated.")] = "1,4,32",
+    shapes: Annotated[
+        str, typer.Option(help="Matrices [out]x[in]: K2.5's gate (2048x7168) and the bench preset's.")
+    ] = ("2048x7168,512x2048"),
+    ffn: Annotated[bool, typer.Option(help="Also time whole experts (gate, up, down) on the K2.5 shape.")] = True,
+    seconds: Annotated[float, typer.Option(help="Most seconds per candidate and token count.")] = 3.0,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
+) -> None:
+    """CPU INT4 expert kernels: weight GB/s of each candidate against the read bandwidth measured in the same run."""
+    from kernels.bench import bench_expert_ffn_cpu, bench_int4_cpu, format_table, measure_read_bandwidth
+
+    try:
+        toks = tuple(int(t) for t in tokens.split(","))
+        dims = [tuple(int(v) for v in s.lower().split("x")) for s in shapes.split(",")]
+        if any(len(d) != 2 or d[1] % 32 for d in dims) or any(t < 1 for t in toks):
+            raise ValueError
+    except ValueError:
+        raise fail("--tokens is like 1,4,32 and --shapes like 2048x7168 (in a multiple of 32)") from None
+    read = measure_read_bandwidth()
+    err.print(f"read bandwidth measured now: {read:.1f} GB/s")
+    results = []
+    for out_f, in_f in dims:
+        err.print(f"timing {out_f}x{in_f} ...")
+        results.append(bench_int4_cpu((out_f, in_f), toks, max_seconds=seconds, read_GBps=read))
+    if ffn:
+        err.print("timing whole K2.5 experts ...")
+        results.append(bench_expert_ffn_cpu((7168, 2048), toks, max_seconds=seconds, read_GBps=read))
+    for line in format_table(results):
+        console.print(line, markup=False, highlight=False)
+    if as_json is not None:
+        as_json.write_text(json.dumps({"read_GBps": read, "results": results}, indent=1, default=str))
