@@ -7,7 +7,7 @@ Nothing imports Triton at module level: tests/test_triton_kernels.py must be the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,10 @@ from offload.experts.cost import CostModel
 from offload.experts.dequantized import DequantizedExperts
 from offload.experts.gpu_executor import run_slotted
 from offload.experts.offloaded import OffloadConfig, OffloadedExperts
-from offload.experts.runtime import ExpertRuntime
 from offload.experts.slots import GpuSlots
 from offload.experts.store import ExpertStore
-from offload.model.loader import load_transformer
-from tests.test_offload import EAGER_GPU, PROMPT, STEPS
+from tests.harness import greedy, loaded
+from tests.test_offload import EAGER_GPU
 
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA, reason="needs CUDA (a CUDA build of torch and a GPU)")
@@ -245,41 +244,6 @@ def test_run_slotted_matches_the_triton_reference() -> None:
 
 
 # ---- (c) whole models on CUDA against the CPU reference runtime -----------------------------------------------
-def greedy(folder: Path, make_runtime: Callable[[Checkpoint], ExpertRuntime], device: str,
-           record: list[tuple[int, int]] | None = None) -> tuple[list[int], torch.Tensor, ExpertRuntime]:  # fmt: skip
-    """Greedy tokens and every step's float32 logits [STEPS + 1, V] (on the CPU) with the model on `device`;
-    `record` gets (experts on the GPU, experts on the CPU) of each OffloadedExperts layer call."""
-    with Checkpoint(folder) as ckpt:
-        runtime = make_runtime(ckpt)
-        try:
-            if record is not None:
-                assert isinstance(runtime, OffloadedExperts)
-                split = runtime._split
-
-                def spy(*args):  # type: ignore[no-untyped-def]
-                    on_gpu, on_cpu = split(*args)
-                    record.append((len(on_gpu), len(on_cpu)))
-                    return on_gpu, on_cpu
-
-                runtime._split = spy  # type: ignore[method-assign]
-            model = load_transformer(ckpt, runtime, torch.float32, device)
-            assert model.lm_head.device.type == device and model.norm.device.type == device
-            assert model.embed.device.type == "cpu"
-            cache = model.new_cache(len(PROMPT) + STEPS + 1)
-            logits = model.forward(torch.tensor(PROMPT), 0, cache, last_only=True)
-            seen, tokens = [logits], []
-            for pos in range(len(PROMPT), len(PROMPT) + STEPS):
-                tokens.append(int(logits[0].argmax()))
-                logits = model.forward(torch.tensor(tokens[-1:]), pos, cache)
-                seen.append(logits)
-        finally:
-            if isinstance(runtime, OffloadedExperts):
-                runtime.close()
-        out = torch.cat(seen)
-        assert out.device.type == "cpu" and out.dtype == torch.float32 and bool(out.isfinite().all())
-        return tokens, out, runtime
-
-
 def offloaded_cuda(slots: int, prefetch: bool, rates: dict[str, float], budget_experts: int | None = None):
     def make(ckpt: Checkpoint) -> OffloadedExperts:
         eb = ExpertStore(ckpt, None).expert_bytes
@@ -297,7 +261,8 @@ _references: dict[Path, tuple[list[int], torch.Tensor]] = {}
 def cpu_reference(folder: Path) -> tuple[list[int], torch.Tensor]:
     """The CPU model with DequantizedExperts (every expert on the CPU, every call), once per checkpoint."""
     if folder not in _references:
-        tokens, logits, _ = greedy(folder, lambda ckpt: DequantizedExperts(ckpt, torch.float32), "cpu")
+        with loaded(folder, lambda ckpt: DequantizedExperts(ckpt, torch.float32)) as (model, _):
+            tokens, logits = greedy(model)
         assert len(set(tokens)) > 1, "the reference repeats one token: a weak check"
         _references[folder] = tokens, logits
     return _references[folder]
@@ -321,7 +286,8 @@ def test_model_on_cuda_matches_the_cpu_reference(case: str, request: pytest.Fixt
     folder: Path = request.getfixturevalue(f"{preset}_k25")
     ref_tokens, ref_logits = cpu_reference(folder)
     record: list[tuple[int, int]] = []
-    tokens, logits, runtime = greedy(folder, offloaded_cuda(slots, prefetch, rates, budget), "cuda", record)
+    with loaded(folder, offloaded_cuda(slots, prefetch, rates, budget), "cuda", record) as (model, runtime):
+        tokens, logits = greedy(model)
     diff = float((logits - ref_logits).abs().max())
     assert tokens == ref_tokens, f"greedy tokens differ (max logit diff {diff:.2e})"
     assert diff < LOGIT_TOL
@@ -358,14 +324,8 @@ def test_engine_on_cuda_matches_the_cpu_reference(tiny_k25: Path) -> None:
         assert engine.experts.slots.device.type == "cuda"
         model = engine.model
         assert model.lm_head.device.type == "cuda"
-        cache = model.new_cache(len(PROMPT) + STEPS + 1)
-        logits = model.forward(torch.tensor(PROMPT), 0, cache, last_only=True)
-        seen, tokens = [logits], []
-        for pos in range(len(PROMPT), len(PROMPT) + STEPS):
-            tokens.append(int(logits[0].argmax()))
-            logits = model.forward(torch.tensor(tokens[-1:]), pos, cache)
-            seen.append(logits)
+        tokens, logits = greedy(model)
         stats = engine.stats()
     assert tokens == ref_tokens
-    assert float((torch.cat(seen) - ref_logits).abs().max()) < LOGIT_TOL
+    assert float((logits - ref_logits).abs().max()) < LOGIT_TOL
     assert stats.device.startswith("cuda") and stats.gpu_slots == 2
