@@ -1,4 +1,4 @@
-"""Test helpers shared by several test files: greedy decoding through our model.
+"""Test helpers shared by several test files: greedy decoding through our model, and random INT4 weights.
 
 Nothing here imports Triton (tests/test_triton_kernels.py must be the first to import it, as the interpreter).
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.cpu_int4 import Int4Expert, Int4Linear
 from offload.checkpoint import Checkpoint
 from offload.experts.offloaded import OffloadedExperts
 from offload.experts.runtime import ExpertRuntime
@@ -63,3 +64,17 @@ def loaded(folder: Path, make_runtime: Callable[[Checkpoint], ExpertRuntime], de
         finally:
             if isinstance(runtime, OffloadedExperts):
                 runtime.close()
+
+
+# ---- random INT4 weights ------------------------------------------------------------------------------------------
+def random_int4(out_f: int, in_f: int, gen: torch.Generator) -> Int4Linear:
+    """One Linear in the checkpoint's INT4 format, on the CPU: random packed words (every nibble value, sign bit
+    included) and positive bf16 scales in [1/128, 3/128) (rows of `in_f` products stay of order one)."""
+    packed = torch.randint(-(2**31), 2**31 - 1, (out_f, in_f // 8), dtype=torch.int32, generator=gen)  # [out, in/8]
+    scale = ((torch.rand(out_f, in_f // 32, generator=gen) + 0.5) / 64).to(torch.bfloat16)  # [out, in/32]
+    return packed, scale
+
+
+def random_int4_expert(hidden: int, inter: int, gen: torch.Generator) -> Int4Expert:
+    """(gate [I, D], up [I, D], down [D, I]), each from random_int4, in that order."""
+    return random_int4(inter, hidden, gen), random_int4(inter, hidden, gen), random_int4(hidden, inter, gen)

@@ -23,7 +23,7 @@ from offload.experts.gpu_executor import run_slotted
 from offload.experts.offloaded import OffloadConfig, OffloadedExperts
 from offload.experts.slots import GpuSlots
 from offload.experts.store import ExpertStore
-from tests.harness import greedy, loaded
+from tests.harness import greedy, loaded, random_int4_expert
 from tests.test_offload import EAGER_GPU
 
 CUDA = torch.cuda.is_available()
@@ -47,18 +47,6 @@ def _no_tf32() -> Iterator[None]:
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------
-def random_matrix(out_f: int, in_f: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed int32 [out, in/8] with every nibble, bf16 scale [out, in/32] about 1/64) on the CPU."""
-    packed = torch.randint(-(2**31), 2**31 - 1, (out_f, in_f // 8), dtype=torch.int32, generator=gen)
-    scale = ((torch.rand(out_f, in_f // 32, generator=gen) + 0.5) / 64).to(torch.bfloat16)
-    return packed, scale
-
-
-def random_expert(hidden: int, inter: int, gen: torch.Generator) -> Int4Expert:
-    """(gate [I, D], up [I, D], down [D, I]) as (packed, scale), the checkpoint's layout."""
-    return (random_matrix(inter, hidden, gen), random_matrix(inter, hidden, gen), random_matrix(hidden, inter, gen))
-
-
 def slot_holds(slots: GpuSlots, slot: int, expert: Int4Expert) -> bool:
     """Slot `slot` holds exactly `expert` (read on the current stream, after slot_map ordered it)."""
     return all(
@@ -94,7 +82,7 @@ D, INTER, E, L = 128, 64, 8, 3  # hidden, expert inter, experts per layer, layer
 
 def test_slots_load_map_and_evict() -> None:
     gen = torch.Generator().manual_seed(1)
-    experts = {(1, e): random_expert(D, INTER, gen) for e in range(4)}
+    experts = {(1, e): random_int4_expert(D, INTER, gen) for e in range(4)}
     slots = GpuSlots(2, L, E, D, INTER, "cuda")
     assert all(t.is_cuda for pool in slots.pools.values() for t in pool)
     assert slots.slot_map(1).cpu().tolist() == [-1] * E  # nothing resident yet
@@ -137,7 +125,7 @@ def test_slots_load_map_and_evict() -> None:
 def test_slot_is_not_overwritten_under_a_kernel_still_reading_it() -> None:
     """The copy into an evicted slot waits for the compute stream's work queued before it."""
     gen = torch.Generator().manual_seed(2)
-    old, new = random_expert(D, INTER, gen), random_expert(D, INTER, gen)
+    old, new = random_int4_expert(D, INTER, gen), random_int4_expert(D, INTER, gen)
     slots = GpuSlots(1, L, E, D, INTER, "cuda")
     slot = slots.load((1, 0), old)
     slots.slot_map(1)
@@ -154,7 +142,7 @@ def test_slot_is_not_overwritten_under_a_kernel_still_reading_it() -> None:
 def test_compute_stream_reads_a_slot_only_after_its_copy() -> None:
     """slot_map() orders the compute stream after the side stream's copies."""
     gen = torch.Generator().manual_seed(3)
-    expert = random_expert(D, INTER, gen)
+    expert = random_int4_expert(D, INTER, gen)
     slots = GpuSlots(2, L, E, D, INTER, "cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(slots._stream):
@@ -172,7 +160,7 @@ def test_compute_stream_reads_a_slot_only_after_its_copy() -> None:
 def test_staging_buffers_are_not_reused_before_their_copy_left() -> None:
     """Three copies in a row through the two pinned staging buffers while the copy stream is held back."""
     gen = torch.Generator().manual_seed(4)
-    experts = [random_expert(D, INTER, gen) for _ in range(5)]
+    experts = [random_int4_expert(D, INTER, gen) for _ in range(5)]
     slots = GpuSlots(5, L, E, D, INTER, "cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(slots._stream):
@@ -191,7 +179,7 @@ def test_staging_buffers_are_not_reused_before_their_copy_left() -> None:
 def test_run_slotted_matches_the_cpu_path(dtype: torch.dtype, tol: float, tokens: int) -> None:
     gen = torch.Generator().manual_seed(5 + tokens)
     k, layer = 4, 1
-    experts = {e: random_expert(D, INTER, gen) for e in range(E)}
+    experts = {e: random_int4_expert(D, INTER, gen) for e in range(E)}
     resident = [0, 2, 3, 5, 6]
     gpu, cpu = GpuSlots(6, L, E, D, INTER, "cuda"), GpuSlots(6, L, E, D, INTER, "cpu")
     for e in resident:
@@ -223,7 +211,7 @@ def test_run_slotted_matches_the_triton_reference() -> None:
 
     gen = torch.Generator().manual_seed(6)
     k, layer, tokens = 3, 2, 9
-    experts = {e: random_expert(D, INTER, gen) for e in range(E)}
+    experts = {e: random_int4_expert(D, INTER, gen) for e in range(E)}
     slots = GpuSlots(E, L, E, D, INTER, "cuda")
     for e in range(E):
         slots.load((layer, e), experts[e])
