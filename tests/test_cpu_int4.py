@@ -9,7 +9,6 @@ into a buffer.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,14 +56,6 @@ def _close(got: torch.Tensor, ref: np.ndarray, atol: float = ATOL_F32) -> None:
     tol = atol * max(float(np.abs(ref).max(initial=0.0)), 1e-30)
     err = float(np.abs(got.numpy().astype(np.float64) - ref).max(initial=0.0))
     assert np.isfinite(got.numpy()).all() and err <= tol, f"max error {err:.3g} > {tol:.3g}"
-
-
-@pytest.fixture(scope="module")
-def native() -> None:
-    if cpu_int4.native_build() is None:
-        if os.environ.get("KIMI_REQUIRE_NATIVE"):  # a machine that must have it: fail instead of skipping
-            pytest.fail("KIMI_REQUIRE_NATIVE is set but the native INT4 CPU kernel did not build")
-        pytest.skip("the native INT4 CPU kernel is not available here (no compiler or no AVX2/FMA)")
 
 
 # ---- one Linear --------------------------------------------------------------------------------------------------
