@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from kernels import cpu_int4
 from offload.synth.generator import SynthOptions, write_model
 from offload.synth.presets import PRESETS, preset_config
 
 DATA = Path(__file__).parent / "data"
+REQUIRE_NATIVE = "KIMI_REQUIRE_NATIVE"  # "1" on machines that must build the native kernel (CI): fail, never skip
 
 
 def make(root: Path, preset: str = "tiny", layout: str = "k2.5", experts: str = "int4", seed: int = 0,
@@ -39,3 +42,13 @@ def tiny_k25(tiny_dirs: dict[tuple[str, str], Path]) -> Path:
 def mini_k25(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The mini preset (384 experts of ~110 KB: several pages each, so page release is real), made once."""
     return make(tmp_path_factory.mktemp("mini"), "mini")
+
+
+@pytest.fixture(scope="session")
+def native() -> None:
+    """For tests of the native INT4 CPU kernel: skipped where it cannot build (the reason is logged), failed
+    instead when KIMI_REQUIRE_NATIVE=1."""
+    if cpu_int4.native_build() is None:
+        if os.environ.get(REQUIRE_NATIVE) == "1":
+            pytest.fail(f"{REQUIRE_NATIVE}=1 but the native INT4 CPU kernel did not build (see the warning above)")
+        pytest.skip("the native INT4 CPU kernel is not available here (no C++ compiler, or no AVX2/FMA)")

@@ -9,7 +9,6 @@ into a buffer.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 
 from kernels import cpu_int4
 from kernels.cpu_int4 import (
-    Int4Expert,
     int4_expert_ffn_cpu,
     int4_grouped_ffn_cpu,
     int4_linear_cpu,
@@ -32,6 +30,7 @@ from kernels.cpu_int4 import (
 )
 from kernels.ffn import expert_ffn_ref, grouped_ffn_ref
 from kernels.int4 import dequantize_int4_ref
+from tests.harness import random_int4, random_int4_expert
 
 # float32 paths, relative to the output's scale (max |reference|): sums of up to 2048 products in float32
 ATOL_F32 = 2e-6
@@ -41,12 +40,6 @@ ATOL_BF16 = 1e-2
 OUT_SIZES = (1, 5, 67, 130)
 IN_SIZES = (32, 96, 160, 288)  # 1, 3, 5, 9 groups of 32: a half 64-column block; 288 also has a 256-column run
 TOKENS = (1, 3, 8, 33)
-
-
-def _linear(out_f: int, in_f: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    packed = torch.randint(-(2**31), 2**31 - 1, (out_f, in_f // 8), dtype=torch.int32, generator=g)
-    scale = (torch.rand(out_f, in_f // 32, generator=g) * 0.1 + 0.01).to(torch.bfloat16)
-    return packed, scale
 
 
 def _x(t: int, d: int, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
@@ -65,20 +58,12 @@ def _close(got: torch.Tensor, ref: np.ndarray, atol: float = ATOL_F32) -> None:
     assert np.isfinite(got.numpy()).all() and err <= tol, f"max error {err:.3g} > {tol:.3g}"
 
 
-@pytest.fixture(scope="module")
-def native() -> None:
-    if cpu_int4.native_build() is None:
-        if os.environ.get("KIMI_REQUIRE_NATIVE"):  # a machine that must have it: fail instead of skipping
-            pytest.fail("KIMI_REQUIRE_NATIVE is set but the native INT4 CPU kernel did not build")
-        pytest.skip("the native INT4 CPU kernel is not available here (no compiler or no AVX2/FMA)")
-
-
 # ---- one Linear --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("out_f", OUT_SIZES)
 @pytest.mark.parametrize("in_f", IN_SIZES)
 def test_linear_candidates(out_f: int, in_f: int, native: None) -> None:
     g = torch.Generator().manual_seed(out_f * 1000 + in_f)
-    packed, scale = _linear(out_f, in_f, g)
+    packed, scale = random_int4(out_f, in_f, g)
     for t in TOKENS:
         x = _x(t, in_f, g)
         ref = int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy())
@@ -91,7 +76,7 @@ def test_linear_candidates(out_f: int, in_f: int, native: None) -> None:
 def test_reference_is_the_definition() -> None:
     """int4_linear_ref is x @ W.T with W from the format's own reference dequantization."""
     g = torch.Generator().manual_seed(1)
-    packed, scale = _linear(7, 96, g)
+    packed, scale = random_int4(7, 96, g)
     x = _x(2, 96, g)
     want = x.double().numpy() @ _dense(packed, scale).astype(np.float64).T
     np.testing.assert_allclose(int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()), want, rtol=1e-6)
@@ -100,7 +85,7 @@ def test_reference_is_the_definition() -> None:
 @pytest.mark.parametrize(("out_f", "in_f"), [(48, 96), (144, 288), (16, 32)])
 def test_torch_int4pack_candidate(out_f: int, in_f: int) -> None:
     g = torch.Generator().manual_seed(out_f + in_f)
-    packed, scale = _linear(out_f, in_f, g)
+    packed, scale = random_int4(out_f, in_f, g)
     w, sz = to_int4pack(packed, scale)
     for t in TOKENS:
         x = _x(t, in_f, g)
@@ -111,7 +96,7 @@ def test_torch_int4pack_candidate(out_f: int, in_f: int) -> None:
 def test_linear_real_width(native: None) -> None:
     """K2.5's down-projection width (in = 2048: long 256-column runs) with a row count off every tile."""
     g = torch.Generator().manual_seed(2)
-    packed, scale = _linear(515, 2048, g)
+    packed, scale = random_int4(515, 2048, g)
     for t in (1, 2, 4, 7):
         x = _x(t, 2048, g)
         _close(int4_linear_native(x, packed, scale, out=torch.full((t, 515), float("nan"))),
@@ -119,17 +104,17 @@ def test_linear_real_width(native: None) -> None:
 
 
 def test_zero_tokens(native: None) -> None:
-    packed, scale = _linear(5, 96, torch.Generator().manual_seed(3))
+    packed, scale = random_int4(5, 96, torch.Generator().manual_seed(3))
     x = torch.empty(0, 96)
     for fn in (int4_linear_native, int4_linear_torch, int4_linear_cpu):
         assert fn(x, packed, scale).shape == (0, 5)
-    assert int4_expert_ffn_cpu(x, *_expert(96, 64, torch.Generator())).shape == (0, 96)
+    assert int4_expert_ffn_cpu(x, *random_int4_expert(96, 64, torch.Generator())).shape == (0, 96)
 
 
 def test_linear_views_over_a_buffer(native: None) -> None:
     """The kernel reads tensors that are views over someone else's bytes (as over an mmap of a shard)."""
     g = torch.Generator().manual_seed(4)
-    packed, scale = _linear(67, 160, g)
+    packed, scale = random_int4(67, 160, g)
     blob = bytearray(8) + packed.numpy().tobytes() + scale.view(torch.int16).numpy().tobytes()
     p = torch.frombuffer(blob, dtype=torch.int32, offset=8, count=packed.numel()).view(67, 20)
     s = torch.frombuffer(blob, dtype=torch.bfloat16, offset=8 + 4 * packed.numel(), count=scale.numel()).view(67, 5)
@@ -139,7 +124,7 @@ def test_linear_views_over_a_buffer(native: None) -> None:
 
 def _bad_cases() -> list[tuple[str, dict[str, object], str]]:
     g = torch.Generator().manual_seed(5)
-    p, s = _linear(5, 96, g)
+    p, s = random_int4(5, 96, g)
     x = _x(2, 96, g)
     return [
         ("packed dtype", {"packed": p.to(torch.int64)}, r"packed: expected dtype torch\.int32, got torch\.int64"),
@@ -158,7 +143,7 @@ def _bad_cases() -> list[tuple[str, dict[str, object], str]]:
 def test_bad_inputs_raise(case: tuple[str, dict[str, object], str], native: None) -> None:
     _, change, match = case
     g = torch.Generator().manual_seed(5)
-    p, s = _linear(5, 96, g)
+    p, s = random_int4(5, 96, g)
     args: dict[str, object] = {"x": _x(2, 96, g), "packed": p, "scale": s, **change}
     for fn in (int4_linear_native, int4_linear_torch, int4_linear_cpu):
         with pytest.raises(ValueError, match=match):
@@ -166,14 +151,10 @@ def test_bad_inputs_raise(case: tuple[str, dict[str, object], str], native: None
 
 
 # ---- experts -----------------------------------------------------------------------------------------------------
-def _expert(d: int, i: int, g: torch.Generator) -> Int4Expert:
-    return _linear(i, d, g), _linear(i, d, g), _linear(d, i, g)
-
-
 @pytest.mark.parametrize(("d", "i"), [(96, 160), (288, 96), (160, 32), (256, 200 - 8)])
 def test_expert_ffn(d: int, i: int, native: None) -> None:
     g = torch.Generator().manual_seed(d + i)
-    expert = _expert(d, i, g)
+    expert = random_int4_expert(d, i, g)
     dense = [_dense(*lin) for lin in expert]
     for t in TOKENS:
         x = _x(t, d, g, 0.2)
@@ -184,14 +165,14 @@ def test_expert_ffn(d: int, i: int, native: None) -> None:
 
 def test_expert_ffn_bad_shapes() -> None:
     g = torch.Generator().manual_seed(6)
-    gate, up, down = _expert(96, 64, g)
+    gate, up, down = random_int4_expert(96, 64, g)
     x = _x(1, 96, g)
     with pytest.raises(ValueError, match=r"up packed: expected shape \[64, 12\] like gate, got \[32, 12\]"):
-        int4_expert_ffn_cpu(x, gate, _linear(32, 96, g), down)
+        int4_expert_ffn_cpu(x, gate, random_int4(32, 96, g), down)
     with pytest.raises(ValueError, match=r"down packed: expected shape \[\*, 8\], got \[96, 4\]"):
-        int4_expert_ffn_cpu(x, gate, up, _linear(96, 32, g))
+        int4_expert_ffn_cpu(x, gate, up, random_int4(96, 32, g))
     with pytest.raises(ValueError, match=r"down packed: expected shape \[96, 8\], got \[64, 8\]"):
-        int4_expert_ffn_cpu(x, gate, up, _linear(64, 64, g))
+        int4_expert_ffn_cpu(x, gate, up, random_int4(64, 64, g))
     with pytest.raises(ValueError, match=r"gate scale: expected dtype torch\.bfloat16"):
         int4_expert_ffn_cpu(x, (gate[0], gate[1].half()), up, down)
 
@@ -200,7 +181,7 @@ def test_grouped_ffn(native: None) -> None:
     """Tokens gathered per expert; an expert with no tokens; a routed expert absent from the mapping is skipped."""
     g = torch.Generator().manual_seed(7)
     d, i, n_tok, k = 96, 160, 9, 3
-    experts = {e: _expert(d, i, g) for e in (0, 2, 3, 5)}  # 5 gets no tokens
+    experts = {e: random_int4_expert(d, i, g) for e in (0, 2, 3, 5)}  # 5 gets no tokens
     ids = torch.tensor([[0, 2, 3], [2, 0, 4], [3, 4, 0], [0, 2, 3], [4, 3, 2], [2, 3, 0], [0, 3, 2], [3, 0, 4],
                         [2, 4, 0]])  # fmt: skip
     weights = torch.rand(n_tok, k, generator=g) + 0.1
@@ -233,14 +214,14 @@ def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureF
         assert cpu_int4.native_build() is None
     assert "using the slower torch path" in caplog.text and "failed" in caplog.text
     g = torch.Generator().manual_seed(8)
-    packed, scale = _linear(67, 96, g)
+    packed, scale = random_int4(67, 96, g)
     x = _x(3, 96, g)
     _close(int4_linear_cpu(x, packed, scale, out=torch.full((3, 67), float("nan"))),
            int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()))  # fmt: skip
-    expert = _expert(96, 64, g)
+    expert = random_int4_expert(96, 64, g)
     _close(int4_expert_ffn_cpu(x * 0.2, *expert), expert_ffn_ref((x * 0.2).numpy(), *(_dense(*lin) for lin in expert)))
     ids, weights = torch.tensor([[0, 1], [2, 0], [1, 0]]), torch.rand(3, 2, generator=g)
-    bank = {0: expert, 1: _expert(96, 64, g)}  # 2 is absent
+    bank = {0: expert, 1: random_int4_expert(96, 64, g)}  # 2 is absent
     dense = {e: tuple(_dense(*lin) for lin in ex) for e, ex in bank.items()}
     dense[2] = tuple(np.zeros_like(m) for m in dense[0])
     _close(int4_grouped_ffn_cpu(x * 0.2, ids, weights, bank),
@@ -252,7 +233,7 @@ def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureF
 def test_grouped_refuses_aliasing_and_repeated_experts():
     g = torch.Generator().manual_seed(9)
     d, i = 64, 32
-    expert = tuple(_linear(o, n, g) for o, n in ((i, d), (i, d), (d, i)))
+    expert = random_int4_expert(d, i, g)
     x = torch.randn(3, d, generator=g)
     ids = torch.tensor([[0, 0], [0, 0], [0, 0]])
     with pytest.raises(ValueError, match="twice for one token"):

@@ -171,12 +171,8 @@ def test_loading_reports_every_non_expert_byte(tiny_dirs):
             assert sum(seen) == sizes(ckpt.config).nonexpert_bytes
 
 
-def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25):
+def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25, native):
     """The runtime's two paths for INT4 experts: the native kernel on the packed bytes, and dequantize + matmul."""
-    from kernels.cpu_int4 import native_build
-
-    if native_build() is None:
-        pytest.skip("no C++ compiler / AVX2 here: the runtime uses the dequantize path (tested elsewhere)")
     ids = torch.arange(16) * 7 % 300
     with open_checkpoint(tiny_k25) as ckpt:
         fast = DequantizedExperts(ckpt, torch.float32)

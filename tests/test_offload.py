@@ -14,33 +14,12 @@ from offload.experts.cost import CostModel
 from offload.experts.dequantized import DequantizedExperts
 from offload.experts.offloaded import OffloadConfig, OffloadedExperts
 from offload.experts.prefetcher import PrefetchError
-from offload.experts.runtime import ExpertRuntime
 from offload.experts.store import BudgetError, ExpertStore
 from offload.model.loader import load_transformer
+from tests.harness import PROMPT, STEPS, greedy, loaded
 
-PROMPT = [5, 17, 99, 3, 250, 7, 41, 8]
-STEPS = 10
 # a machine where copying an expert to the GPU wins from 2 tokens on (so the slot path runs in decode and prefill)
 EAGER_GPU = dict(dram_gbs=20.0, nvme_gbs=1.0, cpu_gflops=1.0, pcie_gbs=50.0, gpu_tflops=100.0)
-
-
-def greedy(folder: Path, make_runtime, steps: int = STEPS) -> tuple[list[int], torch.Tensor, ExpertRuntime]:
-    """Greedy tokens and every step's float32 logits [steps + 1, V] with the runtime `make_runtime(ckpt)` makes."""
-    with open_checkpoint(folder) as ckpt:
-        runtime = make_runtime(ckpt)
-        try:
-            model = load_transformer(ckpt, runtime, torch.float32)
-            cache = model.new_cache(len(PROMPT) + steps + 1)
-            logits = model.forward(torch.tensor(PROMPT), 0, cache, last_only=True)
-            seen, tokens = [logits], []
-            for pos in range(len(PROMPT), len(PROMPT) + steps):
-                tokens.append(int(logits[0].argmax()))
-                logits = model.forward(torch.tensor(tokens[-1:]), pos, cache)
-                seen.append(logits)
-        finally:
-            if isinstance(runtime, OffloadedExperts):
-                runtime.close()
-        return tokens, torch.cat(seen), runtime
 
 
 def offloaded(budget_experts: int | None, prefetch: bool, slots: int = 0):
@@ -65,8 +44,8 @@ def drop(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(mini_k25: Path) -> tuple[list[int], torch.Tensor]:
-    tokens, logits, _ = greedy(mini_k25, lambda ckpt: DequantizedExperts(ckpt, torch.float32))
-    return tokens, logits
+    with loaded(mini_k25, lambda ckpt: DequantizedExperts(ckpt, torch.float32)) as (model, _):
+        return greedy(model)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +57,8 @@ def test_offloading_is_numerically_invisible(mini_k25, reference, budget, prefet
     """Same greedy tokens, logits within 1e-4 (fp32), whatever the budget, prefetch and slots (slots on the CPU
     here: the GPU executor's logic, with the pool in RAM)."""
     drop(mini_k25)
-    tokens, logits, runtime = greedy(mini_k25, offloaded(budget, prefetch, slots))
+    with loaded(mini_k25, offloaded(budget, prefetch, slots)) as (model, runtime):
+        tokens, logits = greedy(model)
     assert tokens == reference[0]
     assert float((logits - reference[1]).abs().max()) < 1e-4
     stats = runtime.stats()

@@ -7,7 +7,7 @@ Nothing imports Triton at module level: tests/test_triton_kernels.py must be the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,10 @@ from offload.experts.cost import CostModel
 from offload.experts.dequantized import DequantizedExperts
 from offload.experts.gpu_executor import run_slotted
 from offload.experts.offloaded import OffloadConfig, OffloadedExperts
-from offload.experts.runtime import ExpertRuntime
 from offload.experts.slots import GpuSlots
 from offload.experts.store import ExpertStore
-from offload.model.loader import load_transformer
-from tests.test_offload import EAGER_GPU, PROMPT, STEPS
+from tests.harness import greedy, loaded, random_int4_expert
+from tests.test_offload import EAGER_GPU
 
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA, reason="needs CUDA (a CUDA build of torch and a GPU)")
@@ -48,18 +47,6 @@ def _no_tf32() -> Iterator[None]:
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------
-def random_matrix(out_f: int, in_f: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed int32 [out, in/8] with every nibble, bf16 scale [out, in/32] about 1/64) on the CPU."""
-    packed = torch.randint(-(2**31), 2**31 - 1, (out_f, in_f // 8), dtype=torch.int32, generator=gen)
-    scale = ((torch.rand(out_f, in_f // 32, generator=gen) + 0.5) / 64).to(torch.bfloat16)
-    return packed, scale
-
-
-def random_expert(hidden: int, inter: int, gen: torch.Generator) -> Int4Expert:
-    """(gate [I, D], up [I, D], down [D, I]) as (packed, scale), the checkpoint's layout."""
-    return (random_matrix(inter, hidden, gen), random_matrix(inter, hidden, gen), random_matrix(hidden, inter, gen))
-
-
 def slot_holds(slots: GpuSlots, slot: int, expert: Int4Expert) -> bool:
     """Slot `slot` holds exactly `expert` (read on the current stream, after slot_map ordered it)."""
     return all(
@@ -95,7 +82,7 @@ D, INTER, E, L = 128, 64, 8, 3  # hidden, expert inter, experts per layer, layer
 
 def test_slots_load_map_and_evict() -> None:
     gen = torch.Generator().manual_seed(1)
-    experts = {(1, e): random_expert(D, INTER, gen) for e in range(4)}
+    experts = {(1, e): random_int4_expert(D, INTER, gen) for e in range(4)}
     slots = GpuSlots(2, L, E, D, INTER, "cuda")
     assert all(t.is_cuda for pool in slots.pools.values() for t in pool)
     assert slots.slot_map(1).cpu().tolist() == [-1] * E  # nothing resident yet
@@ -138,7 +125,7 @@ def test_slots_load_map_and_evict() -> None:
 def test_slot_is_not_overwritten_under_a_kernel_still_reading_it() -> None:
     """The copy into an evicted slot waits for the compute stream's work queued before it."""
     gen = torch.Generator().manual_seed(2)
-    old, new = random_expert(D, INTER, gen), random_expert(D, INTER, gen)
+    old, new = random_int4_expert(D, INTER, gen), random_int4_expert(D, INTER, gen)
     slots = GpuSlots(1, L, E, D, INTER, "cuda")
     slot = slots.load((1, 0), old)
     slots.slot_map(1)
@@ -155,7 +142,7 @@ def test_slot_is_not_overwritten_under_a_kernel_still_reading_it() -> None:
 def test_compute_stream_reads_a_slot_only_after_its_copy() -> None:
     """slot_map() orders the compute stream after the side stream's copies."""
     gen = torch.Generator().manual_seed(3)
-    expert = random_expert(D, INTER, gen)
+    expert = random_int4_expert(D, INTER, gen)
     slots = GpuSlots(2, L, E, D, INTER, "cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(slots._stream):
@@ -173,7 +160,7 @@ def test_compute_stream_reads_a_slot_only_after_its_copy() -> None:
 def test_staging_buffers_are_not_reused_before_their_copy_left() -> None:
     """Three copies in a row through the two pinned staging buffers while the copy stream is held back."""
     gen = torch.Generator().manual_seed(4)
-    experts = [random_expert(D, INTER, gen) for _ in range(5)]
+    experts = [random_int4_expert(D, INTER, gen) for _ in range(5)]
     slots = GpuSlots(5, L, E, D, INTER, "cuda")
     torch.cuda.synchronize()
     with torch.cuda.stream(slots._stream):
@@ -192,7 +179,7 @@ def test_staging_buffers_are_not_reused_before_their_copy_left() -> None:
 def test_run_slotted_matches_the_cpu_path(dtype: torch.dtype, tol: float, tokens: int) -> None:
     gen = torch.Generator().manual_seed(5 + tokens)
     k, layer = 4, 1
-    experts = {e: random_expert(D, INTER, gen) for e in range(E)}
+    experts = {e: random_int4_expert(D, INTER, gen) for e in range(E)}
     resident = [0, 2, 3, 5, 6]
     gpu, cpu = GpuSlots(6, L, E, D, INTER, "cuda"), GpuSlots(6, L, E, D, INTER, "cpu")
     for e in resident:
@@ -224,7 +211,7 @@ def test_run_slotted_matches_the_triton_reference() -> None:
 
     gen = torch.Generator().manual_seed(6)
     k, layer, tokens = 3, 2, 9
-    experts = {e: random_expert(D, INTER, gen) for e in range(E)}
+    experts = {e: random_int4_expert(D, INTER, gen) for e in range(E)}
     slots = GpuSlots(E, L, E, D, INTER, "cuda")
     for e in range(E):
         slots.load((layer, e), experts[e])
@@ -245,41 +232,6 @@ def test_run_slotted_matches_the_triton_reference() -> None:
 
 
 # ---- (c) whole models on CUDA against the CPU reference runtime -----------------------------------------------
-def greedy(folder: Path, make_runtime: Callable[[Checkpoint], ExpertRuntime], device: str,
-           record: list[tuple[int, int]] | None = None) -> tuple[list[int], torch.Tensor, ExpertRuntime]:  # fmt: skip
-    """Greedy tokens and every step's float32 logits [STEPS + 1, V] (on the CPU) with the model on `device`;
-    `record` gets (experts on the GPU, experts on the CPU) of each OffloadedExperts layer call."""
-    with open_checkpoint(folder) as ckpt:
-        runtime = make_runtime(ckpt)
-        try:
-            if record is not None:
-                assert isinstance(runtime, OffloadedExperts)
-                split = runtime._split
-
-                def spy(*args):  # type: ignore[no-untyped-def]
-                    on_gpu, on_cpu = split(*args)
-                    record.append((len(on_gpu), len(on_cpu)))
-                    return on_gpu, on_cpu
-
-                runtime._split = spy  # type: ignore[method-assign]
-            model = load_transformer(ckpt, runtime, torch.float32, device)
-            assert model.lm_head.device.type == device and model.norm.device.type == device
-            assert model.embed.device.type == "cpu"
-            cache = model.new_cache(len(PROMPT) + STEPS + 1)
-            logits = model.forward(torch.tensor(PROMPT), 0, cache, last_only=True)
-            seen, tokens = [logits], []
-            for pos in range(len(PROMPT), len(PROMPT) + STEPS):
-                tokens.append(int(logits[0].argmax()))
-                logits = model.forward(torch.tensor(tokens[-1:]), pos, cache)
-                seen.append(logits)
-        finally:
-            if isinstance(runtime, OffloadedExperts):
-                runtime.close()
-        out = torch.cat(seen)
-        assert out.device.type == "cpu" and out.dtype == torch.float32 and bool(out.isfinite().all())
-        return tokens, out, runtime
-
-
 def offloaded_cuda(slots: int, prefetch: bool, rates: dict[str, float], budget_experts: int | None = None):
     def make(ckpt: Checkpoint) -> OffloadedExperts:
         eb = ExpertStore(ckpt, None).expert_bytes
@@ -297,7 +249,8 @@ _references: dict[Path, tuple[list[int], torch.Tensor]] = {}
 def cpu_reference(folder: Path) -> tuple[list[int], torch.Tensor]:
     """The CPU model with DequantizedExperts (every expert on the CPU, every call), once per checkpoint."""
     if folder not in _references:
-        tokens, logits, _ = greedy(folder, lambda ckpt: DequantizedExperts(ckpt, torch.float32), "cpu")
+        with loaded(folder, lambda ckpt: DequantizedExperts(ckpt, torch.float32)) as (model, _):
+            tokens, logits = greedy(model)
         assert len(set(tokens)) > 1, "the reference repeats one token: a weak check"
         _references[folder] = tokens, logits
     return _references[folder]
@@ -321,7 +274,8 @@ def test_model_on_cuda_matches_the_cpu_reference(case: str, request: pytest.Fixt
     folder: Path = request.getfixturevalue(f"{preset}_k25")
     ref_tokens, ref_logits = cpu_reference(folder)
     record: list[tuple[int, int]] = []
-    tokens, logits, runtime = greedy(folder, offloaded_cuda(slots, prefetch, rates, budget), "cuda", record)
+    with loaded(folder, offloaded_cuda(slots, prefetch, rates, budget), "cuda", record) as (model, runtime):
+        tokens, logits = greedy(model)
     diff = float((logits - ref_logits).abs().max())
     assert tokens == ref_tokens, f"greedy tokens differ (max logit diff {diff:.2e})"
     assert diff < LOGIT_TOL
@@ -359,14 +313,8 @@ def test_engine_on_cuda_matches_the_cpu_reference(tiny_k25: Path) -> None:
         assert engine.experts.slots.device.type == "cuda"
         model = engine.model
         assert model.lm_head.device.type == "cuda"
-        cache = model.new_cache(len(PROMPT) + STEPS + 1)
-        logits = model.forward(torch.tensor(PROMPT), 0, cache, last_only=True)
-        seen, tokens = [logits], []
-        for pos in range(len(PROMPT), len(PROMPT) + STEPS):
-            tokens.append(int(logits[0].argmax()))
-            logits = model.forward(torch.tensor(tokens[-1:]), pos, cache)
-            seen.append(logits)
+        tokens, logits = greedy(model)
         stats = engine.stats()
     assert tokens == ref_tokens
-    assert float((torch.cat(seen) - ref_logits).abs().max()) < LOGIT_TOL
+    assert float((logits - ref_logits).abs().max()) < LOGIT_TOL
     assert stats.device.startswith("cuda") and stats.gpu_slots == 2
