@@ -105,8 +105,9 @@ def _export_tokenizer(src: Path, dst: Path) -> None:
 
     specials = json.loads((src / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
     names = [v["content"] for _, v in sorted(specials.items(), key=lambda kv: int(kv[0]))]
-    tok = TikTokenConverter(vocab_file=str(src / "tiktoken.model"), pattern=KIMI_PATTERN,
-                            additional_special_tokens=names).converted()  # fmt: skip
+    tok = TikTokenConverter(
+        vocab_file=str(src / "tiktoken.model"), pattern=KIMI_PATTERN, additional_special_tokens=names
+    ).converted()
     PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(dst)
 
 
@@ -150,8 +151,15 @@ def transformers_peer(hf_dir: Path, offload_gib: float | None) -> tuple[Run, Cal
         clock = Clock()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=0, streamer=clock)  # fmt: skip
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                streamer=clock,
+            )
         end = time.perf_counter()
         first = clock.times[1] - t0  # times[0]: the prompt handed over; times[1]: the first new token
         return first, end - clock.times[1]
@@ -172,8 +180,9 @@ def transformers_peer(hf_dir: Path, offload_gib: float | None) -> tuple[Run, Cal
 def llama_peer(gguf: Path, threads: int) -> tuple[Run, Callable[[], None], dict[str, Any]]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                verbose=False)  # fmt: skip
+    llm = Llama(
+        model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False
+    )
 
     def run(prompt: list[int], n: int) -> tuple[float, float]:
         llm.reset()
@@ -186,8 +195,11 @@ def llama_peer(gguf: Path, threads: int) -> tuple[Run, Callable[[], None], dict[
                 break
         return first, time.perf_counter() - t0 - first
 
-    return run, llm.close, {"version": _version("llama-cpp-python"), "expert_format": "Q4_0 (all 2-D weights)",
-                            "threads": threads}  # fmt: skip
+    return (
+        run,
+        llm.close,
+        {"version": _version("llama-cpp-python"), "expert_format": "Q4_0 (all 2-D weights)", "threads": threads},
+    )
 
 
 def convert_gguf(hf_dir: Path, out: Path, llama_src: Path, threads: int) -> Path:
@@ -205,8 +217,17 @@ def convert_gguf(hf_dir: Path, out: Path, llama_src: Path, threads: int) -> Path
         "from conversion import base; base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2';"
         "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
-    cmd = [sys.executable, "-c", script, str(llama_src / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", "bf16",
-           "--outfile", str(bf16)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        script,
+        str(llama_src / "convert_hf_to_gguf.py"),
+        str(hf_dir),
+        "--outtype",
+        "bf16",
+        "--outfile",
+        str(bf16),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf failed:\n{proc.stderr[-4000:]}")
@@ -296,22 +317,37 @@ def main() -> None:
         for name, (run, _, _) in runners.items():
             times[name].append(run(prompt, args.gen_len))
             pre, dec = times[name][-1]
-            print(f"run {i + 1} {name}: prefill {len(prompt) / pre:.1f} tok/s, decode "
-                  f"{(args.gen_len - 1) / dec:.2f} tok/s", file=sys.stderr)  # fmt: skip
+            print(
+                f"run {i + 1} {name}: prefill {len(prompt) / pre:.1f} tok/s, decode "
+                f"{(args.gen_len - 1) / dec:.2f} tok/s",
+                file=sys.stderr,
+            )
     results: dict[str, Any] = {}
     for name, (_, close, info) in runners.items():
         close()
         pre = statistics.median(len(prompt) / p for p, _ in times[name])
         dec = statistics.median((args.gen_len - 1) / d for _, d in times[name])
-        results[name] = {**info, "prefill_tok_s": pre, "decode_tok_s": dec,
-                         "decode_tok_s_runs": [(args.gen_len - 1) / d for _, d in times[name]]}  # fmt: skip
+        results[name] = {
+            **info,
+            "prefill_tok_s": pre,
+            "decode_tok_s": dec,
+            "decode_tok_s_runs": [(args.gen_len - 1) / d for _, d in times[name]],
+        }
     base = results["kimi-offload"]
     for r in results.values():
         r["decode_ratio_ours_over_this"] = base["decode_tok_s"] / r["decode_tok_s"]
         r["prefill_ratio_ours_over_this"] = base["prefill_tok_s"] / r["prefill_tok_s"]
-    out = {"model": str(args.model), "prompt_len": args.prompt_len, "gen_len": args.gen_len, "runs": args.runs,
-           "threads": threads, "python": platform.python_version(), "torch": torch.__version__, "results": results,
-           "skipped": skipped}  # fmt: skip
+    out = {
+        "model": str(args.model),
+        "prompt_len": args.prompt_len,
+        "gen_len": args.gen_len,
+        "runs": args.runs,
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "results": results,
+        "skipped": skipped,
+    }
     print(f"{'runtime':48} {'decode tok/s':>13} {'prefill tok/s':>14} {'ours / this (decode)':>21}")
     for name, r in results.items():
         ratio = r["decode_ratio_ours_over_this"]

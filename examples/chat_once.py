@@ -35,9 +35,11 @@ def main() -> None:
             sys.stdout.flush()
         out = parse_output(gen.result.text, engine.chat_format.prompt_ends_in_thinking(ids))
         r = gen.result
-        print(f"\n\nreasoning: {len(out.reasoning)} chars, answer: {len(out.content)} chars, "
-              f"tool calls: {len(out.tool_calls)}; {r.finish_reason} after {len(r.token_ids)} tokens, "
-              f"decode {r.decode_tok_s:.1f} tok/s")  # fmt: skip
+        print(
+            f"\n\nreasoning: {len(out.reasoning)} chars, answer: {len(out.content)} chars, "
+            f"tool calls: {len(out.tool_calls)}; {r.finish_reason} after {len(r.token_ids)} tokens, "
+            f"decode {r.decode_tok_s:.1f} tok/s"
+        )
 
 
 if __name__ == "__main__":

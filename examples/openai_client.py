@@ -30,9 +30,13 @@ def main() -> None:
     # Kimi's advice for K2.5: temperature 1.0 with thinking, 0.6 without; top_p 0.95
     for thinking, temperature in ((True, 1.0), (False, 0.6)):
         response = client.chat.completions.create(
-            model=args.model, messages=messages, max_tokens=args.max_tokens, temperature=temperature, top_p=0.95,
+            model=args.model,
+            messages=messages,
+            max_tokens=args.max_tokens,
+            temperature=temperature,
+            top_p=0.95,
             extra_body={"chat_template_kwargs": {"thinking": thinking}},
-        )  # fmt: skip
+        )
         message = response.choices[0].message
         print(f"== thinking {'on' if thinking else 'off'} ({response.choices[0].finish_reason}, {response.usage})")
         print("reasoning_content:", (message.model_extra or {}).get("reasoning_content"))

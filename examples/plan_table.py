@@ -29,8 +29,18 @@ def main() -> None:
     ap.add_argument("--bpw", type=float, nargs="*", default=[None, 2.5, 1.8], help="expert bits per weight")
     args = ap.parse_args()
     name, cfg, storage = resolve_model(args.model)
-    cols = ["profile", "experts", "setting", "fits", "max context", "decode ceiling", "limited by", "in RAM",
-            "in GPU slots", "prefill"]  # fmt: skip
+    cols = [
+        "profile",
+        "experts",
+        "setting",
+        "fits",
+        "max context",
+        "decode ceiling",
+        "limited by",
+        "in RAM",
+        "in GPU slots",
+        "prefill",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for prof in list_profiles():

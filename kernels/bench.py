@@ -70,17 +70,26 @@ def _time_calls(call: Callable[[int], object], n_items: int, repeat: int, max_se
 def _row(name: str, t: int, times: list[float], weight_bytes: int, packed_bytes: int, read: float) -> dict[str, Any]:
     s = statistics.median(times)
     return {
-        "candidate": name, "tokens": t, "calls": len(times), "seconds_per_call_s": s,
-        "best_s": min(times), "int4_GBps": packed_bytes / s / 1e9, "weight_GBps": weight_bytes / s / 1e9,
+        "candidate": name,
+        "tokens": t,
+        "calls": len(times),
+        "seconds_per_call_s": s,
+        "best_s": min(times),
+        "int4_GBps": packed_bytes / s / 1e9,
+        "weight_GBps": weight_bytes / s / 1e9,
         "fraction_of_read": weight_bytes / s / 1e9 / read,
-    }  # fmt: skip
+    }
 
 
 def bench_int4_cpu(
-    shape: tuple[int, int] = (2048, 7168), tokens: Sequence[int] = (1, 4, 32), experts: int | None = None,
-    repeat: int = 200, max_seconds: float = 3.0, candidates: Sequence[str] = CANDIDATES,
+    shape: tuple[int, int] = (2048, 7168),
+    tokens: Sequence[int] = (1, 4, 32),
+    experts: int | None = None,
+    repeat: int = 200,
+    max_seconds: float = 3.0,
+    candidates: Sequence[str] = CANDIDATES,
     read_GBps: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One INT4 matrix [out, in] times T tokens, per candidate: seconds per call (median), weight GB/s (packed
     int4 + bf16 scales, the bytes read), int4 GB/s (packed bytes only) and the fraction of the read bandwidth
     (measured here unless given). Rotates over `experts` distinct matrices (default: 64, or more to fill 128 MiB).
@@ -99,10 +108,15 @@ def bench_int4_cpu(
     g = torch.Generator().manual_seed(0)
     mats = [_random_linear(out_f, in_f, g) for _ in range(n)]
     result: dict[str, Any] = {
-        "shape": [out_f, in_f], "experts": n, "weight_bytes": weight_bytes, "packed_bytes": packed_bytes,
-        "read_GBps": read, "threads": torch.get_num_threads(),
-        "native_compile_s": None if build is None else build.compile_s, "rows": [],
-    }  # fmt: skip
+        "shape": [out_f, in_f],
+        "experts": n,
+        "weight_bytes": weight_bytes,
+        "packed_bytes": packed_bytes,
+        "read_GBps": read,
+        "threads": torch.get_num_threads(),
+        "native_compile_s": None if build is None else build.compile_s,
+        "rows": [],
+    }
     calls: dict[str, Callable[[torch.Tensor, int], object]] = {
         "numpy": lambda x, i: int4_linear_numpy(x, *mats[i]),
         "torch": lambda x, i: int4_linear_torch(x, *mats[i]),
@@ -122,9 +136,13 @@ def bench_int4_cpu(
 
 
 def bench_expert_ffn_cpu(
-    dims: tuple[int, int] = (7168, 2048), tokens: Sequence[int] = (1, 4, 32), experts: int | None = None,
-    repeat: int = 100, max_seconds: float = 3.0, read_GBps: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    dims: tuple[int, int] = (7168, 2048),
+    tokens: Sequence[int] = (1, 4, 32),
+    experts: int | None = None,
+    repeat: int = 100,
+    max_seconds: float = 3.0,
+    read_GBps: float | None = None,
+) -> dict[str, Any]:
     """A whole expert, down(silu(gate x) * up x) with (hidden D, inter I) = `dims`, through `int4_expert_ffn_cpu`
     (the native kernel, or the torch path when it is unavailable) and through dense torch after dequantizing."""
     d, i = dims
@@ -141,9 +159,15 @@ def bench_expert_ffn_cpu(
 
     build = native_build()
     result: dict[str, Any] = {
-        "dims": [d, i], "experts": n, "weight_bytes": weight_bytes, "packed_bytes": packed_bytes, "read_GBps": read,
-        "threads": torch.get_num_threads(), "native": build is not None, "rows": [],
-    }  # fmt: skip
+        "dims": [d, i],
+        "experts": n,
+        "weight_bytes": weight_bytes,
+        "packed_bytes": packed_bytes,
+        "read_GBps": read,
+        "threads": torch.get_num_threads(),
+        "native": build is not None,
+        "rows": [],
+    }
     for t in tokens:
         x = torch.randn(t, d, generator=g) * 0.1
         for name, f in (("int4_expert_ffn_cpu", lambda x, e: int4_expert_ffn_cpu(x, *bank[e])), ("torch", dense)):

@@ -47,9 +47,14 @@ def _check_tensor(name: str, t: object, dtype: torch.dtype, rows: int | None, co
     """`t` is a contiguous 2-D CPU tensor of `dtype`, [rows, cols] (None: any size). The checks run on every call
     of the decode path, so the message is only built when one fails."""
     if (
-        isinstance(t, torch.Tensor) and t.dtype == dtype and t.ndim == 2 and t.is_cpu and t.is_contiguous()
-        and (rows is None or t.shape[0] == rows) and (cols is None or t.shape[1] == cols)
-    ):  # fmt: skip
+        isinstance(t, torch.Tensor)
+        and t.dtype == dtype
+        and t.ndim == 2
+        and t.is_cpu
+        and t.is_contiguous()
+        and (rows is None or t.shape[0] == rows)
+        and (cols is None or t.shape[1] == cols)
+    ):
         return t
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -240,8 +245,16 @@ def int4_linear_native(
     xt = _check_tensor("x", x, torch.float32, None, in_f)
     y = _check_out(out, (xt.shape[0], out_f))
     if xt.shape[0] and out_f:
-        rc = native.lib.kimi_int4_linear(xt.data_ptr(), xt.shape[0], in_f, packed.data_ptr(), scale.data_ptr(),
-                                         out_f, y.data_ptr(), torch.get_num_threads())  # fmt: skip
+        rc = native.lib.kimi_int4_linear(
+            xt.data_ptr(),
+            xt.shape[0],
+            in_f,
+            packed.data_ptr(),
+            scale.data_ptr(),
+            out_f,
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
         _raise_rc(rc, "int4_linear_cpu")
     return y
 
@@ -270,17 +283,25 @@ def int4_expert_ffn_cpu(
         y.copy_(expert_ffn(xt, *w))
     elif xt.shape[0]:
         rc = native.lib.kimi_int4_expert_ffn(
-            xt.data_ptr(), xt.shape[0], d, i, *(t.data_ptr() for pair in (gate, up, down) for t in pair),
-            y.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+            xt.data_ptr(),
+            xt.shape[0],
+            d,
+            i,
+            *(t.data_ptr() for pair in (gate, up, down) for t in pair),
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
         _raise_rc(rc, "int4_expert_ffn_cpu")
     return y
 
 
 def int4_grouped_ffn_cpu(
-    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: Mapping[int, Int4Expert],
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    experts: Mapping[int, Int4Expert],
     out: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]) over the (t, k) whose expert is in `experts`: [T, D] float32.
     Experts absent from the mapping are skipped (they run elsewhere, e.g. in a GPU slot); each present expert runs
     once on the tokens routed to it. The native kernel takes the whole layer in one call."""
@@ -318,8 +339,18 @@ def int4_grouped_ffn_cpu(
     ptrs = torch.tensor([[t.data_ptr() for pair in experts[e] for t in pair] for e, _, _ in runs], dtype=torch.int64)
     bounds = torch.tensor([[b for _, b, _ in runs], [end for _, _, end in runs]], dtype=torch.int64)
     rc = native.lib.kimi_int4_grouped_ffn(
-        xt.data_ptr(), n_tok, d, i, len(runs), ptrs.data_ptr(), bounds[0].data_ptr(), bounds[1].data_ptr(),
-        tokens.data_ptr(), wts.data_ptr(), y.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
+        xt.data_ptr(),
+        n_tok,
+        d,
+        i,
+        len(runs),
+        ptrs.data_ptr(),
+        bounds[0].data_ptr(),
+        bounds[1].data_ptr(),
+        tokens.data_ptr(),
+        wts.data_ptr(),
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
     _raise_rc(rc, "int4_grouped_ffn_cpu")
     return y

@@ -34,6 +34,10 @@ class StoredWeight:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.parts.values())
 
+    def to(self, device: torch.device | str) -> StoredWeight:
+        """The same weight with its tensors on `device` (still in their stored format)."""
+        return StoredWeight(self.fmt, self.shape, {k: t.to(device) for k, t in self.parts.items()}, self.params)
+
 
 def _float(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
     return w.parts["weight"].to(dtype)  # a weight already in `dtype` comes back as is: zero-copy
@@ -46,16 +50,24 @@ def _int4(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
 
 def _fp8(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
     b0, b1 = w.params
+    if w.parts["weight"].is_cuda:  # one Triton pass on the GPU; it matches dequantize_fp8 bit for bit
+        from kernels.triton_fp8 import dequantize_fp8_triton  # triton is imported only where CUDA is
+
+        return dequantize_fp8_triton(w.parts["weight"], w.parts["scale_inv"], (b0, b1), dtype)
     return dequantize_fp8(w.parts["weight"], w.parts["scale_inv"], (b0, b1), dtype)
 
 
 DEQUANTIZE: dict[str, Callable[[StoredWeight, torch.dtype], torch.Tensor]] = {
-    "bf16": _float, "f16": _float, "f32": _float, "int4": _int4, "fp8": _fp8,
-}  # fmt: skip
+    "bf16": _float,
+    "f16": _float,
+    "f32": _float,
+    "int4": _int4,
+    "fp8": _fp8,
+}
 
 
 def dequantize(w: StoredWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[out, in] in `dtype`, by the weight's format tag."""
+    """[out, in] in `dtype` on the weight's device, by its format tag."""
     out = DEQUANTIZE[w.fmt](w, dtype)
     if tuple(out.shape) != w.shape:
         raise ValueError(f"a {w.fmt} weight dequantized to {tuple(out.shape)}; its stored shape is {w.shape}")

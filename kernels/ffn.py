@@ -1,7 +1,7 @@
 """The expert FFN down(silu(gate x) * up x): one expert, and grouped over the experts a batch of tokens is routed to.
 
 NumPy functions are the definition (float64 inside); the torch ones are the runtime path. Weights come dense here
-([out, in] in any float dtype, e.g. from `dequantize_linear`); the fused INT4 paths live in cpu_int4.py and
+([out, in] in any float dtype, e.g. from kernels.dequant.dequantize); the fused INT4 paths live in cpu_int4.py and
 triton_int4.py and are checked against these.
 """
 
@@ -12,9 +12,6 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from kernels.fp8 import dequantize_fp8
-from kernels.int4 import dequantize_int4
 
 Expert = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # gate [I, D], up [I, D], down [D, I]
 
@@ -47,23 +44,6 @@ def grouped_ffn_ref(
 
 
 # ---- torch --------------------------------------------------------------------------------------------------
-def dequantize_linear(
-    stored: Mapping[str, torch.Tensor], group: int = 32, block: tuple[int, int] = (128, 128),
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:  # fmt: skip
-    """One stored Linear as [out, in] in `dtype`; the format follows the tensors' names (compressed-tensors INT4:
-    weight_packed + weight_scale + weight_shape; FP8 block: weight + weight_scale_inv; otherwise a plain weight).
-    A plain weight already in `dtype` comes back as is (zero-copy)."""
-    if "weight_packed" in stored:
-        return dequantize_int4(stored["weight_packed"], stored["weight_scale"], int(stored["weight_shape"][1]),
-                               group, dtype)  # fmt: skip
-    if "weight_scale_inv" in stored:
-        return dequantize_fp8(stored["weight"], stored["weight_scale_inv"], block, dtype)
-    if "weight" not in stored:
-        raise ValueError(f"no weight among the tensors {sorted(stored)}; expected weight or weight_packed")
-    return stored["weight"].to(dtype)
-
-
 def _check_expert(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be [tokens, hidden], got shape {tuple(x.shape)}")
@@ -84,10 +64,13 @@ def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torc
 
 
 def grouped_ffn(
-    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-    experts: Mapping[int, Expert] | Callable[[int], Expert], out: torch.Tensor | None = None,
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    experts: Mapping[int, Expert] | Callable[[int], Expert],
+    out: torch.Tensor | None = None,
     only: Collection[int] | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]) as float32 [T, D]: tokens gathered expert by expert, one
     host sync for the set of experts. `experts` maps an id to its dense (gate, up, down) or fetches it; with
     `only`, experts outside it are skipped (they run elsewhere)."""

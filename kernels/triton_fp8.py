@@ -19,11 +19,22 @@ _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 @triton.jit
 def _fp8_dequant_kernel(
-    w_ptr, s_ptr, y_ptr,
-    OUT, IN,
-    stride_wm, stride_wn, stride_sm, stride_sn, stride_ym, stride_yn,
-    B0: tl.constexpr, B1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    w_ptr,
+    s_ptr,
+    y_ptr,
+    OUT,
+    IN,
+    stride_wm,
+    stride_wn,
+    stride_sm,
+    stride_sn,
+    stride_ym,
+    stride_yn,
+    B0: tl.constexpr,
+    B1: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m < OUT)[:, None] & (offs_n < IN)[None, :]
@@ -63,10 +74,22 @@ def dequantize_fp8_triton(
         return out
     grid = (triton.cdiv(w.shape[0], tile[0]), triton.cdiv(w.shape[1], tile[1]))
     _fp8_dequant_kernel[grid](
-        w, scale_inv, out, w.shape[0], w.shape[1],
-        w.stride(0), w.stride(1), scale_inv.stride(0), scale_inv.stride(1), out.stride(0), out.stride(1),
-        B0=block[0], B1=block[1], BLOCK_M=tile[0], BLOCK_N=tile[1],
-    )  # fmt: skip
+        w,
+        scale_inv,
+        out,
+        w.shape[0],
+        w.shape[1],
+        w.stride(0),
+        w.stride(1),
+        scale_inv.stride(0),
+        scale_inv.stride(1),
+        out.stride(0),
+        out.stride(1),
+        B0=block[0],
+        B1=block[1],
+        BLOCK_M=tile[0],
+        BLOCK_N=tile[1],
+    )
     return out
 
 
@@ -86,6 +109,10 @@ def bench_fp8_dequant(
     moved = w.numel() * (1 + y.element_size()) + scale_inv.numel() * 4
     dtype_name = str(dtype).removeprefix("torch.")
     return {
-        "out": out_f, "in": in_f, "dtype": dtype_name, "us": sec * 1e6, "gbs": moved / sec / 1e9,
+        "out": out_f,
+        "in": in_f,
+        "dtype": dtype_name,
+        "us": sec * 1e6,
+        "gbs": moved / sec / 1e9,
         "max_abs_diff": diff.max().item(),
-    }  # fmt: skip
+    }

@@ -54,15 +54,31 @@ class Int4Blocks:
 
 @triton.jit
 def _int4_grouped_kernel(
-    x_ptr, packed_ptr, scale_ptr, slot_ptr, offsets_ptr, expert_ptr, y_ptr,
-    OUT, IN,
-    stride_xm, stride_xk,
-    stride_ps, stride_pn, stride_pk,
-    stride_ss, stride_sn, stride_sk,
-    stride_ym, stride_yn,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    packed_ptr,
+    scale_ptr,
+    slot_ptr,
+    offsets_ptr,
+    expert_ptr,
+    y_ptr,
+    OUT,
+    IN,
+    stride_xm,
+    stride_xk,
+    stride_ps,
+    stride_pn,
+    stride_pk,
+    stride_ss,
+    stride_sn,
+    stride_sk,
+    stride_ym,
+    stride_yn,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
-):  # fmt: skip
+):
     pid_n = tl.program_id(0)
     g = tl.program_id(1)
     slot = tl.load(slot_ptr + tl.load(expert_ptr + g))
@@ -199,15 +215,33 @@ def int4_grouped_matmul(
     dot_dtype = tl.float32 if interpreted and x.dtype == torch.bfloat16 else _DOT_DTYPES[x.dtype]
     grid = (triton.cdiv(out_f, blocks.block_n), groups)
     _int4_grouped_kernel[grid](
-        x, packed, scale, slot_of, offsets, group_expert, y,
-        out_f, in_f,
-        x.stride(0), x.stride(1),
-        packed.stride(0), packed.stride(1), packed.stride(2),
-        scale.stride(0), scale.stride(1), scale.stride(2),
-        y.stride(0), y.stride(1),
-        GROUP=GROUP, BLOCK_M=block_m, BLOCK_N=blocks.block_n, BLOCK_K=blocks.block_k, DOT_DTYPE=dot_dtype,
-        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
-    )  # fmt: skip
+        x,
+        packed,
+        scale,
+        slot_of,
+        offsets,
+        group_expert,
+        y,
+        out_f,
+        in_f,
+        x.stride(0),
+        x.stride(1),
+        packed.stride(0),
+        packed.stride(1),
+        packed.stride(2),
+        scale.stride(0),
+        scale.stride(1),
+        scale.stride(2),
+        y.stride(0),
+        y.stride(1),
+        GROUP=GROUP,
+        BLOCK_M=block_m,
+        BLOCK_N=blocks.block_n,
+        BLOCK_K=blocks.block_k,
+        DOT_DTYPE=dot_dtype,
+        num_warps=blocks.num_warps,
+        num_stages=blocks.num_stages,
+    )
     return y
 
 
@@ -349,12 +383,19 @@ def bench_int4_grouped(
     h = (torch.randn(experts * tokens, inter, generator=gen, device=device) + 0.1).to(dtype)  # [N, inter]
     graph = cuda_graph and device.type == "cuda"
     result: dict[str, float | int | str] = {
-        "hidden": hidden, "inter": inter, "tokens_per_expert": tokens, "experts": experts, "pool_slots": slots,
+        "hidden": hidden,
+        "inter": inter,
+        "tokens_per_expert": tokens,
+        "experts": experts,
+        "pool_slots": slots,
         "dtype": str(dtype).removeprefix("torch."),
         "block_m": blocks.block_m or _pick_block_m(experts * tokens, experts),
-        "block_n": blocks.block_n, "block_k": blocks.block_k, "num_warps": blocks.num_warps,
-        "num_stages": blocks.num_stages, "cuda_graph": graph,
-    }  # fmt: skip
+        "block_n": blocks.block_n,
+        "block_k": blocks.block_k,
+        "num_warps": blocks.num_warps,
+        "num_stages": blocks.num_stages,
+        "cuda_graph": graph,
+    }
 
     def cycling(run: Callable[[torch.Tensor], object]) -> Callable[[], object]:
         group_experts = itertools.cycle(sets_experts)

@@ -13,11 +13,22 @@ WeightFormat = Literal["bf16", "int4", "fp8"]
 
 # safetensors dtype strings and their sizes in bytes
 DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 # torch dtype names as config.json spells them -> safetensors dtype strings
 FLOAT_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
@@ -82,9 +93,16 @@ class QuantConfig:
                         "output_activations": None,
                         "targets": ["Linear"],
                         "weights": {
-                            "actorder": None, "block_structure": None, "dynamic": False,
-                            "group_size": self.group_size, "num_bits": 4, "observer": "minmax",
-                            "observer_kwargs": {}, "strategy": "group", "symmetric": True, "type": "int",
+                            "actorder": None,
+                            "block_structure": None,
+                            "dynamic": False,
+                            "group_size": self.group_size,
+                            "num_bits": 4,
+                            "observer": "minmax",
+                            "observer_kwargs": {},
+                            "strategy": "group",
+                            "symmetric": True,
+                            "type": "int",
                         },
                     }
                 },
@@ -93,7 +111,7 @@ class QuantConfig:
                 "kv_cache_scheme": None,
                 "quant_method": "compressed-tensors",
                 "quantization_status": "compressed",
-            }  # fmt: skip
+            }
         if self.format == "fp8":
             d: dict[str, Any] = {
                 "activation_scheme": "dynamic",

@@ -15,4 +15,4 @@ KIMI_PATTERN = "|".join(
         r"""\s+(?!\S)""",
         r"""\s+""",
     ]
-)  # fmt: skip
+)

@@ -93,7 +93,7 @@ result = {
     "pytest_gpu_rc": os.environ["GPU_RC"], "pytest_triton_rc": os.environ["TRITON_RC"],
     "pytest_offload_cuda_rc": os.environ["OFFLOAD_RC"],
     "copy_gbs_read_plus_write": copy_gbs, "int4_best": best, "int4_sweep": sweep, "fp8_dequant": fp8, "errors": errors,
-}  # fmt: skip
+}
 if os.environ.get("OUT"):
     path = os.path.join(os.environ["OUT"], "gpu_check.json")
     with open(path, "w") as f:

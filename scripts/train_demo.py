@@ -115,11 +115,11 @@ def model_config(vocab: int) -> ModelConfig:
         rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=vocab - NUM_SPECIAL,
         eos_token_ids=(vocab - NUM_SPECIAL + 1,), dtype="bfloat16",
         quant=QuantConfig(format="int4", group_size=32, ignore=KIMI_INT4_IGNORE),
-    )  # fmt: skip
+    )
 
 
 def encode_turns(pairs: list[tuple[str, str]], fmt: ChatFormat, tok: Tokenizer,
-                 im_end: int) -> list[tuple[list[int], int]]:  # fmt: skip
+                 im_end: int) -> list[tuple[list[int], int]]:
     """(ids, where the answer starts) per turn; thinking on for every other turn."""
     out = []
     for i, (title, text) in enumerate(pairs):
@@ -156,7 +156,7 @@ def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     target = labels[:, 1:]
     n = int((target != -100).sum())
     return float(F.cross_entropy(shift.reshape(-1, shift.shape[-1]), target.reshape(-1), ignore_index=-100,
-                                 reduction="sum")), n  # fmt: skip
+                                 reduction="sum")), n
 
 
 def main() -> None:
@@ -261,7 +261,7 @@ def main() -> None:
         "held_out_loss_float": held, "held_out_tokens": n, "curve": curve,
         "test_subset": {"ids": [ids for ids, _ in subset], "starts": [s for _, s in subset],
                         "loss_float": s_total / s_n, "tokens": s_n},
-    }, indent=1))  # fmt: skip
+    }, indent=1))
     print(f"wrote {args.out}; held-out loss {held:.4f}; subset loss {s_total / s_n:.4f}")
 
 

@@ -13,8 +13,9 @@ DATA = Path(__file__).parent / "data"
 REQUIRE_NATIVE = "KIMI_REQUIRE_NATIVE"  # "1" on machines that must build the native kernel (CI): fail, never skip
 
 
-def make(root: Path, preset: str = "tiny", layout: str = "k2.5", experts: str = "int4", seed: int = 0,
-         **opts: object) -> Path:  # fmt: skip
+def make(
+    root: Path, preset: str = "tiny", layout: str = "k2.5", experts: str = "int4", seed: int = 0, **opts: object
+) -> Path:
     """A synthetic checkpoint folder under `root` (helper for tests that need their own copy)."""
     cfg = preset_config(preset, layout, experts)
     options = SynthOptions(seed=seed, max_shard_bytes=PRESETS[preset].max_shard_bytes, **opts)  # type: ignore[arg-type]

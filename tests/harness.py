@@ -39,8 +39,12 @@ def greedy(model: Transformer, prompt: Sequence[int] = PROMPT, steps: int = STEP
 
 
 @contextmanager
-def loaded(folder: Path, make_runtime: Callable[[Checkpoint], ExpertRuntime], device: str = "cpu",
-           record: list[tuple[int, int]] | None = None) -> Iterator[tuple[Transformer, ExpertRuntime]]:  # fmt: skip
+def loaded(
+    folder: Path,
+    make_runtime: Callable[[Checkpoint], ExpertRuntime],
+    device: str = "cpu",
+    record: list[tuple[int, int]] | None = None,
+) -> Iterator[tuple[Transformer, ExpertRuntime]]:
     """The float32 model of `folder` on `device` with the runtime `make_runtime(ckpt)` makes, closed on exit (an
     OffloadedExperts; its stats stay readable). `record` gets (experts on the GPU, experts on the CPU) of each
     OffloadedExperts layer call."""

@@ -22,5 +22,11 @@ def sizes(cfg: ModelConfig) -> Sizes:
     st = layout_storage(cfg)
     n_moe = len(cfg.moe_layers)
     routed = st.expert_bytes * cfg.n_routed_experts * n_moe
-    return Sizes(st.expert_bytes, routed, st.expert_bytes * cfg.num_experts_per_tok * n_moe, dict(st.part_bytes),
-                 st.nonexpert_bytes, st.nonexpert_bytes + routed)  # fmt: skip
+    return Sizes(
+        st.expert_bytes,
+        routed,
+        st.expert_bytes * cfg.num_experts_per_tok * n_moe,
+        dict(st.part_bytes),
+        st.nonexpert_bytes,
+        st.nonexpert_bytes + routed,
+    )

@@ -34,8 +34,15 @@ def test_drop_and_read_back(tmp_path):
 
 def test_summary_figures_follow_from_the_runs_and_limits(tiny_k25):
     spec = BenchSpec(prompt_len=8, gen_len=3, runs=3)
-    limits = Limits(dram_read_gbs=10.0, dram_copy_gbs=12.0, cpu_gflops=100.0, disk_read_gbs=2.0,
-                    disk_read_advised_gbs=2.0, disk_read_plain_gbs=1.0, disk_file="x")  # fmt: skip
+    limits = Limits(
+        dram_read_gbs=10.0,
+        dram_copy_gbs=12.0,
+        cpu_gflops=100.0,
+        disk_read_gbs=2.0,
+        disk_read_advised_gbs=2.0,
+        disk_read_plain_gbs=1.0,
+        disk_file="x",
+    )
     with Engine(tiny_k25, RuntimeConfig(context=16, device="cpu", prefetch=False)) as engine:
         prompt = bench_prompt(engine, 8)
         assert len(prompt) == 8
@@ -43,9 +50,8 @@ def test_summary_figures_follow_from_the_runs_and_limits(tiny_k25):
         real = run_once(engine, prompt, 3)
         assert real.generated == 3 and real.prompt_tokens == 8 and real.peak_rss_bytes > 0
         runs = [
-            RunResult(8, 3, 0.5 * i, 1.0, 16 / i, float(r), 1000 * i, real.experts)
-            for i, r in ((1, 9), (2, 5), (3, 7))
-        ]  # fmt: skip
+            RunResult(8, 3, 0.5 * i, 1.0, 16 / i, float(r), 1000 * i, real.experts) for i, r in ((1, 9), (2, 5), (3, 7))
+        ]
         out = summarize(engine, spec, limits, runs, engine.stats() - before, None)
     assert (out["decode_tok_s"], out["decode_tok_s_min"], out["decode_tok_s_max"]) == (7.0, 5.0, 9.0)
     assert (out["prefill_tok_s"], out["ttft_s"], out["ttft_s_max"]) == (8.0, 1.0, 1.5)

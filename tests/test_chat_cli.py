@@ -22,11 +22,23 @@ FOOTER = r"\((\d+) tokens, "  # each answer ends with one
 
 
 def spawn(tmp_path: Path, model: Path | str, *args: str) -> pexpect.spawn:
-    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color",
-           "KIMI_OFFLOAD_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    env = {
+        **os.environ,
+        "COLUMNS": "120",
+        "LINES": "40",
+        "TERM": "xterm-256color",
+        "KIMI_OFFLOAD_CACHE": str(tmp_path / "cache"),
+    }
     env.pop("NO_COLOR", None)
-    child = pexpect.spawn(sys.executable, ["-m", "offload.cli", "chat", "--model", str(model), *args], cwd=ROOT,
-                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 120))  # fmt: skip
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "offload.cli", "chat", "--model", str(model), *args],
+        cwd=ROOT,
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 120),
+    )
     child.logfile_read = io.StringIO()  # the whole screen, for leave()
     return child
 
@@ -93,8 +105,13 @@ def test_a_session(tiny_k25, tmp_path):
     assert msgs[3]["content"] == "Why?" and all("half typed" not in m["content"] for m in msgs)
     assert msgs[2]["reasoning_content"] == "" and msgs[4]["reasoning_content"]  # thinking off, then on
     s = data["settings"]
-    assert (s["system"], s["thinking"], s["temperature"], s["max_tokens"], s["seed"]) == ("You are terse.", True,
-                                                                                          1.0, 8, 1)  # fmt: skip
+    assert (s["system"], s["thinking"], s["temperature"], s["max_tokens"], s["seed"]) == (
+        "You are terse.",
+        True,
+        1.0,
+        8,
+        1,
+    )
     turns = data["turns"]
     assert [t["thinking"] for t in turns] == [True, False, False, True] and [t["seed"] for t in turns] == [1, 2, 3, 4]
     assert [t["temperature"] for t in turns] == [1.0, 0.6, 0.6, 1.0]
@@ -172,8 +189,9 @@ def test_stats_lines():
     assert not any("disk" in line for line in lines)
     turns = [_turn(100, 11, 0.5, 2.0), _turn(300, 1, 0.5, 0.0, read=2_000_000_000)]
     lines = stats_lines(turns, 412, 4096, 6, 48)
-    assert lines[0] == ("last answer: 300 prompt tokens, 1 generated (stop); prefill 600.0 tok/s (0.50 s), "
-                        "decode n/a (0.00 s)")  # fmt: skip
+    assert lines[0] == (
+        "last answer: 300 prompt tokens, 1 generated (stop); prefill 600.0 tok/s (0.50 s), decode n/a (0.00 s)"
+    )
     assert lines[1] == "session: 2 answers, 400 prompt tokens, 12 generated; prefill 400.0 tok/s, decode 5.0 tok/s"
     assert "context: 412 of 4,096 tokens" in lines
     assert any("last answer 3 MoE layer calls, 24 runs; since loading 6 calls, 48 runs" in line for line in lines)
@@ -195,7 +213,13 @@ def test_help_lists_every_command():
 
 
 def test_chat_minimal_example_reads_piped_lines(tiny_k25):
-    r = subprocess.run([sys.executable, "examples/chat_minimal.py", str(tiny_k25), "6"], cwd=ROOT, input="Hi\nWhy?\n",
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "examples/chat_minimal.py", str(tiny_k25), "6"],
+        cwd=ROOT,
+        input="Hi\nWhy?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert len(re.findall(r"\[\d+ tokens, (stop|length)\]", r.stdout)) == 2 and "\x1b[" not in r.stdout

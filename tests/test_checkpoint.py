@@ -136,8 +136,11 @@ def test_truncated_shard(victim):
     shard = first_shard(victim)
     data = shard.read_bytes()
     shard.write_bytes(data[:-100])
-    with pytest.raises(CheckpointError, match=rf"shard .*{shard.name} is truncated: tensor '.*' ends at byte "
-                                              rf"{len(data)} but the file has {len(data) - 100} bytes"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=rf"shard .*{shard.name} is truncated: tensor '.*' ends at byte "
+        rf"{len(data)} but the file has {len(data) - 100} bytes",
+    ):
         open_checkpoint(victim)
 
 
@@ -188,8 +191,11 @@ def test_required_tensor_missing(victim):
     name = "language_model.model.layers.2.mlp.experts.5.gate_proj.weight_scale"
     del index["weight_map"][name]
     index_path.write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match=rf"tensor '{name}' \(shape \[32, 2\], BF16\) is required by .*"
-                                              r"config\.json but is in no shard"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=rf"tensor '{name}' \(shape \[32, 2\], BF16\) is required by .*"
+        r"config\.json but is in no shard",
+    ):
         open_checkpoint(victim)
 
 

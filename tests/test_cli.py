@@ -13,8 +13,9 @@ runner = CliRunner()
 
 def test_make_model_then_inspect(tmp_path):
     out = tmp_path / "m"
-    r = runner.invoke(app, ["make-model", "--preset", "tiny", "--out", str(out), "--layout", "k2", "--experts", "fp8",
-                            "--seed", "7"])  # fmt: skip
+    r = runner.invoke(
+        app, ["make-model", "--preset", "tiny", "--out", str(out), "--layout", "k2", "--experts", "fp8", "--seed", "7"]
+    )
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and (out / "model.safetensors.index.json").is_file()
     r = runner.invoke(app, ["inspect", "--model", str(out), "--json"])
@@ -50,8 +51,19 @@ def test_generate_json_is_greedy_and_reproducible(tiny_k25):
     from offload.planner.plan import RuntimeConfig
     from offload.engine.sampling import SamplingParams
 
-    args = ["--model", str(tiny_k25), "--prompt-ids", "5,6,7,8", "--max-tokens", "6", "--temperature", "0",
-            "--dtype", "float32", "--json"]  # fmt: skip
+    args = [
+        "--model",
+        str(tiny_k25),
+        "--prompt-ids",
+        "5,6,7,8",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--dtype",
+        "float32",
+        "--json",
+    ]
     r = _generate(*args)
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -67,8 +79,19 @@ def test_generate_json_is_greedy_and_reproducible(tiny_k25):
 
 
 def test_generate_chat_streams_and_splits_reasoning(tiny_k25):
-    r = _generate("--model", str(tiny_k25), "--prompt", "Hi <|im_end|>", "--chat", "--no-thinking",
-                  "--max-tokens", "4", "--seed", "1", "--json")  # fmt: skip
+    r = _generate(
+        "--model",
+        str(tiny_k25),
+        "--prompt",
+        "Hi <|im_end|>",
+        "--chat",
+        "--no-thinking",
+        "--max-tokens",
+        "4",
+        "--seed",
+        "1",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert {"reasoning", "content", "tool_calls"} <= set(out)
@@ -121,12 +144,21 @@ def test_profiles_lists_the_presets():
 
 
 def test_plan_json_has_the_promised_keys():
-    r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--gpu-weights", "int8",
-                            "--json"])  # fmt: skip
+    r = runner.invoke(
+        app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--gpu-weights", "int8", "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    for key in ("fits", "routed_expert_bytes", "kv_bytes_per_token", "gpu_bytes", "gpu_expert_slots",
-                "ram_expert_bytes", "decode_tok_s_ceiling", "limited_by"):  # fmt: skip
+    for key in (
+        "fits",
+        "routed_expert_bytes",
+        "kv_bytes_per_token",
+        "gpu_bytes",
+        "gpu_expert_slots",
+        "ram_expert_bytes",
+        "decode_tok_s_ceiling",
+        "limited_by",
+    ):
         assert key in out
     assert out["fits"] and out["routed_expert_bytes"] == 60 * 384 * 24_772_608 and out["kv_bytes_per_token"] == 70_272
     r = runner.invoke(app, ["plan", "--model", "kimi-k2.5", "--profile", "rtx4090-256gb", "--context", "16384"])
@@ -174,8 +206,10 @@ def test_generate_prints_the_plan_and_refuses_what_does_not_fit(tiny_k25, tmp_pa
 
 def test_bench_kernels_runs_and_reports(tmp_path):
     out = tmp_path / "k.json"
-    r = runner.invoke(app, ["bench-kernels", "--tokens", "1", "--shapes", "64x64", "--no-ffn", "--seconds", "0.05",
-                            "--json", str(out)])  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["bench-kernels", "--tokens", "1", "--shapes", "64x64", "--no-ffn", "--seconds", "0.05", "--json", str(out)],
+    )
     assert r.exit_code == 0, r.output
     assert "64x64" in r.stdout and "torch_int4pack" in r.stdout and "read bandwidth" in r.stdout
     data = json.loads(out.read_text())

@@ -25,8 +25,9 @@ def test_export_gives_transformers_our_logits_and_tokens(tiny_k25, tmp_path, mon
     hf = compare.export_hf(tiny_k25, tmp_path / "hf", torch.float32)
     assert len(list(hf.glob("model-*.safetensors"))) > 1
     ids = torch.tensor([5, 17, 99, 3, 250, 7, 41, 8])
-    ref = transformers.DeepseekV3ForCausalLM.from_pretrained(hf, dtype=torch.float32,
-                                                             experts_implementation="eager").eval()  # fmt: skip
+    ref = transformers.DeepseekV3ForCausalLM.from_pretrained(
+        hf, dtype=torch.float32, experts_implementation="eager"
+    ).eval()
     with torch.inference_mode():
         theirs = ref(ids[None]).logits[0].float()
     with open_checkpoint(tiny_k25) as ckpt:

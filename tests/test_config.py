@@ -58,14 +58,21 @@ def test_flat_layouts_equal_nested():
     for mt in ("kimi_k2", "deepseek_v3"):
         c = ModelConfig.from_dict(flat(K25, mt))
         assert c.layout == mt and c.tensor_prefix == ""
-        assert sizes(c).expert_bytes == sizes(nested).expert_bytes and sizes(c).nonexpert_bytes == sizes(nested).nonexpert_bytes
+        assert (
+            sizes(c).expert_bytes == sizes(nested).expert_bytes
+            and sizes(c).nonexpert_bytes == sizes(nested).nonexpert_bytes
+        )
 
 
 def test_fp8_deepseek_v3_config():
     d = flat(K25, "deepseek_v3")
     d.update(n_routed_experts=256, n_group=8, topk_group=4, first_k_dense_replace=3, vocab_size=129280)
-    d["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                                "weight_block_size": [128, 128]}  # fmt: skip
+    d["quantization_config"] = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    }
     c = ModelConfig.from_dict(d)
     assert c.quant.format == "fp8" and c.quant.block == (128, 128)
     # FP8 expert: 3 e4m3 matrices + f32 scales [16, 56] (gate, up) and [56, 16] (down)
@@ -77,17 +84,28 @@ def test_int4_ignore_list_quantizes_only_routed_experts():
     c = ModelConfig.from_dict(K25)
     q, p = c.quant, c.tensor_prefix
     assert q.quantizes("model.layers.5.mlp.experts.17.down_proj", p)
-    for m in ("lm_head", "model.layers.5.self_attn.kv_b_proj", "model.layers.5.mlp.shared_experts.up_proj",
-              "model.layers.0.mlp.gate_proj"):  # fmt: skip
+    for m in (
+        "lm_head",
+        "model.layers.5.self_attn.kv_b_proj",
+        "model.layers.5.mlp.shared_experts.up_proj",
+        "model.layers.0.mlp.gate_proj",
+    ):
         assert not q.quantizes(m, p), m
 
 
 def test_transformers5_rope_parameters():
     d = flat(K25, "deepseek_v3")
     del d["rope_scaling"], d["rope_theta"]
-    d["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 50000.0, "factor": 64.0,
-                            "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1,
-                            "mscale": 1, "mscale_all_dim": 1}  # fmt: skip
+    d["rope_parameters"] = {
+        "rope_type": "yarn",
+        "rope_theta": 50000.0,
+        "factor": 64.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1,
+        "mscale_all_dim": 1,
+    }
     c = ModelConfig.from_dict(d)
     assert c.rope_theta == 50000.0 and c.rope_scaling == ModelConfig.from_dict(K25).rope_scaling
 
@@ -133,12 +151,15 @@ def mutate(path: str, value: object) -> dict:
         ("text_config.quantization_config.config_groups.group_0.weights.num_bits", 8, r"num_bits = 8"),
         ("text_config.quantization_config.config_groups.group_0.weights.symmetric", False, r"symmetric = False"),
         ("text_config.quantization_config.config_groups.group_0.weights.group_size", 12, r"group_size = 12"),
-        ("text_config.quantization_config.config_groups.group_0.input_activations", {"num_bits": 8},
-         r"activation quantization"),
+        (
+            "text_config.quantization_config.config_groups.group_0.input_activations",
+            {"num_bits": 8},
+            r"activation quantization",
+        ),
         ("text_config.moe_intermediate_size", 2056, r"moe_intermediate_size = 2056 is not a multiple"),
         ("text_config.qk_rope_head_dim", 63, r"qk_rope_head_dim = 63"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_values_name_field_and_value(path, value, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_dict(mutate(path, value))
@@ -163,11 +184,22 @@ def test_missing_folder_and_config(tmp_path):
 
 def test_k2_instruct_fp8_config_with_equal_yarn_betas():
     d = flat(K25, "kimi_k2")
-    d["rope_scaling"] = {"type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096, "beta_fast": 1.0,
-                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}  # fmt: skip
+    d["rope_scaling"] = {
+        "type": "yarn",
+        "factor": 32.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 1.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    }
     d.update(max_position_embeddings=131072, rms_norm_eps=1e-6)
-    d["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                                "weight_block_size": [128, 128]}  # fmt: skip
+    d["quantization_config"] = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    }
     c = ModelConfig.from_dict(d)
     assert c.rope_scaling is not None and c.rope_scaling.beta_fast == c.rope_scaling.beta_slow == 1.0
     assert c.quant.format == "fp8"
@@ -183,8 +215,12 @@ def test_k25_token_ids_fall_back_to_the_top_level():
 
 def test_fp8_modules_to_not_convert_match_as_substrings():
     d = flat(K25, "deepseek_v3")
-    d["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128],
-                                "modules_to_not_convert": ["model.layers.0.mlp"]}  # fmt: skip
+    d["quantization_config"] = {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "weight_block_size": [128, 128],
+        "modules_to_not_convert": ["model.layers.0.mlp"],
+    }
     q = ModelConfig.from_dict(d).quant
     assert not q.quantizes("model.layers.0.mlp.down_proj") and not q.quantizes("lm_head")
     assert q.quantizes("model.layers.1.mlp.experts.3.down_proj")

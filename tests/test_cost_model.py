@@ -9,8 +9,15 @@ from offload.experts.cost import CostModel
 # Round numbers: 1 GB of weights, 1 GFLOP per token (2 * 5e8 params).
 #   disk  1e9 / 10e9  = 0.1 s       RAM read 1e9 / 100e9 = 0.01 s      PCIe copy 1e9 / 20e9 = 0.05 s
 #   CPU   1e9 / 1e12  = 1e-3 s/token                                   GPU 1e9 / 100e12 = 1e-5 s/token
-ROUND = dict(expert_bytes=1_000_000_000, expert_params=500_000_000, dram_gbs=100.0, nvme_gbs=10.0,
-             cpu_gflops=1000.0, pcie_gbs=20.0, gpu_tflops=100.0)  # fmt: skip
+ROUND = dict(
+    expert_bytes=1_000_000_000,
+    expert_params=500_000_000,
+    dram_gbs=100.0,
+    nvme_gbs=10.0,
+    cpu_gflops=1000.0,
+    pcie_gbs=20.0,
+    gpu_tflops=100.0,
+)
 
 # Kimi K2.5: hidden 7168, MoE intermediate 2048; gate, up and down as INT4 (two per byte) with a bf16 scale per 32.
 HIDDEN, INTER = 7168, 2048

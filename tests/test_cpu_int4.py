@@ -99,8 +99,10 @@ def test_linear_real_width(native: None) -> None:
     packed, scale = random_int4(515, 2048, g)
     for t in (1, 2, 4, 7):
         x = _x(t, 2048, g)
-        _close(int4_linear_native(x, packed, scale, out=torch.full((t, 515), float("nan"))),
-               int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()))  # fmt: skip
+        _close(
+            int4_linear_native(x, packed, scale, out=torch.full((t, 515), float("nan"))),
+            int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()),
+        )
 
 
 def test_zero_tokens(native: None) -> None:
@@ -136,7 +138,7 @@ def _bad_cases() -> list[tuple[str, dict[str, object], str]]:
         ("packed strided", {"packed": torch.ones(12, 5, dtype=torch.int32).t()}, r"packed: expected a contiguous"),
         ("in not k*32", {"packed": p[:, :3].contiguous()}, r"in = 8 \* 3 = 24 is not a positive multiple of 32"),
         ("out", {"out": torch.empty(2, 4)}, r"out: expected shape \[2, 5\], got \[2, 4\]"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
@@ -182,8 +184,9 @@ def test_grouped_ffn(native: None) -> None:
     g = torch.Generator().manual_seed(7)
     d, i, n_tok, k = 96, 160, 9, 3
     experts = {e: random_int4_expert(d, i, g) for e in (0, 2, 3, 5)}  # 5 gets no tokens
-    ids = torch.tensor([[0, 2, 3], [2, 0, 4], [3, 4, 0], [0, 2, 3], [4, 3, 2], [2, 3, 0], [0, 3, 2], [3, 0, 4],
-                        [2, 4, 0]])  # fmt: skip
+    ids = torch.tensor(
+        [[0, 2, 3], [2, 0, 4], [3, 4, 0], [0, 2, 3], [4, 3, 2], [2, 3, 0], [0, 3, 2], [3, 0, 4], [2, 4, 0]]
+    )
     weights = torch.rand(n_tok, k, generator=g) + 0.1
     x = _x(n_tok, d, g, 0.2)
     dense = {e: tuple(_dense(*lin) for lin in ex) for e, ex in experts.items()}
@@ -216,16 +219,20 @@ def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureF
     g = torch.Generator().manual_seed(8)
     packed, scale = random_int4(67, 96, g)
     x = _x(3, 96, g)
-    _close(int4_linear_cpu(x, packed, scale, out=torch.full((3, 67), float("nan"))),
-           int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()))  # fmt: skip
+    _close(
+        int4_linear_cpu(x, packed, scale, out=torch.full((3, 67), float("nan"))),
+        int4_linear_ref(x.numpy(), packed.numpy(), scale.float().numpy()),
+    )
     expert = random_int4_expert(96, 64, g)
     _close(int4_expert_ffn_cpu(x * 0.2, *expert), expert_ffn_ref((x * 0.2).numpy(), *(_dense(*lin) for lin in expert)))
     ids, weights = torch.tensor([[0, 1], [2, 0], [1, 0]]), torch.rand(3, 2, generator=g)
     bank = {0: expert, 1: random_int4_expert(96, 64, g)}  # 2 is absent
     dense = {e: tuple(_dense(*lin) for lin in ex) for e, ex in bank.items()}
     dense[2] = tuple(np.zeros_like(m) for m in dense[0])
-    _close(int4_grouped_ffn_cpu(x * 0.2, ids, weights, bank),
-           grouped_ffn_ref((x * 0.2).numpy(), ids.numpy(), weights.numpy(), dense))  # fmt: skip
+    _close(
+        int4_grouped_ffn_cpu(x * 0.2, ids, weights, bank),
+        grouped_ffn_ref((x * 0.2).numpy(), ids.numpy(), weights.numpy(), dense),
+    )
     with pytest.raises(RuntimeError, match="not available"):
         int4_linear_native(x, packed, scale)
 
@@ -241,5 +248,6 @@ def test_grouped_refuses_aliasing_and_repeated_experts():
     with pytest.raises(ValueError, match="shares memory with x"):
         cpu_int4.int4_grouped_ffn_cpu(x, ids[:, :1].contiguous(), torch.ones(3, 1), {0: expert}, out=x)
     with pytest.raises(ValueError, match="positive multiple"):
-        cpu_int4.int4_linear_cpu(torch.randn(2, 0), torch.zeros(3, 0, dtype=torch.int32),
-                                 torch.zeros(3, 0, dtype=torch.bfloat16))  # fmt: skip
+        cpu_int4.int4_linear_cpu(
+            torch.randn(2, 0), torch.zeros(3, 0, dtype=torch.int32), torch.zeros(3, 0, dtype=torch.bfloat16)
+        )

@@ -48,7 +48,11 @@ def test_int4_demo_held_out_loss_is_within_2_percent_of_the_float_model():
 
 def test_demo_answers_in_the_chat_format_and_stops():
     with Engine(demo_dir(), RuntimeConfig(context=1024, dtype="float32", device="cpu")) as engine:
-        turn = engine.chat([{"role": "user", "content": "Explain lists."}], thinking=False, max_tokens=400,
-                           sampling=SamplingParams(temperature=0.0))  # fmt: skip
+        turn = engine.chat(
+            [{"role": "user", "content": "Explain lists."}],
+            thinking=False,
+            max_tokens=400,
+            sampling=SamplingParams(temperature=0.0),
+        )
         text = "".join(c for _, c in turn)
         assert turn.result.finish_reason == "stop" and len(text) > 20, (turn.result.finish_reason, text)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from kernels.dequant import StoredWeight, dequantize
 from kernels.ffn import (
     bf16_to_float_ref,
-    dequantize_linear,
     expert_ffn,
     expert_ffn_ref,
     grouped_ffn,
@@ -21,29 +21,29 @@ from kernels.int4 import dequantize_int4_ref, quantize_int4
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
 
 
-def _stored(fmt: str, out_f: int, in_f: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _stored(fmt: str, out_f: int, in_f: int, g: torch.Generator) -> StoredWeight:
     """One Linear in a checkpoint format, from random weights (never zeros)."""
     w = torch.randn(out_f, in_f, generator=g) / in_f**0.5 + 1e-3
     if fmt == "int4":
         packed, scale = quantize_int4(w, 32)
-        return {"weight_packed": packed, "weight_scale": scale, "weight_shape": torch.tensor([out_f, in_f])}
+        return StoredWeight("int4", (out_f, in_f), {"packed": packed, "scale": scale}, (32,))
     if fmt == "fp8":
         q, s = quantize_fp8(w, (128, 128))
-        return {"weight": q, "weight_scale_inv": s}
-    return {"weight": w.to(torch.bfloat16)}
+        return StoredWeight("fp8", (out_f, in_f), {"weight": q, "scale_inv": s}, (128, 128))
+    return StoredWeight("bf16", (out_f, in_f), {"weight": w.to(torch.bfloat16)})
 
 
-def _dense_ref(fmt: str, t: dict[str, torch.Tensor]) -> np.ndarray:
+def _dense_ref(w: StoredWeight) -> np.ndarray:
     """The NumPy definition of each format's dequantization."""
-    if fmt == "int4":
-        in_f = int(t["weight_shape"][1])
-        return dequantize_int4_ref(t["weight_packed"].numpy(), t["weight_scale"].float().numpy(), in_f, 32)
-    if fmt == "fp8":
-        return dequantize_fp8_ref(t["weight"].view(torch.uint8).numpy(), t["weight_scale_inv"].numpy())
+    t = w.parts
+    if w.fmt == "int4":
+        return dequantize_int4_ref(t["packed"].numpy(), t["scale"].float().numpy(), w.shape[1], 32)
+    if w.fmt == "fp8":
+        return dequantize_fp8_ref(t["weight"].view(torch.uint8).numpy(), t["scale_inv"].numpy())
     return bf16_to_float_ref(t["weight"].view(torch.int16).numpy().view(np.uint16))
 
 
-def _expert(fmt: str, d: int, i: int, g: torch.Generator) -> tuple[dict, dict, dict]:
+def _expert(fmt: str, d: int, i: int, g: torch.Generator) -> tuple[StoredWeight, StoredWeight, StoredWeight]:
     return _stored(fmt, i, d, g), _stored(fmt, i, d, g), _stored(fmt, d, i, g)
 
 
@@ -58,8 +58,8 @@ def _close(got: torch.Tensor, want: np.ndarray, dtype: torch.dtype) -> None:
 def test_dequantize_and_expert_ffn_match_the_definition(fmt, tokens, d, i):
     g = torch.Generator().manual_seed(tokens * 1000 + d + i)
     stored = _expert(fmt, d, i, g)
-    dense = [dequantize_linear(s, 32, (128, 128), torch.float32) for s in stored]
-    refs = [_dense_ref(fmt, s) for s in stored]
+    dense = [dequantize(s, torch.float32) for s in stored]
+    refs = [_dense_ref(s) for s in stored]
     for got, want in zip(dense, refs, strict=True):
         assert np.array_equal(got.numpy(), want)  # dequantization is exact in float32
     x = torch.randn(tokens, d, generator=g)
@@ -72,8 +72,8 @@ def test_grouped_ffn_matches_the_token_by_token_definition(fmt):
     g = torch.Generator().manual_seed(5)
     d, i, n_experts, tokens, k = 96, 64, 6, 9, 3
     stored = {e: _expert(fmt, d, i, g) for e in range(n_experts)}
-    dense = {e: tuple(dequantize_linear(s) for s in stored[e]) for e in stored}
-    refs = {e: tuple(_dense_ref(fmt, s) for s in stored[e]) for e in stored}
+    dense = {e: tuple(dequantize(s) for s in stored[e]) for e in stored}
+    refs = {e: tuple(_dense_ref(s) for s in stored[e]) for e in stored}
     x = torch.randn(tokens, d, generator=g)
     ids = torch.stack([torch.randperm(n_experts - 1, generator=g)[:k] for _ in range(tokens)])  # expert 5 unused
     weights = torch.rand(tokens, k, generator=g) + 0.1
@@ -88,7 +88,7 @@ def test_grouped_ffn_matches_the_token_by_token_definition(fmt):
 
 def test_zero_tokens():
     g = torch.Generator().manual_seed(1)
-    dense = tuple(dequantize_linear(s) for s in _expert("int4", 64, 32, g))
+    dense = tuple(dequantize(s) for s in _expert("int4", 64, 32, g))
     assert expert_ffn(torch.empty(0, 64), *dense).shape == (0, 64)
     out = grouped_ffn(torch.empty(0, 64), torch.empty(0, 2, dtype=torch.long), torch.empty(0, 2), {0: dense})
     assert out.shape == (0, 64)
@@ -96,7 +96,7 @@ def test_zero_tokens():
 
 def test_bad_shapes_and_dtypes_say_what_is_wrong():
     g = torch.Generator().manual_seed(2)
-    gate, up, down = (dequantize_linear(s) for s in _expert("bf16", 64, 32, g))
+    gate, up, down = (dequantize(s) for s in _expert("bf16", 64, 32, g))
     x = torch.randn(2, 64)
     with pytest.raises(ValueError, match=r"down is \(32, 64\); expected \[64, 32\]"):
         expert_ffn(x, gate, up, down.T)
@@ -106,5 +106,5 @@ def test_bad_shapes_and_dtypes_say_what_is_wrong():
         grouped_ffn(x, torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 1), {0: (gate, up, down)})
     with pytest.raises(ValueError, match=r"must both be \[2, k\]"):
         grouped_ffn(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 1), {0: (gate, up, down)})
-    with pytest.raises(ValueError, match="no weight among"):
-        dequantize_linear({"weight_scale": torch.ones(1)})
+    with pytest.raises(ValueError, match="weight format 'q9' is unknown"):
+        StoredWeight("q9", (2, 2), {"weight": torch.ones(2, 2)})

@@ -144,8 +144,9 @@ def test_int4_dequantize_matches_library_decompress(out_f: int, in_f: int) -> No
     lib_bf16 = PackedQuantizationCompressor.decompress(comp, scheme)["weight"]
     assert lib_bf16.dtype == torch.bfloat16
     bits_equal(ours.to(torch.bfloat16).view(torch.int16), lib_bf16.view(torch.int16))
-    bits_equal(dequantize_int4(packed, scale, in_f, GROUP, dtype=torch.bfloat16).view(torch.int16),
-               lib_bf16.view(torch.int16))  # fmt: skip
+    bits_equal(
+        dequantize_int4(packed, scale, in_f, GROUP, dtype=torch.bfloat16).view(torch.int16), lib_bf16.view(torch.int16)
+    )
 
     # With the same scale values held in float32 the library's product is exact too: equal in float32.
     comp_f32 = {**comp, "weight_scale": scale.float()}
@@ -208,8 +209,13 @@ def test_int4_quantize_ref_rounds_half_to_even() -> None:
     w = np.tile(np.array([0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 3.25, -3.75], dtype=np.float32), 4)[None, :]
     want = np.tile(np.array([0, 2, 2, 0, -2, -2, 6, -8], dtype=np.int8), 4)[None, :]
     bits_equal(quantize_int4_ref(w, scale, GROUP), want)
-    lib_q = ct_quantize(x=torch.from_numpy(w), scale=torch.from_numpy(scale), zero_point=None,
-                        args=int4_scheme().weights, dtype=torch.int8)  # fmt: skip
+    lib_q = ct_quantize(
+        x=torch.from_numpy(w),
+        scale=torch.from_numpy(scale),
+        zero_point=None,
+        args=int4_scheme().weights,
+        dtype=torch.int8,
+    )
     bits_equal(lib_q.numpy(), want)
 
 

@@ -39,7 +39,10 @@ def test_same_seed_same_bytes_other_seed_different(tmp_path, tiny_k25):
 
 
 def test_layouts_hold_the_same_weights(tiny_dirs):
-    with open_checkpoint(tiny_dirs[("k2.5", "int4")]) as nested, open_checkpoint(tiny_dirs[("deepseek-v3", "int4")]) as flat:
+    with (
+        open_checkpoint(tiny_dirs[("k2.5", "int4")]) as nested,
+        open_checkpoint(tiny_dirs[("deepseek-v3", "int4")]) as flat,
+    ):
         rn = {n.removeprefix("language_model."): b for n, b in raw_bytes(nested).items()}
         rf = raw_bytes(flat)
         assert set(rf) <= set(rn)
@@ -66,8 +69,9 @@ def test_compressed_tensors_decompresses_our_int4_experts_to_our_dequantization(
     cfg = transformers.utils.quantization_config.CompressedTensorsConfig(run_compressed=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
-                                                                        quantization_config=cfg)  # fmt: skip
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, output_loading_info=True, quantization_config=cfg
+        )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with open_checkpoint(folder) as ck:
         c = ck.config
@@ -156,8 +160,11 @@ def test_chat_template_renders_kimi_turns(tiny_k25):
     env = jinja2.Environment()
     env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False)
     t = env.from_string(template)
-    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!", "reasoning_content": "r"},
-            {"role": "user", "content": "Bye"}]  # fmt: skip
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "reasoning_content": "r"},
+        {"role": "user", "content": "Bye"},
+    ]
     out = t.render(messages=msgs, add_generation_prompt=True)
     assert out == (
         "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>"
@@ -166,10 +173,15 @@ def test_chat_template_renders_kimi_turns(tiny_k25):
         "<|im_user|>user<|im_middle|>Bye<|im_end|>"
         "<|im_assistant|>assistant<|im_middle|><think>"
     )
-    off = t.render(messages=[{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
-                   add_generation_prompt=True, thinking=False)  # fmt: skip
-    assert off == "<|im_system|>system<|im_middle|>S<|im_end|><|im_user|>user<|im_middle|>Q<|im_end|>" \
-                  "<|im_assistant|>assistant<|im_middle|><think></think>"  # fmt: skip
+    off = t.render(
+        messages=[{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        add_generation_prompt=True,
+        thinking=False,
+    )
+    assert (
+        off == "<|im_system|>system<|im_middle|>S<|im_end|><|im_user|>user<|im_middle|>Q<|im_end|>"
+        "<|im_assistant|>assistant<|im_middle|><think></think>"
+    )
 
 
 def test_preset_sizes():

@@ -20,12 +20,30 @@ from offload.quant import QuantConfig
 transformers = pytest.importorskip("transformers")
 
 BASE = dict(
-    vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
-    num_attention_heads=4, q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-    n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, n_group=1, topk_group=1,
-    routed_scaling_factor=2.827, norm_topk_prob=True, first_k_dense_replace=1, rope_theta=50000.0,
-    max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
-)  # fmt: skip
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=96,
+    moe_intermediate_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    q_lora_rank=48,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=16,
+    n_shared_experts=1,
+    num_experts_per_tok=4,
+    n_group=1,
+    topk_group=1,
+    routed_scaling_factor=2.827,
+    norm_topk_prob=True,
+    first_k_dense_replace=1,
+    rope_theta=50000.0,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
 YARN = {"rope_type": "yarn", "original_max_position_embeddings": 16, "beta_slow": 1.0}
 CONFIGS = {
     # K2.5's rope: yarn factor 64, beta_fast 32, mscale == mscale_all_dim (softmax rescaled, cos/sin not)

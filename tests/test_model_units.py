@@ -61,8 +61,9 @@ def test_k25_latent_cache_is_576_values_per_token_and_layer():
 
 
 def _router(**kw) -> Router:
-    args = dict(weight=torch.eye(4), bias=torch.zeros(4), top_k=2, n_group=1, topk_group=1, norm_topk_prob=True,
-                scaling=2.0)  # fmt: skip
+    args = dict(
+        weight=torch.eye(4), bias=torch.zeros(4), top_k=2, n_group=1, topk_group=1, norm_topk_prob=True, scaling=2.0
+    )
     return Router(**{**args, **kw})  # type: ignore[arg-type]
 
 

@@ -178,8 +178,12 @@ def test_ctrl_c_inside_a_layer_leaves_no_thread(tiny_k25, monkeypatch):
 
 def test_guesses_are_made_only_when_they_can_be_acted_on(tiny_k25):
     with open_checkpoint(tiny_k25) as ckpt:
-        for budget, slots, prefetch, want in ((None, 0, True, False), (10**6, 0, False, False), (10**6, 0, True, True),
-                                              (None, 1, True, True)):  # fmt: skip
+        for budget, slots, prefetch, want in (
+            (None, 0, True, False),
+            (10**6, 0, False, False),
+            (10**6, 0, True, True),
+            (None, 1, True, True),
+        ):
             with OffloadedExperts(ckpt, torch.float32, OffloadConfig(budget, slots, prefetch)) as runtime:
                 assert runtime.predicting is want, (budget, slots, prefetch)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.cpu_int4 import Int4Expert
+from kernels.dequant import StoredWeight
 from kernels.int4 import dequantize_int4
 from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.experts.cost import CostModel
@@ -55,8 +56,14 @@ def slot_holds(slots: GpuSlots, slot: int, expert: Int4Expert) -> bool:
     )
 
 
-def routed_reference(experts: dict[int, Int4Expert], x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                     only: list[int], round_h: bool) -> torch.Tensor:  # fmt: skip
+def routed_reference(
+    experts: dict[int, Int4Expert],
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    only: list[int],
+    round_h: bool,
+) -> torch.Tensor:
     """sum over (t, k) with ids[t, k] in `only` of weights[t, k] * expert(x[t]) in float64 from the source weights
     (not from any slot); round_h rounds the hidden activation to x.dtype, as the GPU kernel does."""
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float64)
@@ -318,3 +325,38 @@ def test_engine_on_cuda_matches_the_cpu_reference(tiny_k25: Path) -> None:
     assert tokens == ref_tokens
     assert float((logits - ref_logits).abs().max()) < LOGIT_TOL
     assert stats.device.startswith("cuda") and stats.gpu_slots == 2
+
+
+@pytest.mark.parametrize(("layout", "experts"), [("deepseek-v3", "fp8"), ("k2", "fp8"), ("k2.5", "bf16")])
+def test_fp8_and_bf16_checkpoints_on_cuda_with_default_flags(
+    tiny_dirs: dict[tuple[str, str], Path], layout: str, experts: str
+) -> None:
+    """Issue 14's bug: on CUDA with default flags, FP8/bf16 checkpoints load (no slots: their experts run on the
+    CPU) and decode the CPU reference's tokens; the FP8 weights kept on the GPU are dequantized there by the Triton
+    kernel (kernels/dequant.py), which must match the CPU dequantization bit for bit."""
+    from offload.engine.engine import Engine
+    from offload.planner.plan import RuntimeConfig
+
+    folder = tiny_dirs[(layout, experts)]
+    ref_tokens, ref_logits = cpu_reference(folder)
+    with Engine(folder, RuntimeConfig(dtype="float32", device="cuda")) as engine:
+        assert engine.experts.slots is None and engine.plan.offload.gpu_slots == 0
+        tokens, logits = greedy(engine.model)
+        if layout == "deepseek-v3":  # its attention weights are FP8 blocks: the Triton path ran
+            from kernels.dequant import dequantize
+
+            stored = _first_fp8(engine.ckpt)
+            on_gpu, on_cpu = dequantize(stored.to("cuda"), torch.float32), dequantize(stored, torch.float32)
+            assert torch.equal(on_gpu.cpu(), on_cpu)
+    assert tokens == ref_tokens
+    assert float((logits - ref_logits).abs().max()) < LOGIT_TOL
+
+
+def _first_fp8(ckpt: Checkpoint) -> StoredWeight:
+    """The first non-expert linear weight the checkpoint stores in FP8."""
+    from offload.parts import model_modules
+
+    for m in model_modules(ckpt.config, routed=False):
+        if m.kind == "linear" and (w := ckpt.weight(m.name)).fmt == "fp8":
+            return w
+    raise AssertionError("no FP8 non-expert weight in a deepseek-v3 layout checkpoint")

@@ -20,6 +20,8 @@ K25 = shape_config("kimi-k2.5")
 def plan_for(name: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, **kw: Any) -> Plan:
     """make_plan with the storage the model's published release has (its config's quantization)."""
     return make_plan(name, cfg, layout_storage(cfg), profile, rt, **kw)
+
+
 EXPERT = 24_772_608  # KIMI.md §3: one INT4 expert, packed weights and scales
 ROUTED = 60 * 384 * EXPERT
 PER_TOKEN = 8 * 60 * EXPERT  # 11.89 GB
@@ -42,13 +44,33 @@ BF16 = {
 }
 
 BOX = Profile(
-    name="box", description="round numbers", gpu_name="G", gpu_memory_gib=24, gpu_bandwidth_gbs=1000,
-    gpu_tflops=100, pcie_gbs=25, ram_gib=256, dram_gbs=80, nvme_gbs=5, cpu_cores=16, cpu_gflops=1000,
-)  # fmt: skip
+    name="box",
+    description="round numbers",
+    gpu_name="G",
+    gpu_memory_gib=24,
+    gpu_bandwidth_gbs=1000,
+    gpu_tflops=100,
+    pcie_gbs=25,
+    ram_gib=256,
+    dram_gbs=80,
+    nvme_gbs=5,
+    cpu_cores=16,
+    cpu_gflops=1000,
+)
 CPU_BOX = Profile(
-    name="cpu", description="no gpu", gpu_name="", gpu_memory_gib=0, gpu_bandwidth_gbs=0, gpu_tflops=0, pcie_gbs=0,
-    ram_gib=256, dram_gbs=80, nvme_gbs=5, cpu_cores=16, cpu_gflops=1000,
-)  # fmt: skip
+    name="cpu",
+    description="no gpu",
+    gpu_name="",
+    gpu_memory_gib=0,
+    gpu_bandwidth_gbs=0,
+    gpu_tflops=0,
+    pcie_gbs=0,
+    ram_gib=256,
+    dram_gbs=80,
+    nvme_gbs=5,
+    cpu_cores=16,
+    cpu_gflops=1000,
+)
 
 
 def test_k25_sizes_by_hand():
@@ -84,8 +106,12 @@ def test_gpu_budget_slots_and_ram_by_hand():
     pinned = 2 * 8 * EXPERT
     ram_experts = 256 * GiB - 8 * GiB - VOCAB_H * 2 - pinned
     assert plan.ram_expert_bytes == ram_experts
-    assert plan.ram_budget == {"reserve": 8 * GiB, "embed": VOCAB_H * 2, "pinned_staging": pinned,
-                               "expert_page_cache": ram_experts}  # fmt: skip
+    assert plan.ram_budget == {
+        "reserve": 8 * GiB,
+        "embed": VOCAB_H * 2,
+        "pinned_staging": pinned,
+        "expert_page_cache": ram_experts,
+    }
     g = slots * EXPERT / ROUTED
     r = ram_experts / ROUTED
     assert plan.shares == pytest.approx({"gpu": g, "ram": r, "disk": 1 - g - r})
@@ -303,8 +329,9 @@ def test_gpu_slots_and_ram_budget_overrides_by_hand():
     plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=4, ram_budget_gb=100))
     assert plan.gpu_expert_slots == 4 and plan.gpu_budget["expert_slots"] == 4 * EXPERT and plan.fits
     assert plan.ram_budget["expert_page_cache"] == 100 * 10**9 == plan.ram_expert_bytes
-    assert plan.shares == pytest.approx({"gpu": 4 * EXPERT / ROUTED, "ram": 100e9 / ROUTED,
-                                         "disk": 1 - (4 * EXPERT + 100e9) / ROUTED})  # fmt: skip
+    assert plan.shares == pytest.approx(
+        {"gpu": 4 * EXPERT / ROUTED, "ram": 100e9 / ROUTED, "disk": 1 - (4 * EXPERT + 100e9) / ROUTED}
+    )
     too_many = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(gpu_slots=SLOTS_BOX + 1))
     assert not too_many.fits
     assert f"{SLOTS_BOX + 1} GPU expert slots need" in too_many.problems[0]

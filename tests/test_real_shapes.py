@@ -36,8 +36,10 @@ def test_replica_opens_and_sizes_match_config(k25_replica):
         parts = ck.bytes_by_part()
         assert len(ck.shards) == 64
         assert parts["routed_experts"] == sizes(c).routed_expert_bytes == sizes(c).expert_bytes * 384 * 60
-        assert sum(parts.values()) == json.loads((k25_replica / "model.safetensors.index.json").read_text())[
-            "metadata"]["total_size"]  # fmt: skip
+        assert (
+            sum(parts.values())
+            == json.loads((k25_replica / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+        )
         assert 590e9 < sum(parts.values()) < 600e9  # "about 595 GB"
         ranges = ck.expert_ranges(60, 383)
         assert sum(r.length for r in ranges) == sizes(c).expert_bytes

@@ -62,9 +62,14 @@ def test_seed_reproduces_and_draws_follow_the_distribution():
 
 @pytest.mark.parametrize(
     ("kw", "msg"),
-    [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-     ({"top_k": -2}, "top_k"), ({"min_p": 1.0}, "min_p")],
-)  # fmt: skip
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.0}, "min_p"),
+    ],
+)
 def test_bad_params_are_clear_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SamplingParams(**kw)

@@ -81,9 +81,13 @@ def client(server: Served) -> OpenAI:
 
 def greedy_chat(client: OpenAI, content: str, max_tokens: int = 12, **extra: Any) -> Any:
     return client.chat.completions.create(
-        model="kimi-k2.5", messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0,
-        seed=1, **extra,
-    )  # fmt: skip
+        model="kimi-k2.5",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        temperature=0,
+        seed=1,
+        **extra,
+    )
 
 
 def reasoning_of(message: Any) -> str | None:
@@ -97,10 +101,15 @@ def split(message: Any) -> tuple[str, str]:
 def stream_text(client: OpenAI, content: str, max_tokens: int = 12) -> tuple[str, str, list[Any]]:
     chunks = list(
         client.chat.completions.create(
-            model="kimi-k2.5", messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
-            temperature=0, seed=1, stream=True, stream_options={"include_usage": True},
+            model="kimi-k2.5",
+            messages=[{"role": "user", "content": content}],
+            max_tokens=max_tokens,
+            temperature=0,
+            seed=1,
+            stream=True,
+            stream_options={"include_usage": True},
         )
-    )  # fmt: skip
+    )
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     reasoning = "".join(reasoning_of(d) or "" for d in deltas)
     return reasoning, "".join(d.content or "" for d in deltas), chunks
@@ -192,16 +201,22 @@ def test_concurrent_streams_get_their_own_answers(client: OpenAI) -> None:
 
 def _long_body(**extra: Any) -> dict[str, Any]:
     # greedy on this prompt runs for hundreds of tokens on the tiny model before a stop token
-    return {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "Which one is bigger?"}],
-            "max_tokens": 3000, "temperature": 0, **extra}  # fmt: skip
+    return {
+        "model": "kimi-k2.5",
+        "messages": [{"role": "user", "content": "Which one is bigger?"}],
+        "max_tokens": 3000,
+        "temperature": 0,
+        **extra,
+    }
 
 
 def _cancelled(caplog: pytest.LogCaptureFixture, request_id: str) -> bool:
     return any(request_id in r.getMessage() and "cancelled after" in r.getMessage() for r in caplog.records)
 
 
-def test_disconnect_mid_stream_cancels_and_frees(server: Served, client: OpenAI,
-                                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_disconnect_mid_stream_cancels_and_frees(
+    server: Served, client: OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="offload.server")
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=_long_body(stream=True), timeout=60) as r:
         lines = r.iter_lines()
@@ -214,8 +229,9 @@ def test_disconnect_mid_stream_cancels_and_frees(server: Served, client: OpenAI,
     _wait_for(lambda: httpx.get(f"{server.url}/health").json()["running"] == 0, "the worker is still busy")
 
 
-def test_disconnect_while_waiting_for_a_plain_answer(server: Served, client: OpenAI,
-                                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_disconnect_while_waiting_for_a_plain_answer(
+    server: Served, client: OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="offload.server")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/chat/completions", json=_long_body(), timeout=httpx.Timeout(60, read=0.5))
@@ -235,8 +251,9 @@ def test_completions_text_ids_and_stream(server: Served, client: OpenAI, engine:
     assert text.choices[0].text == by_ids.choices[0].text and text.object == "text_completion"
     assert text.usage is not None and text.usage.prompt_tokens == len(ids)
     assert text.usage.completion_tokens == 8 or text.choices[0].finish_reason == "stop"
-    chunks = list(client.completions.create(model="tiny-k25", prompt="The capital of", max_tokens=8, temperature=0,
-                                            stream=True))  # fmt: skip
+    chunks = list(
+        client.completions.create(model="tiny-k25", prompt="The capital of", max_tokens=8, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].text for c in chunks) == text.choices[0].text
     assert chunks[-1].choices[0].finish_reason == text.choices[0].finish_reason
     default = httpx.post(f"{server.url}/v1/completions", json={"model": "kimi-k2.5", "prompt": "a", "temperature": 0})
@@ -256,22 +273,40 @@ def test_models_and_health(server: Served, client: OpenAI) -> None:
 
 
 def test_tools_and_tool_messages_are_accepted(client: OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "functions.get_weather:0", "type": "function",
-         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "functions.get_weather:0",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "18 C, sunny"},
-    ]  # fmt: skip
-    r = client.chat.completions.create(model="kimi-k2.5", messages=messages, tools=tools, max_tokens=4,
-                                       temperature=0)  # fmt: skip
+    ]
+    r = client.chat.completions.create(model="kimi-k2.5", messages=messages, tools=tools, max_tokens=4, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
 def test_tool_calls_in_the_openai_shape() -> None:
-    calls = (ToolCall("functions.get_weather:0", "get_weather", {"city": "Paris"}, ' {"city": "Paris"} '),
-             ToolCall("functions.lookup:1", "lookup", None, "{not json"))  # fmt: skip
+    calls = (
+        ToolCall("functions.get_weather:0", "get_weather", {"city": "Paris"}, ' {"city": "Paris"} '),
+        ToolCall("functions.lookup:1", "lookup", None, "{not json"),
+    )
     output = AssistantOutput("I should check.", "", calls, True)
     result = GenerationResult(token_ids=[1, 2, 3], text="...", finish_reason="stop", prompt_tokens=7)
     env = responses.Envelope("chatcmpl-x", 0, "kimi-k2.5", "chat.completion")
@@ -279,13 +314,18 @@ def test_tool_calls_in_the_openai_shape() -> None:
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"] == {
-        "role": "assistant", "content": None, "reasoning_content": "I should check.",
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "I should check.",
         "tool_calls": [
-            {"id": "functions.get_weather:0", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {
+                "id": "functions.get_weather:0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
             {"id": "functions.lookup:1", "type": "function", "function": {"name": "lookup", "arguments": "{not json"}},
         ],
-    }  # fmt: skip
+    }
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert [c["index"] for c in responses.tool_calls(calls, streaming=True)] == [0, 1]
     cut = GenerationResult(token_ids=[1], finish_reason="length", prompt_tokens=1)
@@ -366,10 +406,18 @@ def test_raw_completion_prompts_may_spell_special_tokens(server: Served, engine:
 
 
 def test_developer_role_is_the_system_role(client: OpenAI) -> None:
-    dev = client.chat.completions.create(model="kimi-k2.5", messages=[{"role": "developer", "content": "Be brief."},
-                                         {"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)  # fmt: skip
-    sys_ = client.chat.completions.create(model="kimi-k2.5", messages=[{"role": "system", "content": "Be brief."},
-                                          {"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)  # fmt: skip
+    dev = client.chat.completions.create(
+        model="kimi-k2.5",
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    sys_ = client.chat.completions.create(
+        model="kimi-k2.5",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+    )
     assert dev.usage is not None and sys_.usage is not None
     assert dev.usage.prompt_tokens == sys_.usage.prompt_tokens
     # 4 greedy tokens all go to the reasoning (thinking is on): compare both parts, and not two empty answers
@@ -507,8 +555,24 @@ def test_serve_command(tiny_k25: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "offload.cli", "serve", "--model", str(tiny_k25), "--port", str(port),
-           "--dtype", "float32", "--context", "2048", "--api-key", "k", "--model-name", "tiny"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "offload.cli",
+        "serve",
+        "--model",
+        str(tiny_k25),
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--context",
+        "2048",
+        "--api-key",
+        "k",
+        "--model-name",
+        "tiny",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -543,6 +607,14 @@ def test_serve_refuses_a_taken_port_before_loading(tmp_path: Path, monkeypatch: 
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(typer.Exit):  # the folder does not even exist: the port is checked first
-            run_server(model_dir=tmp_path / "none", host="127.0.0.1", port=port, api_key=None, model_name=None,
-                       profile="auto", max_queue=4, runtime=RuntimeConfig(context=2048, dtype="float32"))  # fmt: skip
+            run_server(
+                model_dir=tmp_path / "none",
+                host="127.0.0.1",
+                port=port,
+                api_key=None,
+                model_name=None,
+                profile="auto",
+                max_queue=4,
+                runtime=RuntimeConfig(context=2048, dtype="float32"),
+            )
     assert messages and f"cannot listen on 127.0.0.1:{port}" in messages[0]

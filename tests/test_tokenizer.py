@@ -42,9 +42,23 @@ TEXTS = [
 
 # Code-point ranges for random text (all outside the surrogates): ASCII, Latin, Greek, Cyrillic, Hebrew, Arabic,
 # Devanagari, kana, Han, Hangul, emoji, combining marks, whitespace controls, ZWJ and variation selectors.
-RANGES = [(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x5FF), (0x600, 0x6FF),
-          (0x900, 0x97F), (0x3040, 0x30FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1F64F),
-          (0x300, 0x36F), (0x9, 0xD), (0x200D, 0x200D), (0xFE0F, 0xFE0F)]  # fmt: skip
+RANGES = [
+    (0x20, 0x7E),
+    (0xA0, 0x24F),
+    (0x370, 0x3FF),
+    (0x400, 0x4FF),
+    (0x590, 0x5FF),
+    (0x600, 0x6FF),
+    (0x900, 0x97F),
+    (0x3040, 0x30FF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7A3),
+    (0x1F300, 0x1F64F),
+    (0x300, 0x36F),
+    (0x9, 0xD),
+    (0x200D, 0x200D),
+    (0xFE0F, 0xFE0F),
+]
 
 
 def random_texts(n: int, seed: int = 0, max_len: int = 40, assigned: bool = False) -> list[str]:
@@ -138,11 +152,36 @@ def test_lone_surrogates_become_replacement(tok):
 
 def test_split_pattern_by_hand():
     assert SPLIT.findall("Hello World's 中文English 12345 don't") == [
-        "Hello", " World's", " ", "中文", "English", " ", "123", "45", " don't"]  # fmt: skip
+        "Hello",
+        " World's",
+        " ",
+        "中文",
+        "English",
+        " ",
+        "123",
+        "45",
+        " don't",
+    ]
     assert SPLIT.findall("漢字かなカナ ÉCOLE École camelCase HTTPServer") == [
-        "漢字", "かなカナ", " ÉCOLE", " École", " camel", "Case", " HTTPServer"]  # fmt: skip
+        "漢字",
+        "かなカナ",
+        " ÉCOLE",
+        " École",
+        " camel",
+        "Case",
+        " HTTPServer",
+    ]
     assert SPLIT.findall("THEY'RE x  y\r\n\r\nz!!!\n\n 42") == [
-        "THEY'RE", " x", " ", " y", "\r\n\r\n", "z", "!!!\n\n", " ", "42"]  # fmt: skip
+        "THEY'RE",
+        " x",
+        " ",
+        " y",
+        "\r\n\r\n",
+        "z",
+        "!!!\n\n",
+        " ",
+        "42",
+    ]
 
 
 def test_tiktoken_and_oniguruma_split_like_regex(hf_dir):

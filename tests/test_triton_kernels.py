@@ -183,8 +183,14 @@ def _int4_args() -> dict[str, object]:
     pool = random_pool(3, 24, 64, DEVICE, gen)
     slot_of, offsets, group_expert = index(EXPERTS_SLOT, GROUP_EXPERT, GROUP_TOKENS)
     x = signed_rand(sum(GROUP_TOKENS), 64, dtype=torch.float32, gen=gen)
-    return {"x": x, "packed": pool.packed, "scale": pool.scale, "slot_of": slot_of, "offsets": offsets,
-            "group_expert": group_expert}  # fmt: skip
+    return {
+        "x": x,
+        "packed": pool.packed,
+        "scale": pool.scale,
+        "slot_of": slot_of,
+        "offsets": offsets,
+        "group_expert": group_expert,
+    }
 
 
 @pytest.mark.parametrize(

@@ -86,5 +86,6 @@ def measure(folder: Path) -> Limits:
     """Every limit, timed now (a few seconds, plus one cold read of the largest shard)."""
     largest = max(shard_files(folder), key=lambda p: p.stat().st_size)
     advised, plain = disk_read_gbs(largest)
-    return Limits(dram_read_gbs(), dram_copy_gbs(), probe_cpu_gflops(), max(advised, plain), advised, plain,
-                  str(largest))  # fmt: skip
+    return Limits(
+        dram_read_gbs(), dram_copy_gbs(), probe_cpu_gflops(), max(advised, plain), advised, plain, str(largest)
+    )

@@ -44,8 +44,9 @@ def bench_prompt(engine: Engine, n: int) -> list[int]:
     return (ids * (n // max(1, len(ids)) + 1))[:n]
 
 
-def run_once(engine: Engine, prompt: list[int], gen_len: int,
-             on_token: Callable[[int], None] | None = None) -> RunResult:  # fmt: skip
+def run_once(
+    engine: Engine, prompt: list[int], gen_len: int, on_token: Callable[[int], None] | None = None
+) -> RunResult:
     """One greedy generation of exactly `gen_len` tokens (end-of-text ignored); on_token hears the count so far."""
     me = psutil.Process()
     before = engine.stats()
@@ -56,8 +57,16 @@ def run_once(engine: Engine, prompt: list[int], gen_len: int,
         if on_token is not None:
             on_token(len(gen.result.token_ids))
     r = gen.result
-    return RunResult(r.prompt_tokens, len(r.token_ids), r.prefill_s, r.decode_s, r.prefill_tok_s, r.decode_tok_s,
-                     max(rss, me.memory_info().rss), engine.stats() - before)  # fmt: skip
+    return RunResult(
+        r.prompt_tokens,
+        len(r.token_ids),
+        r.prefill_s,
+        r.decode_s,
+        r.prefill_tok_s,
+        r.decode_tok_s,
+        max(rss, me.memory_info().rss),
+        engine.stats() - before,
+    )
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -73,13 +82,20 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def summarize(engine: Engine, spec: BenchSpec, limits: Limits, runs: list[RunResult], total: ExpertStats,
-              resident_after_drop: int | None) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    engine: Engine,
+    spec: BenchSpec,
+    limits: Limits,
+    runs: list[RunResult],
+    total: ExpertStats,
+    resident_after_drop: int | None,
+) -> dict[str, Any]:
     """Every figure, its unit in its name. Ceilings: the plan's per-token bytes and FLOPs (at the mean decode
     context) over the rates measured in this run; fractions: the median decode rate over each ceiling."""
     plan = engine.plan
-    profile = replace(plan.profile, dram_gbs=limits.dram_read_gbs, cpu_gflops=limits.cpu_gflops,
-                      nvme_gbs=limits.disk_read_gbs)  # fmt: skip
+    profile = replace(
+        plan.profile, dram_gbs=limits.dram_read_gbs, cpu_gflops=limits.cpu_gflops, nvme_gbs=limits.disk_read_gbs
+    )
     measured_plan = plan.replan(profile, context=spec.prompt_len + spec.gen_len // 2)
     secs = measured_plan.seconds_per_token
     decode = _spread([r.decode_tok_s for r in runs])
@@ -88,26 +104,40 @@ def summarize(engine: Engine, spec: BenchSpec, limits: Limits, runs: list[RunRes
     wall = {"prefill": sum(r.prefill_s for r in runs), "decode": sum(r.decode_s for r in runs)}
     experts = total.to_dict(wall)
     out: dict[str, Any] = {
-        "model": str(engine.folder), "versions": _versions(), "device": engine.device,
-        "dtype": str(engine.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-        "settings": {**asdict(spec), "ram_budget_bytes": total.ram_budget_bytes, "gpu_slots": total.gpu_slots,
-                     "prefetch": total.prefetch},
+        "model": str(engine.folder),
+        "versions": _versions(),
+        "device": engine.device,
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "settings": {
+            **asdict(spec),
+            "ram_budget_bytes": total.ram_budget_bytes,
+            "gpu_slots": total.gpu_slots,
+            "prefetch": total.prefetch,
+        },
         "limits": asdict(limits),
-        "decode_tok_s": decode["median"], "decode_tok_s_min": decode["min"], "decode_tok_s_max": decode["max"],
-        "prefill_tok_s": prefill["median"], "prefill_tok_s_min": prefill["min"], "prefill_tok_s_max": prefill["max"],
-        "ttft_s": ttft["median"], "ttft_s_min": ttft["min"], "ttft_s_max": ttft["max"],
+        "decode_tok_s": decode["median"],
+        "decode_tok_s_min": decode["min"],
+        "decode_tok_s_max": decode["max"],
+        "prefill_tok_s": prefill["median"],
+        "prefill_tok_s_min": prefill["min"],
+        "prefill_tok_s_max": prefill["max"],
+        "ttft_s": ttft["median"],
+        "ttft_s_min": ttft["min"],
+        "ttft_s_max": ttft["max"],
         "bytes_per_token": dict(measured_plan.per_token_bytes),
         "dram_roofline_tok_s": 1 / secs["DRAM"] if secs["DRAM"] else None,
         "compute_roofline_tok_s": 1 / secs["CPU"] if secs["CPU"] else None,
         "disk_roofline_tok_s": 1 / secs["NVMe"] if secs["NVMe"] else None,
-        "plan_ceiling_tok_s": measured_plan.decode_tok_s_ceiling, "plan_limited_by": measured_plan.limited_by,
+        "plan_ceiling_tok_s": measured_plan.decode_tok_s_ceiling,
+        "plan_limited_by": measured_plan.limited_by,
         "experts": experts,
         "decode_disk_gbs": experts["decode"].get("disk_gbs", 0.0),
         "peak_rss_bytes": max(r.peak_rss_bytes for r in runs),
         "gpu_peak_bytes": torch.cuda.max_memory_allocated() if engine.device == "cuda" else 0,
         "resident_after_drop_bytes": resident_after_drop,
         "runs": [{k: v for k, v in asdict(r).items() if k != "experts"} for r in runs],
-    }  # fmt: skip
+    }
     for name, key in (("roofline_fraction", "DRAM"), ("compute_fraction", "CPU"), ("disk_fraction", "NVMe")):
         out[name] = decode["median"] * secs[key] if secs[key] else None
     out["disk_bandwidth_fraction"] = out["decode_disk_gbs"] / limits.disk_read_gbs if limits.disk_read_gbs else None

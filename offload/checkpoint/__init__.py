@@ -5,6 +5,12 @@ from offload.checkpoint.reader import SafetensorsCheckpoint
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
 
 __all__ = [
-    "ByteRange", "Checkpoint", "CheckpointError", "MappedFile", "SafetensorsCheckpoint", "SafetensorsFile",
-    "TensorInfo", "open_checkpoint",
-]  # fmt: skip
+    "ByteRange",
+    "Checkpoint",
+    "CheckpointError",
+    "MappedFile",
+    "SafetensorsCheckpoint",
+    "SafetensorsFile",
+    "TensorInfo",
+    "open_checkpoint",
+]

@@ -44,8 +44,9 @@ def module_tensors(cfg: ModelConfig, m: Module) -> Iterator[TensorSpec]:
         out_f, in_f = m.shape
         quantized = cfg.quant.quantizes(m.name, cfg.tensor_prefix)
         for suffix, (shape, dtype) in cfg.quant.linear_tensors(out_f, in_f, dt, quantized).items():
-            yield TensorSpec(f"{full}.{suffix}", shape, (dtype,), m.part, m.name, suffix, in_f, out_f, m.layer,
-                             m.expert)  # fmt: skip
+            yield TensorSpec(
+                f"{full}.{suffix}", shape, (dtype,), m.part, m.name, suffix, in_f, out_f, m.layer, m.expert
+            )
     elif m.kind == "router":
         yield TensorSpec(f"{full}.weight", m.shape, (dt,), m.part, m.name, "weight", m.shape[1], m.shape[0], m.layer)
     elif m.kind == "router_bias":  # transformers keeps the bias in float32 whatever the weights' dtype; accept both
@@ -86,7 +87,10 @@ def layout_storage(cfg: ModelConfig, nbytes: Callable[[TensorSpec], int] = lambd
     expert = list(expert_tensors(cfg, layer, 0))
     fmt, params = expert_format(cfg)
     return Storage(
-        expert_format=fmt, expert_params=params, expert_bytes=sum(nbytes(s) for s in expert),
-        expert_weight_bytes=sum(nbytes(s) for s in expert if s.role != "weight_shape"), part_bytes=parts,
+        expert_format=fmt,
+        expert_params=params,
+        expert_bytes=sum(nbytes(s) for s in expert),
+        expert_weight_bytes=sum(nbytes(s) for s in expert if s.role != "weight_shape"),
+        part_bytes=parts,
         float_format=FLOAT_TAGS[cfg.safetensors_dtype],
-    )  # fmt: skip
+    )

@@ -125,8 +125,9 @@ class SafetensorsCheckpoint:
         q = self.config.quant
         if "weight_packed" in t:
             out_f, in_f = (int(v) for v in t["weight_shape"])
-            return StoredWeight("int4", (out_f, in_f), {"packed": t["weight_packed"], "scale": t["weight_scale"]},
-                                (q.group_size,))  # fmt: skip
+            return StoredWeight(
+                "int4", (out_f, in_f), {"packed": t["weight_packed"], "scale": t["weight_scale"]}, (q.group_size,)
+            )
         w = t["weight"]
         shape = (int(w.shape[0]), int(w.shape[1]))
         if "weight_scale_inv" in t:

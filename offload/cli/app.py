@@ -9,8 +9,11 @@ import typer
 
 from offload.cli import bench, bench_kernels, chat, generate, inspect_model, make_model, plan, profiles, serve
 
-app = typer.Typer(help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
-                  no_args_is_help=True, add_completion=False)  # fmt: skip
+app = typer.Typer(
+    help="Run Kimi K2.5-class MoE checkpoints with experts offloaded to RAM and disk.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.callback()

@@ -59,8 +59,9 @@ def bench_cmd(
     run_bench(model_dir=model_dir(model), profile=profile, spec=spec, runtime=runtime, json_path=json_path)
 
 
-def run_bench(*, model_dir: Path, profile: str, spec: BenchSpec, runtime: RuntimeConfig,
-              json_path: Path | None) -> None:  # fmt: skip
+def run_bench(
+    *, model_dir: Path, profile: str, spec: BenchSpec, runtime: RuntimeConfig, json_path: Path | None
+) -> None:
     import psutil
 
     err.print("[dim]measuring this machine: DRAM read and copy, matmul, the checkpoint disk's sequential read…[/]")
@@ -70,8 +71,10 @@ def run_bench(*, model_dir: Path, profile: str, spec: BenchSpec, runtime: Runtim
     if spec.cold:
         left = drop_checkpoint(model_dir)
         if left:
-            raise fail(f"--cold: {left:,} bytes of {model_dir} are still in the page cache after dropping it (another "
-                       "process has the checkpoint mapped?); stop it and run again")  # fmt: skip
+            raise fail(
+                f"--cold: {left:,} bytes of {model_dir} are still in the page cache after dropping it (another "
+                "process has the checkpoint mapped?); stop it and run again"
+            )
         err.print(f"[dim]--cold: the checkpoint's pages were dropped; mincore finds {left} bytes resident[/]")
     elif size < psutil.virtual_memory().available * 0.8:
         read_files(shard_files(model_dir))  # the page cache holds the checkpoint: a warm start
@@ -105,12 +108,17 @@ def _rate(out: dict[str, Any], key: str, unit: str = "tok/s") -> str:
 def _table(out: dict[str, Any]) -> Table:
     s, lim, ex = out["settings"], out["limits"], out["experts"]
     dec = ex["decode"]
-    t = Table(title=f"kimi-offload bench: {out['model']} ({out['device']}, {out['dtype']}, {out['threads']} threads)",
-              show_header=False)  # fmt: skip
+    t = Table(
+        title=f"kimi-offload bench: {out['model']} ({out['device']}, {out['dtype']}, {out['threads']} threads)",
+        show_header=False,
+    )
     budget = "unbounded" if s["ram_budget_bytes"] is None else f"{s['ram_budget_bytes'] / 1e9:.3f} GB"
-    t.add_row("runs", f"{s['runs']} x ({s['prompt_len']} prompt + {s['gen_len']} generated tokens), "
-              f"{'cold start' if s['cold'] else 'page cache warm'}; RAM budget {budget}, {s['gpu_slots']} GPU slots, "
-              f"prefetch {'on' if s['prefetch'] else 'off'}")  # fmt: skip
+    t.add_row(
+        "runs",
+        f"{s['runs']} x ({s['prompt_len']} prompt + {s['gen_len']} generated tokens), "
+        f"{'cold start' if s['cold'] else 'page cache warm'}; RAM budget {budget}, {s['gpu_slots']} GPU slots, "
+        f"prefetch {'on' if s['prefetch'] else 'off'}",
+    )
     t.add_row("decode", _rate(out, "decode_tok_s"))
     t.add_row("prefill", _rate(out, "prefill_tok_s"))
     t.add_row("time to first token", _rate(out, "ttft_s", "s"))
@@ -119,20 +127,34 @@ def _table(out: dict[str, Any]) -> Table:
     disk = f"{dec['disk_bytes_per_token'] / 1e6:,.2f} MB/token, {out['decode_disk_gbs']:.2f} GB/s"
     t.add_row("decode disk reads", disk)
     guessed = dec["predicted"] > 0
-    t.add_row("next-layer prediction", f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}" if guessed else
-              "no guesses made: nothing to act on (prefetch needs a RAM budget or GPU slots)")  # fmt: skip
+    t.add_row(
+        "next-layer prediction",
+        f"precision {dec['precision']:.0%}, recall {dec['recall']:.0%}"
+        if guessed
+        else "no guesses made: nothing to act on (prefetch needs a RAM budget or GPU slots)",
+    )
     routing = ex["routing"]
-    t.add_row("routing skew", f"top 10% of experts take {routing['top10_share']:.0%} of picks, top 25% take "
-              f"{routing['top25_share']:.0%} (uniform: 10%, 25%)")  # fmt: skip
+    t.add_row(
+        "routing skew",
+        f"top 10% of experts take {routing['top10_share']:.0%} of picks, top 25% take "
+        f"{routing['top25_share']:.0%} (uniform: 10%, 25%)",
+    )
     rss, gpu = out["peak_rss_bytes"] / 2**30, out["gpu_peak_bytes"] / 2**30
     t.add_row("peak memory", f"RSS {rss:.2f} GiB, GPU {gpu:.2f} GiB")
-    disk = (f"disk sequential {lim['disk_read_gbs']:.2f} GB/s (best of readahead {lim['disk_read_advised_gbs']:.2f}, "
-            f"plain {lim['disk_read_plain_gbs']:.2f})")  # fmt: skip
-    t.add_row("measured limits", f"DRAM read {lim['dram_read_gbs']:.1f} GB/s, copy {lim['dram_copy_gbs']:.1f} GB/s; "
-              f"matmul {lim['cpu_gflops']:.0f} GFLOP/s; {disk}")  # fmt: skip
-    for name, key, frac in (("DRAM", "dram_roofline_tok_s", "roofline_fraction"),
-                            ("compute", "compute_roofline_tok_s", "compute_fraction"),
-                            ("disk", "disk_roofline_tok_s", "disk_fraction")):  # fmt: skip
+    disk = (
+        f"disk sequential {lim['disk_read_gbs']:.2f} GB/s (best of readahead {lim['disk_read_advised_gbs']:.2f}, "
+        f"plain {lim['disk_read_plain_gbs']:.2f})"
+    )
+    t.add_row(
+        "measured limits",
+        f"DRAM read {lim['dram_read_gbs']:.1f} GB/s, copy {lim['dram_copy_gbs']:.1f} GB/s; "
+        f"matmul {lim['cpu_gflops']:.0f} GFLOP/s; {disk}",
+    )
+    for name, key, frac in (
+        ("DRAM", "dram_roofline_tok_s", "roofline_fraction"),
+        ("compute", "compute_roofline_tok_s", "compute_fraction"),
+        ("disk", "disk_roofline_tok_s", "disk_fraction"),
+    ):
         if out[key]:
             t.add_row(f"{name} ceiling", f"{out[key]:,.2f} tok/s; achieved {out[frac]:.0%}")
     return t

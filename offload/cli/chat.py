@@ -46,7 +46,13 @@ def chat_cmd(
     from offload.cli.chat_session import run_chat
 
     run_chat(
-        model_dir=model_dir(model), profile=profile, system=system, think=think, temperature=temperature,
-        top_p=top_p, max_tokens=max_tokens, seed=seed,
+        model_dir=model_dir(model),
+        profile=profile,
+        system=system,
+        think=think,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
         runtime=runtime_config(context, dtype, device, ram_budget, gpu_slots, prefetch),
-    )  # fmt: skip
+    )

@@ -120,8 +120,14 @@ def _rate(tokens: int, seconds: float) -> str:
     return f"{tokens / seconds:,.1f} tok/s" if tokens > 0 and seconds > 0 else "n/a"
 
 
-def stats_lines(turns: Sequence[TurnStats], context_used: int, max_context: int, moe_calls: int,
-                expert_runs: int, experts: Sequence[str] = ()) -> list[str]:  # fmt: skip
+def stats_lines(
+    turns: Sequence[TurnStats],
+    context_used: int,
+    max_context: int,
+    moe_calls: int,
+    expert_runs: int,
+    experts: Sequence[str] = (),
+) -> list[str]:
     """/stats: the last answer, the session, the context, the experts (counters since loading), disk reads."""
     if not turns:
         lines = ["no answers yet"]
@@ -149,8 +155,10 @@ def stats_lines(turns: Sequence[TurnStats], context_used: int, max_context: int,
             lines.append("disk reads: n/a (this platform does not count a process's reads)")
         else:
             speed = f"{gb(t.disk_read_bytes / t.wall_s)}/s" if t.wall_s > 0 else "n/a"
-            lines.append(f"disk reads during the last answer: {gb(t.disk_read_bytes)} in {t.wall_s:.2f} s, {speed} "
-                         "(the page cache served the rest)")  # fmt: skip
+            lines.append(
+                f"disk reads during the last answer: {gb(t.disk_read_bytes)} in {t.wall_s:.2f} s, {speed} "
+                "(the page cache served the rest)"
+            )
     return lines
 
 
@@ -187,9 +195,19 @@ def _ctrl_c_cancels(turn: ChatTurn) -> Iterator[None]:
 class ChatSession:
     """The conversation, the settings and the answers' stats; reads commands and messages, streams answers."""
 
-    def __init__(self, engine: Engine, console: Console, *, system: str | None, think: bool,
-                 temperature: float | None, top_p: float, max_tokens: int, seed: int | None,
-                 settings: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: Engine,
+        console: Console,
+        *,
+        system: str | None,
+        think: bool,
+        temperature: float | None,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None,
+        settings: dict[str, Any],
+    ) -> None:
         self.engine, self.console = engine, console
         self.system, self.thinking = system, think
         self.temperature_flag, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
@@ -223,10 +241,16 @@ class ChatSession:
         self.console.print(
             f"chat with {name}: thinking {'on' if self.thinking else 'off'}, temperature {self.temperature}, "
             f"up to {self.max_tokens:,} tokens per answer, context {self.engine.max_context:,} tokens",
-            markup=False, highlight=False, style="bold",
-        )  # fmt: skip
-        self.console.print(f"/help for commands; {FENCE} starts and ends a multi-line message; Ctrl-C stops an "
-                           "answer; Ctrl-D leaves", markup=False, highlight=False, style="dim")  # fmt: skip
+            markup=False,
+            highlight=False,
+            style="bold",
+        )
+        self.console.print(
+            f"/help for commands; {FENCE} starts and ends a multi-line message; Ctrl-C stops an answer; Ctrl-D leaves",
+            markup=False,
+            highlight=False,
+            style="dim",
+        )
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -273,17 +297,34 @@ class ChatSession:
                 self.note(f"thinking {arg} from the next answer (temperature {self.temperature})")
         elif name == "/stats":
             since_load = self.engine.stats()
-            used = len(self.engine.chat_format.encode(self.conversation(), thinking=self.thinking)) if (
-                self.history) else 0  # fmt: skip
-            self.note("\n".join(stats_lines(self.turns, used, self.engine.max_context, since_load.calls,
-                                            since_load.expert_runs, since_load.lines())), style="")  # fmt: skip
+            used = (
+                len(self.engine.chat_format.encode(self.conversation(), thinking=self.thinking))
+                if (self.history)
+                else 0
+            )
+            self.note(
+                "\n".join(
+                    stats_lines(
+                        self.turns,
+                        used,
+                        self.engine.max_context,
+                        since_load.calls,
+                        since_load.expert_runs,
+                        since_load.lines(),
+                    )
+                ),
+                style="",
+            )
         elif name == "/save":
             self.save(arg)
         else:
             close = difflib.get_close_matches(name, [c.split()[0] for c in COMMANDS], n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            self.note(f"unknown command {name}; {hint}/help lists the commands (a message that starts with / goes "
-                      f"in a {FENCE} block)", style="yellow")  # fmt: skip
+            self.note(
+                f"unknown command {name}; {hint}/help lists the commands (a message that starts with / goes "
+                f"in a {FENCE} block)",
+                style="yellow",
+            )
         return True
 
     def save(self, arg: str) -> None:
@@ -293,17 +334,25 @@ class ChatSession:
         path = Path(arg).expanduser()
         data = {
             "model": str(self.engine.folder),
-            "settings": {**self.settings, "system": self.system, "thinking": self.thinking,
-                         "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                         "seed": self.seed, "context": self.engine.max_context},
+            "settings": {
+                **self.settings,
+                "system": self.system,
+                "thinking": self.thinking,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "max_tokens": self.max_tokens,
+                "seed": self.seed,
+                "context": self.engine.max_context,
+            },
             "messages": self.conversation(),
             "turns": [t.to_dict() for t in self.turns],
-        }  # fmt: skip
+        }
         try:
             path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
-            self.note(f"could not write {path}: {e.strerror or e}; give a file in a folder you can write to",
-                      style="red")  # fmt: skip
+            self.note(
+                f"could not write {path}: {e.strerror or e}; give a file in a folder you can write to", style="red"
+            )
             return
         self.note(f"saved {len(data['messages'])} messages and {len(self.turns)} answers' stats to {path}")
 
@@ -343,8 +392,11 @@ class ChatSession:
             self.note(f"the chat format refused this conversation: {e}", style="red")
             return
         except ValueError as e:  # the prompt does not fit the context (sampling was checked at start)
-            self.note(f"{e}. The conversation no longer fits: /reset to start over (/save FILE first to keep it), "
-                      "or restart with a larger --context", style="yellow")  # fmt: skip
+            self.note(
+                f"{e}. The conversation no longer fits: /reset to start over (/save FILE first to keep it), "
+                "or restart with a larger --context",
+                style="yellow",
+            )
             return
         reasoning: list[str] = []
         content: list[str] = []
@@ -371,14 +423,27 @@ class ChatSession:
             finished_thinking = bool(said) or not thought
         else:
             out = turn.output
-            said, thought, finished_thinking, n_calls = out.content, out.reasoning, out.finished_thinking, len(
-                out.tool_calls)  # fmt: skip
-        self.turns.append(TurnStats(
-            result.prompt_tokens, len(result.token_ids), finish, result.prefill_s, result.decode_s, wall,
-            None if read0 is None or read1 is None else read1 - read0,
-            *self._calls_since(before), self.thinking,
-            self.temperature, self.answer_seed,
-        ))  # fmt: skip
+            said, thought, finished_thinking, n_calls = (
+                out.content,
+                out.reasoning,
+                out.finished_thinking,
+                len(out.tool_calls),
+            )
+        self.turns.append(
+            TurnStats(
+                result.prompt_tokens,
+                len(result.token_ids),
+                finish,
+                result.prefill_s,
+                result.decode_s,
+                wall,
+                None if read0 is None or read1 is None else read1 - read0,
+                *self._calls_since(before),
+                self.thinking,
+                self.temperature,
+                self.answer_seed,
+            )
+        )
         self.history.append({"role": "user", "content": text})
         reply: dict[str, Any] = {"role": "assistant", "content": said, "reasoning_content": thought}
         if finish == "cancelled":
@@ -406,8 +471,18 @@ class ChatSession:
         self.note("(" + "; ".join(parts) + ")")
 
 
-def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, temperature: float | None,
-             top_p: float, max_tokens: int, seed: int | None, runtime: RuntimeConfig) -> None:  # fmt: skip
+def run_chat(
+    *,
+    model_dir: Path,
+    profile: str,
+    system: str | None,
+    think: bool,
+    temperature: float | None,
+    top_p: float,
+    max_tokens: int,
+    seed: int | None,
+    runtime: RuntimeConfig,
+) -> None:
     """Load the model (a progress bar on `err`), print the plan and a banner, then chat until /exit or Ctrl-D."""
     from offload.planner.report import summary_lines
 
@@ -427,8 +502,17 @@ def run_chat(*, model_dir: Path, profile: str, system: str | None, think: bool, 
         raise typer.Exit(130) from None
     err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
     settings = {"profile": profile, "dtype": runtime.dtype, "temperature_option": temperature}
-    session = ChatSession(engine, console, system=system, think=think, temperature=temperature, top_p=top_p,
-                          max_tokens=max_tokens, seed=seed, settings=settings)  # fmt: skip
+    session = ChatSession(
+        engine,
+        console,
+        system=system,
+        think=think,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        settings=settings,
+    )
     with engine:
         session.banner()
         while True:

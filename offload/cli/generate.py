@@ -113,11 +113,18 @@ def generate_cmd(
             r = gen.result
         used = engine.stats() - before
     out = {
-        "model": str(folder), "dtype": dtype, "prompt_tokens": r.prompt_tokens, "token_ids": r.token_ids,
-        "text": r.text, "finish_reason": r.finish_reason, "generated_tokens": len(r.token_ids),
-        "prefill_s": round(r.prefill_s, 4), "decode_s": round(r.decode_s, 4),
-        "prefill_tok_s": round(r.prefill_tok_s, 2), "decode_tok_s": round(r.decode_tok_s, 2),
-    }  # fmt: skip
+        "model": str(folder),
+        "dtype": dtype,
+        "prompt_tokens": r.prompt_tokens,
+        "token_ids": r.token_ids,
+        "text": r.text,
+        "finish_reason": r.finish_reason,
+        "generated_tokens": len(r.token_ids),
+        "prefill_s": round(r.prefill_s, 4),
+        "decode_s": round(r.decode_s, 4),
+        "prefill_tok_s": round(r.prefill_tok_s, 2),
+        "decode_tok_s": round(r.decode_tok_s, 2),
+    }
     if chat:
         parsed = parse_output(r.text, engine.chat_format.prompt_ends_in_thinking(ids))
         out["reasoning"], out["content"] = parsed.reasoning, parsed.content

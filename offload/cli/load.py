@@ -33,8 +33,9 @@ def model_dir(model: Path | None) -> Path:
         raise fail(str(e)) from None
 
 
-def load_engine(model: Path, runtime: RuntimeConfig, profile: str, label: str = "loading",
-                progress: bool = True) -> Engine:  # fmt: skip
+def load_engine(
+    model: Path, runtime: RuntimeConfig, profile: str, label: str = "loading", progress: bool = True
+) -> Engine:
     """The engine for `model`, planned for `profile`, with a progress bar of the weights prepared. Bad input (a
     folder, a flag, a plan that does not fit) stops the command with its message; anything else is a bug."""
     try:

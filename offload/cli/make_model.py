@@ -50,5 +50,7 @@ def make_model(
             raise fail(str(e)) from None
     dt = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.iterdir())
-    console.print(f"wrote {out}: preset {preset}, layout {layout}, experts {experts}, seed {seed}; "
-                  f"{size / 1e6:,.1f} MB in {dt:.1f} s")  # fmt: skip
+    console.print(
+        f"wrote {out}: preset {preset}, layout {layout}, experts {experts}, seed {seed}; "
+        f"{size / 1e6:,.1f} MB in {dt:.1f} s"
+    )

@@ -20,9 +20,11 @@ ContextOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when torch sees a GPU), cpu or cuda.")]
 RamBudgetOpt = Annotated[
     float | None,
-    typer.Option(help="GB (1e9 B) of routed experts kept in RAM; past it their pages are released. Default: the "
-                 "plan's (all the RAM the rest leaves)."),
-]  # fmt: skip
+    typer.Option(
+        help="GB (1e9 B) of routed experts kept in RAM; past it their pages are released. Default: the "
+        "plan's (all the RAM the rest leaves)."
+    ),
+]
 GpuSlotsOpt = Annotated[int | None, typer.Option(help="Routed experts kept on the GPU (default: the plan's).")]
 PrefetchOpt = Annotated[
     bool, typer.Option("--prefetch/--no-prefetch", help="Read the next layer's predicted experts ahead of use.")
@@ -30,8 +32,15 @@ PrefetchOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
-def runtime_config(context: int, dtype: str, device: str, ram_budget: float | None, gpu_slots: int | None,
-                   prefetch: bool) -> RuntimeConfig:  # fmt: skip
+def runtime_config(
+    context: int, dtype: str, device: str, ram_budget: float | None, gpu_slots: int | None, prefetch: bool
+) -> RuntimeConfig:
     """The run's RuntimeConfig from the shared options (it checks the strings itself, naming the choices)."""
-    return RuntimeConfig(context=context, dtype=dtype, device=device, ram_budget_gb=ram_budget,  # type: ignore[arg-type]
-                         gpu_slots=gpu_slots, prefetch=prefetch)  # fmt: skip
+    return RuntimeConfig(
+        context=context,
+        dtype=dtype,  # type: ignore[arg-type]
+        device=device,  # type: ignore[arg-type]
+        ram_budget_gb=ram_budget,
+        gpu_slots=gpu_slots,
+        prefetch=prefetch,
+    )

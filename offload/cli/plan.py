@@ -49,8 +49,15 @@ def plan_cmd(
         name, cfg, storage = resolve_model(model)
         prof = load_profile(profile)
         # the strings are checked by RuntimeConfig itself, with a message naming the choices
-        rt = RuntimeConfig(context, gpu_weights, lm_head, device, expert_bpw=expert_bpw,  # type: ignore[arg-type]
-                           gpu_slots=gpu_slots, ram_budget_gb=ram_budget)  # fmt: skip
+        rt = RuntimeConfig(
+            context,
+            gpu_weights,  # type: ignore[arg-type]
+            lm_head,  # type: ignore[arg-type]
+            device,  # type: ignore[arg-type]
+            expert_bpw=expert_bpw,
+            gpu_slots=gpu_slots,
+            ram_budget_gb=ram_budget,
+        )
     except OffloadError as e:
         raise fail(str(e)) from None
     plan = make_plan(name, cfg, storage, prof, rt)

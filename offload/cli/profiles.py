@@ -28,6 +28,15 @@ def profiles_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one
     for p in presets:
         gpu = f"{p.gpu_memory_gib:g} GiB" if p.has_gpu else "-"
         gpu_bw, pcie = (f"{p.gpu_bandwidth_gbs:g}", f"{p.pcie_gbs:g}") if p.has_gpu else ("-", "-")
-        t.add_row(p.name, gpu, gpu_bw, pcie, f"{p.ram_gib:g} GiB", f"{p.dram_gbs:g}", f"{p.nvme_gbs:g}",
-                  str(p.cpu_cores), p.description)  # fmt: skip
+        t.add_row(
+            p.name,
+            gpu,
+            gpu_bw,
+            pcie,
+            f"{p.ram_gib:g} GiB",
+            f"{p.dram_gbs:g}",
+            f"{p.nvme_gbs:g}",
+            str(p.cpu_cores),
+            p.description,
+        )
     console.print(t)

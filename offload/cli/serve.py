@@ -44,13 +44,29 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
 ) -> None:
     """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
-    run_server(model_dir=model_dir(model), host=host, port=port, api_key=api_key, model_name=model_name,
-               profile=profile, max_queue=max_queue,
-               runtime=runtime_config(context, dtype, device, ram_budget, gpu_slots, prefetch))  # fmt: skip
+    run_server(
+        model_dir=model_dir(model),
+        host=host,
+        port=port,
+        api_key=api_key,
+        model_name=model_name,
+        profile=profile,
+        max_queue=max_queue,
+        runtime=runtime_config(context, dtype, device, ram_budget, gpu_slots, prefetch),
+    )
 
 
-def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, model_name: str | None, profile: str,
-               max_queue: int, runtime: RuntimeConfig) -> None:  # fmt: skip
+def run_server(
+    *,
+    model_dir: Path,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+    profile: str,
+    max_queue: int,
+    runtime: RuntimeConfig,
+) -> None:
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
         raise fail(f"--max-queue {max_queue}: use 0 (no waiting) or more")
@@ -75,8 +91,10 @@ def run_server(*, model_dir: Path, host: str, port: int, api_key: str | None, mo
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/v1"
     with engine:
         err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
-        err.print(f"serving [bold]{name}[/] (also as {ALIAS}) at [bold]{url}[/], context {engine.max_context:,} "
-                  f"tokens, one request at a time, {max_queue} more may wait; Ctrl-C stops")  # fmt: skip
+        err.print(
+            f"serving [bold]{name}[/] (also as {ALIAS}) at [bold]{url}[/], context {engine.max_context:,} "
+            f"tokens, one request at a time, {max_queue} more may wait; Ctrl-C stops"
+        )
         if host not in LOOPBACK and api_key is None:
             err.print(f"[yellow]listening on {host} without --api-key: anyone who reaches this port can use it[/]")
         server_log = logging.getLogger("offload.server")

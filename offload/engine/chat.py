@@ -16,8 +16,14 @@ class Generates(Protocol):
 
     chat_format: ChatFormat
 
-    def generate(self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None, max_tokens: int = 256,
-                 stop_strings: Sequence[str] = (), ignore_eos: bool = False) -> Generation: ...  # fmt: skip
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 256,
+        stop_strings: Sequence[str] = (),
+        ignore_eos: bool = False,
+    ) -> Generation: ...
 
 
 class ChatTurn:
@@ -25,10 +31,16 @@ class ChatTurn:
     (ids, timings, finish reason) are complete afterwards."""
 
     def __init__(
-        self, engine: Generates, messages: Sequence[Mapping[str, Any]], *,
-        tools: Sequence[Mapping[str, Any]] | None = None, thinking: bool = True,
-        sampling: SamplingParams | None = None, max_tokens: int = 1024, stop: Sequence[str] = (),
-    ) -> None:  # fmt: skip
+        self,
+        engine: Generates,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        thinking: bool = True,
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 1024,
+        stop: Sequence[str] = (),
+    ) -> None:
         self.prompt_ids = engine.chat_format.encode(messages, tools, thinking=thinking)
         self.generation: Generation = engine.generate(self.prompt_ids, sampling, max_tokens, stop)
         self._split = ReasoningStream(engine.chat_format.prompt_ends_in_thinking(self.prompt_ids))

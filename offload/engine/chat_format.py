@@ -78,9 +78,14 @@ class ChatFormat:
         log.debug("chat format for %s: %s", folder, "its chat template" if template else "built-in")
         return cls(tokenizer, template)
 
-    def encode(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None,
-               thinking: bool = True, add_generation_prompt: bool = True,
-               use_template: bool | None = None) -> list[int]:  # fmt: skip
+    def encode(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        thinking: bool = True,
+        add_generation_prompt: bool = True,
+        use_template: bool | None = None,
+    ) -> list[int]:
         """Prompt ids; use_template None: the checkpoint's template when it has one, else the built-in renderer."""
         text, back = self._render(messages, tools, thinking, add_generation_prompt, use_template)
         ids: list[int] = []
@@ -91,9 +96,14 @@ class ChatFormat:
             pos = m.end()
         return ids + self.tokenizer.encode(text[pos:].translate(back))
 
-    def render_text(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None,
-                    thinking: bool = True, add_generation_prompt: bool = True,
-                    use_template: bool | None = None) -> str:  # fmt: skip
+    def render_text(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        thinking: bool = True,
+        add_generation_prompt: bool = True,
+        use_template: bool | None = None,
+    ) -> str:
         """The same prompt as text (for --verbose and debugging)."""
         text, back = self._render(messages, tools, thinking, add_generation_prompt, use_template)
         return text.translate(back)
@@ -103,8 +113,14 @@ class ChatFormat:
         last = next((i for i in reversed(ids) if self.tokenizer.is_special(i)), None)
         return last is not None and last == self._think_id
 
-    def _render(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None, thinking: bool,
-                add_generation_prompt: bool, use_template: bool | None) -> tuple[str, dict[int, str]]:  # fmt: skip
+    def _render(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None,
+        thinking: bool,
+        add_generation_prompt: bool,
+        use_template: bool | None,
+    ) -> tuple[str, dict[int, str]]:
         """The prompt with caller text escaped, and the table (for str.translate) that maps it back."""
         msgs, tool_list = checked_messages(messages), checked_tools(tools)
         if use_template and self._template is None:
@@ -113,8 +129,14 @@ class ChatFormat:
         if self._template is None or use_template is False:
             return builtin_text(msgs, tool_list, thinking, add_generation_prompt), back
         try:
-            text = self._template.render(messages=msgs, tools=tool_list, add_generation_prompt=add_generation_prompt,
-                                         thinking=thinking, bos_token=self._bos, eos_token=self._eos)  # fmt: skip
+            text = self._template.render(
+                messages=msgs,
+                tools=tool_list,
+                add_generation_prompt=add_generation_prompt,
+                thinking=thinking,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
         except jinja2.TemplateError as e:
             raise ChatFormatError(f"the chat template failed: {e}") from e
         return text, back
@@ -131,8 +153,9 @@ class ChatFormat:
         return _translated(data, str.maketrans(marks)), {ord(p): c for c, p in marks.items()}
 
 
-def builtin_text(msgs: list[dict[str, Any]], tools: list[Any] | None, thinking: bool,
-                 add_generation_prompt: bool) -> str:  # fmt: skip
+def builtin_text(
+    msgs: list[dict[str, Any]], tools: list[Any] | None, thinking: bool, add_generation_prompt: bool
+) -> str:
     """KIMI.md §5's layout for checked messages, as the checkpoint's template writes it (caller text escaped)."""
     out: list[str] = []
     if tools:
@@ -262,8 +285,13 @@ def _compile(source: str) -> jinja2.Template:
     def raise_exception(message: str) -> None:
         raise jinja2.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
-               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:  # fmt: skip
+    def tojson(
+        x: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: tuple[str, str] | None = None,
+        sort_keys: bool = False,
+    ) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])

@@ -36,16 +36,23 @@ def resolve_device(device: str) -> str:
         raise PlanError(f"device {device!r}; choose auto, cpu or cuda")
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
-        raise PlanError(f"--device cuda, but torch {torch.__version__} sees no CUDA device; run with --device cpu "
-                        "(or auto), or install a CUDA build of torch")  # fmt: skip
+        raise PlanError(
+            f"--device cuda, but torch {torch.__version__} sees no CUDA device; run with --device cpu "
+            "(or auto), or install a CUDA build of torch"
+        )
     return "cuda" if device == "auto" and has_cuda else device if device != "auto" else "cpu"
 
 
 class Engine:
     """Everything `generate`, `chat`, `serve` and `bench` need from one checkpoint, planned for this machine."""
 
-    def __init__(self, model: str | Path, runtime: RuntimeConfig | None = None, profile: Profile | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | Path,
+        runtime: RuntimeConfig | None = None,
+        profile: Profile | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         """model: a checkpoint path. runtime: what this run wants (context, device, dtype, RAM budget, GPU slots,
         prefetch); None takes the defaults. profile: the machine (None: detected, not probed). `progress` hears
         (stored bytes of a weight just prepared, stored bytes of all weights to prepare): a progress bar."""
@@ -56,8 +63,9 @@ class Engine:
         cfg = self.ckpt.config
         self.max_context = min(rt.context, cfg.max_position_embeddings)
         rt = replace(rt, context=self.max_context, device=self.device)  # type: ignore[arg-type]
-        self.plan: Plan = make_plan(str(self.folder), cfg, self.ckpt.storage, profile or detect_profile(probe=False),
-                                    rt)  # fmt: skip
+        self.plan: Plan = make_plan(
+            str(self.folder), cfg, self.ckpt.storage, profile or detect_profile(probe=False), rt
+        )
         if not self.plan.fits:
             self.ckpt.close()
             raise PlanError(self.plan.refusal())
@@ -78,24 +86,36 @@ class Engine:
             raise
         self.vocab_size = min(self.tokenizer.vocab_size, cfg.vocab_size)
         self.stop_ids = self.tokenizer.stop_ids | frozenset(cfg.eos_token_ids)
-        log.info("loaded %s (%s, %d layers, %s compute on %s)", self.folder, cfg.layout, cfg.num_hidden_layers,
-                 self.dtype, self.device)  # fmt: skip
+        log.info(
+            "loaded %s (%s, %d layers, %s compute on %s)",
+            self.folder,
+            cfg.layout,
+            cfg.num_hidden_layers,
+            self.dtype,
+            self.device,
+        )
 
     def check_prompt(self, ids: Sequence[int]) -> None:
         """Refuse token ids the model cannot embed (OffloadError, naming them and the range)."""
         vocab = self.ckpt.config.vocab_size
         if bad := [i for i in ids if not (isinstance(i, int) and 0 <= i < vocab)]:
-            raise PromptError(f"token ids {bad[:8]}{' ...' if len(bad) > 8 else ''} are outside 0..{vocab - 1}, the "
-                              "model's vocabulary")  # fmt: skip
+            raise PromptError(
+                f"token ids {bad[:8]}{' ...' if len(bad) > 8 else ''} are outside 0..{vocab - 1}, the "
+                "model's vocabulary"
+            )
 
     def stats(self) -> ExpertStats:
         """The expert runtime's counters since loading (subtract two snapshots for one answer)."""
         return self.experts.stats()
 
     def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None, max_tokens: int = 256,
-        stop_strings: Sequence[str] = (), ignore_eos: bool = False,
-    ) -> Generation:  # fmt: skip
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 256,
+        stop_strings: Sequence[str] = (),
+        ignore_eos: bool = False,
+    ) -> Generation:
         """A generation to iterate (streaming text) or `.run()`; stops on [EOS], <|im_end|> and `stop_strings`
         (with ignore_eos, only on max_tokens and stop strings: benchmarks)."""
         if isinstance(stop_strings, str):
@@ -103,9 +123,14 @@ class Engine:
         self.check_prompt(prompt_ids)
         stop = StopConditions(max_tokens, frozenset() if ignore_eos else self.stop_ids, tuple(stop_strings))
         return Generation(
-            self.model, self.tokenizer, prompt_ids, sampling or SamplingParams(), stop, self.max_context,
+            self.model,
+            self.tokenizer,
+            prompt_ids,
+            sampling or SamplingParams(),
+            stop,
+            self.max_context,
             vocab_limit=self.vocab_size,
-        )  # fmt: skip
+        )
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:
         """One assistant reply (see ChatTurn for the options: tools, thinking, sampling, max_tokens, stop)."""

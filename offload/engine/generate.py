@@ -94,9 +94,15 @@ class Generation:
     """One run of the loop: iterate it for text pieces as they become final; `result` is complete afterwards."""
 
     def __init__(
-        self, model: Transformer, detok: Detokenizer, prompt_ids: Sequence[int], sampling: SamplingParams,
-        stop: StopConditions, max_context: int | None = None, vocab_limit: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        model: Transformer,
+        detok: Detokenizer,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        stop: StopConditions,
+        max_context: int | None = None,
+        vocab_limit: int | None = None,
+    ) -> None:
         if not prompt_ids:
             raise PromptError("the prompt is empty; give at least one token")
         limit = max_context or model.cfg.max_position_embeddings

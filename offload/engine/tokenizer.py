@@ -32,9 +32,18 @@ class TokenizerError(OffloadError):
 class Tokenizer:
     """Kimi's tiktoken tokenizer (or an HF tokenizer.json), with special tokens that user text can never produce."""
 
-    def __init__(self, *, kind: str, table: Sequence[bytes | None], special_ids: dict[str, int], bos: str, eos: str,
-                 encode_plain: Callable[[str], list[int]], encode_trusted: Callable[[str], list[int]],
-                 source: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        kind: str,
+        table: Sequence[bytes | None],
+        special_ids: dict[str, int],
+        bos: str,
+        eos: str,
+        encode_plain: Callable[[str], list[int]],
+        encode_trusted: Callable[[str], list[int]],
+        source: Path,
+    ) -> None:
         self.kind = kind
         self.vocab_size = len(table)
         self.special_ids = dict(special_ids)

@@ -30,8 +30,9 @@ class CpuExecutor:
         self.dtype = dtype
         self.fused = ckpt.storage.fused_experts  # INT4 group 32: the native kernel and GPU slots read it in place
         if native and not self.fused:
-            raise ValueError(f"the native kernel reads INT4 group-32 experts; this checkpoint stores "
-                             f"{ckpt.storage.expert_label}")  # fmt: skip
+            raise ValueError(
+                f"the native kernel reads INT4 group-32 experts; this checkpoint stores {ckpt.storage.expert_label}"
+            )
         self.native = bool(self.fused and native is not False and native_build() is not None)
         self._views: dict[tuple[int, int], Int4Expert] = {}
         log.info("CPU experts: %s", "native INT4 kernel" if self.native else "dequantize and multiply")
@@ -51,8 +52,9 @@ class CpuExecutor:
             found = self._views[(layer, expert)] = (gate, up, down)
         return found
 
-    def compute(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                experts: Collection[int]) -> torch.Tensor:  # fmt: skip
+    def compute(
+        self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: Collection[int]
+    ) -> torch.Tensor:
         """sum over (t, k) with ids[t, k] in `experts` of weights[t, k] * expert(x[t]): [T, D] float32 on the CPU."""
         if self.native:
             packed = {e: self.packed(layer, e) for e in experts}

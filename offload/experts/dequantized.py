@@ -23,9 +23,14 @@ class DequantizedExperts(CpuExecutor):
         self.expert_runs = 0
 
     def run(
-        self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-        shared: Callable[[], torch.Tensor] | None = None, next_layer: NextLayer | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        layer: int,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        weights: torch.Tensor,
+        shared: Callable[[], torch.Tensor] | None = None,
+        next_layer: NextLayer | None = None,
+    ) -> torch.Tensor:
         self.calls += 1
         needed = torch.unique(ids).tolist()  # one host sync per layer: which experts this batch needs
         self.expert_runs += len(needed)

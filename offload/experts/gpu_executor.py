@@ -14,8 +14,9 @@ from kernels.int4 import dequantize_int4
 from offload.experts.slots import GpuSlots
 
 
-def run_slotted(slots: GpuSlots, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                slotted: list[int]) -> torch.Tensor:  # fmt: skip
+def run_slotted(
+    slots: GpuSlots, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, slotted: list[int]
+) -> torch.Tensor:
     """sum over (t, k) whose expert is in a slot of weights[t, k] * expert(x[t]): [T, D] float32 on the slots'
     device. x, ids, weights on that device; `slotted`: the slotted experts among ids to run here (no others are)."""
     slot_of = slots.slot_map(layer)  # [E] int32

@@ -45,8 +45,9 @@ def _prior_to(nxt: NextLayer, device: torch.device) -> NextLayer:
 class OffloadedExperts:
     """ExpertRuntime over a checkpoint's mapped experts; call close() (or use `with`) to stop its workers."""
 
-    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype, config: OffloadConfig | None = None,
-                 cost: CostModel | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, ckpt: Checkpoint, dtype: torch.dtype, config: OffloadConfig | None = None, cost: CostModel | None = None
+    ) -> None:
         cfg = ckpt.config
         config = config or OffloadConfig()
         self.config = config
@@ -57,15 +58,28 @@ class OffloadedExperts:
         self.cpu = CpuExecutor(ckpt, dtype)
         self.store = ExpertStore(ckpt, config.ram_budget)
         self.cost = cost
-        self.predictor = Predictor(cfg.num_hidden_layers, cfg.n_routed_experts, cfg.num_experts_per_tok,
-                                   config.predict_extra, config.freq_weight)  # fmt: skip
+        self.predictor = Predictor(
+            cfg.num_hidden_layers,
+            cfg.n_routed_experts,
+            cfg.num_experts_per_tok,
+            config.predict_extra,
+            config.freq_weight,
+        )
         self.slots: GpuSlots | None = None
         if config.gpu_slots:
             if not self.cpu.fused:
-                raise ValueError(f"GPU slots hold INT4 group-32 experts; this checkpoint's experts are "
-                                 f"{ckpt.storage.expert_label}: run with --gpu-slots 0")  # fmt: skip
-            self.slots = GpuSlots(config.gpu_slots, cfg.num_hidden_layers, cfg.n_routed_experts, cfg.hidden_size,
-                                  cfg.moe_intermediate_size, self.device)  # fmt: skip
+                raise ValueError(
+                    f"GPU slots hold INT4 group-32 experts; this checkpoint's experts are "
+                    f"{ckpt.storage.expert_label}: run with --gpu-slots 0"
+                )
+            self.slots = GpuSlots(
+                config.gpu_slots,
+                cfg.num_hidden_layers,
+                cfg.n_routed_experts,
+                cfg.hidden_size,
+                cfg.moe_intermediate_size,
+                self.device,
+            )
         self._phases = {p: PhaseCounts() for p in PHASES}
         self._gpu_events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._events_lock = threading.Lock()
@@ -77,15 +91,24 @@ class OffloadedExperts:
         self.calls = 0
         self.expert_runs = 0
         self._passes = 0
-        log.info("experts: RAM budget %s, %d GPU slots on %s, prefetch %s",
-                 "unbounded" if config.ram_budget is None else f"{config.ram_budget / 1e9:.3f} GB",
-                 config.gpu_slots, self.device, "on" if config.prefetch else "off")  # fmt: skip
+        log.info(
+            "experts: RAM budget %s, %d GPU slots on %s, prefetch %s",
+            "unbounded" if config.ram_budget is None else f"{config.ram_budget / 1e9:.3f} GB",
+            config.gpu_slots,
+            self.device,
+            "on" if config.prefetch else "off",
+        )
 
     # ---- the MoE layer's call -------------------------------------------------------------------------------------
     def run(
-        self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-        shared: Callable[[], torch.Tensor] | None = None, next_layer: NextLayer | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        layer: int,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        weights: torch.Tensor,
+        shared: Callable[[], torch.Tensor] | None = None,
+        next_layer: NextLayer | None = None,
+    ) -> torch.Tensor:
         n_tok = x.shape[0]
         name = "decode" if n_tok == 1 else "prefill"
         phase = self._phases[name]
@@ -135,8 +158,9 @@ class OffloadedExperts:
         return out if side is None else out + side.float()
 
     # ---- steps ----------------------------------------------------------------------------------------------------
-    def _split(self, layer: int, needed: list[int], counts: torch.Tensor,
-               phase: PhaseCounts) -> tuple[list[int], list[int]]:  # fmt: skip
+    def _split(
+        self, layer: int, needed: list[int], counts: torch.Tensor, phase: PhaseCounts
+    ) -> tuple[list[int], list[int]]:
         """(experts to run from GPU slots, experts to run on the CPU); copies into slots what the cost model wants
         on the GPU."""
         if self.slots is None:
@@ -169,8 +193,15 @@ class OffloadedExperts:
                 self._count_source(phase, source, None)
         return on_gpu, on_cpu
 
-    def _run_cpu(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: list[int],
-                 phase: PhaseCounts) -> torch.Tensor:  # fmt: skip
+    def _run_cpu(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        weights: torch.Tensor,
+        experts: list[int],
+        phase: PhaseCounts,
+    ) -> torch.Tensor:
         """The CPU experts, in groups that fit the RAM budget: [T, D] float32 on the CPU."""
         t0 = time.perf_counter()
         if not x.is_cpu:
@@ -195,8 +226,9 @@ class OffloadedExperts:
             out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32)
         return out
 
-    def _run_gpu(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: list[int],
-                 name: str) -> torch.Tensor | None:  # fmt: skip
+    def _run_gpu(
+        self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: list[int], name: str
+    ) -> torch.Tensor | None:
         if self.slots is None or not experts:
             return None
         if self.device.type == "cuda":
@@ -268,23 +300,37 @@ class OffloadedExperts:
         phases = {}
         for name, c in self._phases.items():
             g = self.predictor.total(name)
-            phases[name] = PhaseCounts(**{**{f: getattr(c, f) for f in c.__dataclass_fields__},
-                                          "predicted": g.predicted, "chosen": g.chosen, "hit": g.hit})  # fmt: skip
+            phases[name] = PhaseCounts(
+                **{
+                    **{f: getattr(c, f) for f in c.__dataclass_fields__},
+                    "predicted": g.predicted,
+                    "chosen": g.chosen,
+                    "hit": g.hit,
+                }
+            )
         layers = {
             layer: (g.predicted, g.chosen, g.hit) for (p, layer), g in self.predictor.scores.items() if p == "decode"
         }
         sc = self.store.counters
         return ExpertStats(
-            phases=phases, calls=self.calls, expert_runs=self.expert_runs, layer_recall=layers,
+            phases=phases,
+            calls=self.calls,
+            expert_runs=self.expert_runs,
+            layer_recall=layers,
             ram_budget_bytes=self.store.budget,
             choices={layer: tuple(int(c) for c in self.predictor.counts[layer].tolist()) for layer in self.moe_layers},
-            resident_bytes=self.store.resident_bytes, peak_resident_bytes=sc.peak_bytes,
+            resident_bytes=self.store.resident_bytes,
+            peak_resident_bytes=sc.peak_bytes,
             released_bytes=sc.released_bytes,
-            expert_bytes=self.store.expert_bytes, gpu_slots=self.slots.n if self.slots else 0,
-            slot_evictions=self.slots.counters.evictions if self.slots else 0, prefetch=self.prefetcher is not None,
-            prefetched=sc.prefetched, prefetch_used=sc.prefetch_used, prefetch_skipped=sc.prefetch_skipped,
+            expert_bytes=self.store.expert_bytes,
+            gpu_slots=self.slots.n if self.slots else 0,
+            slot_evictions=self.slots.counters.evictions if self.slots else 0,
+            prefetch=self.prefetcher is not None,
+            prefetched=sc.prefetched,
+            prefetch_used=sc.prefetch_used,
+            prefetch_skipped=sc.prefetch_skipped,
             device=str(self.device),
-        )  # fmt: skip
+        )
 
     # ---- lifetime -------------------------------------------------------------------------------------------------
     def wait_prefetch(self, timeout: float | None = None) -> bool:

@@ -10,7 +10,6 @@ without a GPU) the pool is plain memory and copies are synchronous.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,19 +23,17 @@ Key = tuple[int, int]  # (layer, expert)
 
 @dataclass(slots=True)
 class SlotCounters:
-    hits: int = 0  # expert uses served by a slot
     loads: int = 0  # copies into a slot (compute path and prefetcher)
-    prefetch_loads: int = 0
-    load_bytes: int = 0
-    load_s: float = 0.0  # host time spent issuing copies (staging included)
+    prefetch_loads: int = 0  # of which the prefetcher's
     evictions: int = 0
 
 
 class GpuSlots:
     """`n` slots for routed experts of shape (hidden, inter) on `device`; thread-safe."""
 
-    def __init__(self, n: int, n_layers: int, n_experts: int, hidden: int, inter: int,
-                 device: torch.device | str) -> None:  # fmt: skip
+    def __init__(
+        self, n: int, n_layers: int, n_experts: int, hidden: int, inter: int, device: torch.device | str
+    ) -> None:
         if n < 1:
             raise ValueError(f"{n} GPU slots: give at least 1, or run without slots")
         if hidden % 32 or inter % 32:
@@ -64,31 +61,41 @@ class GpuSlots:
         if self._cuda:
             self._stream = torch.cuda.Stream(self.device)
             self._staging = [
-                {kind: (torch.empty(p.shape[1:], dtype=p.dtype).pin_memory(),
-                        torch.empty(s.shape[1:], dtype=s.dtype).pin_memory()) for kind, (p, s) in self.pools.items()}
+                {
+                    kind: (
+                        torch.empty(p.shape[1:], dtype=p.dtype).pin_memory(),
+                        torch.empty(s.shape[1:], dtype=s.dtype).pin_memory(),
+                    )
+                    for kind, (p, s) in self.pools.items()
+                }
                 for _ in range(2)
-            ]  # fmt: skip
+            ]
             self._staged: list[torch.cuda.Event | None] = [None, None]
             self._turn = 0
             self._last_copy: torch.cuda.Event | None = None
 
     def lookup(self, layer: int, experts: list[int]) -> list[int]:
-        """Each expert's slot (-1: not resident); a resident one counts as a use (hit)."""
+        """Each expert's slot (-1: not resident); a resident one counts as a use for the eviction policy."""
         with self._lock:
             row = self._map_host[layer]
             out = [int(row[e]) for e in experts]
             for e, s in zip(experts, out, strict=True):
                 if s >= 0:
                     self.policy.use((layer, e))
-                    self.counters.hits += 1
             return out
 
     def has_free(self) -> bool:
         with self._lock:
             return bool(self._free)
 
-    def load(self, key: Key, src: Int4Expert, keep: Callable[[object], bool] = lambda k: False,
-             prefetch: bool = False, only_free: bool = False) -> int | None:  # fmt: skip
+    def load(
+        self,
+        key: Key,
+        src: Int4Expert,
+        keep: Callable[[object], bool] = lambda k: False,
+        prefetch: bool = False,
+        only_free: bool = False,
+    ) -> int | None:
         """Copy expert `key` (gate, up, down as (packed, scale) on the CPU) into a free slot, or the policy's
         victim's (never one `keep` protects); None when no slot can be had. Returns the slot."""
         with self._lock:
@@ -107,7 +114,6 @@ class GpuSlots:
                 self._map_host[victim[0], victim[1]] = -1  # type: ignore[index]
                 self._dirty.add(victim[0])  # type: ignore[index]
                 self.counters.evictions += 1
-            t0 = time.perf_counter()
             self._copy(slot, src)
             self.key_of[slot] = key
             self._map_host[key[0], key[1]] = slot
@@ -118,8 +124,6 @@ class GpuSlots:
             else:
                 self.policy.admit(key)
             self.counters.loads += 1
-            self.counters.load_bytes += self.slot_bytes
-            self.counters.load_s += time.perf_counter() - t0
             return slot
 
     def slot_map(self, layer: int) -> torch.Tensor:

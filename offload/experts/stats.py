@@ -88,13 +88,18 @@ class ExpertStats:
             before = other.choices.get(layer, (0,) * len(counts))
             picks[layer] = tuple(a - b for a, b in zip(counts, before, strict=True))
         return replace(
-            self, phases={p: self.phases[p] - other.phases[p] for p in PHASES}, calls=self.calls - other.calls,
-            expert_runs=self.expert_runs - other.expert_runs, layer_recall=layers, choices=picks,
+            self,
+            phases={p: self.phases[p] - other.phases[p] for p in PHASES},
+            calls=self.calls - other.calls,
+            expert_runs=self.expert_runs - other.expert_runs,
+            layer_recall=layers,
+            choices=picks,
             released_bytes=self.released_bytes - other.released_bytes,
-            slot_evictions=self.slot_evictions - other.slot_evictions, prefetched=self.prefetched - other.prefetched,
+            slot_evictions=self.slot_evictions - other.slot_evictions,
+            prefetched=self.prefetched - other.prefetched,
             prefetch_used=self.prefetch_used - other.prefetch_used,
             prefetch_skipped=self.prefetch_skipped - other.prefetch_skipped,
-        )  # fmt: skip
+        )
 
     def top_share(self, fraction: float) -> float:
         """Mean over MoE layers of the share of router picks that went to the most picked `fraction` of experts
@@ -110,29 +115,44 @@ class ExpertStats:
     def to_dict(self, wall_s: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Every figure with its unit in its name; `wall_s` (phase -> seconds) adds the disk GB/s of each phase."""
         out: dict[str, Any] = {
-            "device": self.device, "moe_calls": self.calls, "expert_runs": self.expert_runs,
-            "ram_budget_bytes": self.ram_budget_bytes, "resident_bytes": self.resident_bytes,
-            "peak_resident_bytes": self.peak_resident_bytes, "released_bytes": self.released_bytes,
-            "expert_bytes": self.expert_bytes, "gpu_slots": self.gpu_slots, "slot_evictions": self.slot_evictions,
-            "prefetch": self.prefetch, "prefetched_experts": self.prefetched, "prefetch_used": self.prefetch_used,
+            "device": self.device,
+            "moe_calls": self.calls,
+            "expert_runs": self.expert_runs,
+            "ram_budget_bytes": self.ram_budget_bytes,
+            "resident_bytes": self.resident_bytes,
+            "peak_resident_bytes": self.peak_resident_bytes,
+            "released_bytes": self.released_bytes,
+            "expert_bytes": self.expert_bytes,
+            "gpu_slots": self.gpu_slots,
+            "slot_evictions": self.slot_evictions,
+            "prefetch": self.prefetch,
+            "prefetched_experts": self.prefetched,
+            "prefetch_used": self.prefetch_used,
             "prefetch_skipped": self.prefetch_skipped,
-        }  # fmt: skip
+        }
         for name, c in self.phases.items():
             d = {f.name: getattr(c, f.name) for f in fields(c)}
             d.update(
                 experts_per_token={
-                    "gpu": c.per_token(c.from_gpu), "ram": c.per_token(c.from_ram), "disk": c.per_token(c.from_disk)
+                    "gpu": c.per_token(c.from_gpu),
+                    "ram": c.per_token(c.from_ram),
+                    "disk": c.per_token(c.from_disk),
                 },
                 disk_bytes_per_token=c.per_token(c.disk_bytes + c.prefetch_bytes),
-                precision=c.precision, recall=c.recall,
-                cpu_ms_per_token=1e3 * c.per_token(c.cpu_s), gpu_ms_per_token=1e3 * c.per_token(c.gpu_s),
-            )  # fmt: skip
+                precision=c.precision,
+                recall=c.recall,
+                cpu_ms_per_token=1e3 * c.per_token(c.cpu_s),
+                gpu_ms_per_token=1e3 * c.per_token(c.gpu_s),
+            )
             if wall_s and wall_s.get(name):
                 d["wall_s"] = wall_s[name]
                 d["disk_gbs"] = (c.disk_bytes + c.prefetch_bytes) / wall_s[name] / 1e9
             out[name] = d
-        out["routing"] = {"top10_share": self.top_share(0.1), "top25_share": self.top_share(0.25),
-                          "picks": sum(sum(c) for c in self.choices.values())}  # fmt: skip
+        out["routing"] = {
+            "top10_share": self.top_share(0.1),
+            "top25_share": self.top_share(0.25),
+            "picks": sum(sum(c) for c in self.choices.values()),
+        }
         out["decode_recall_by_layer"] = {
             str(layer): (hit / chosen if chosen else 0.0)
             for layer, (_, chosen, hit) in sorted(self.layer_recall.items())
@@ -159,8 +179,10 @@ class ExpertStats:
                 f"GPU experts {1e3 * c.per_token(c.gpu_s):.2f} ms/token"
             )
         if any(sum(c) for c in self.choices.values()):
-            out.append(f"routing: the most picked 10% of experts take {self.top_share(0.1):.0%} of picks, the top 25% "
-                       f"take {self.top_share(0.25):.0%} (uniform: 10% and 25%)")  # fmt: skip
+            out.append(
+                f"routing: the most picked 10% of experts take {self.top_share(0.1):.0%} of picks, the top 25% "
+                f"take {self.top_share(0.25):.0%} (uniform: 10% and 25%)"
+            )
         budget = "unbounded" if self.ram_budget_bytes is None else f"{self.ram_budget_bytes / 1e9:.3f} GB"
         out.append(
             f"experts in RAM: {self.resident_bytes / 1e9:.3f} GB now, peak {self.peak_resident_bytes / 1e9:.3f} GB, "

@@ -84,9 +84,12 @@ class MLA:
         v = kv[..., self.nope :]  # [S, H, 128]
         q = torch.cat((q_nope, q_pe), dim=-1)  # [T, H, 192]
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-            attn_mask=self._mask(T, S, start, q.device), scale=self.scale,
-        )  # fmt: skip
+            q.transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            attn_mask=self._mask(T, S, start, q.device),
+            scale=self.scale,
+        )
         return out.transpose(0, 1)  # [T, H, 128]
 
     def _absorbed(

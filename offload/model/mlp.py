@@ -46,9 +46,13 @@ class MoE:
     """Routed experts (through the runtime, never held here) plus the shared expert."""
 
     def __init__(
-        self, layer: int, router: Router, shared: MLP | None, experts: ExpertRuntime,
+        self,
+        layer: int,
+        router: Router,
+        shared: MLP | None,
+        experts: ExpertRuntime,
         lookahead: Lookahead | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.layer = layer
         self.router = router
         self.shared = shared

@@ -24,9 +24,14 @@ class Router:
     @classmethod
     def build(cls, cfg: ModelConfig, weight: torch.Tensor, bias: torch.Tensor) -> Router:
         return cls(
-            weight.float(), bias.float(), cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
-            cfg.norm_topk_prob, cfg.routed_scaling_factor,
-        )  # fmt: skip
+            weight.float(),
+            bias.float(),
+            cfg.num_experts_per_tok,
+            cfg.n_group,
+            cfg.topk_group,
+            cfg.norm_topk_prob,
+            cfg.routed_scaling_factor,
+        )
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> (expert ids [T, k] int64, weights [T, k] float32)."""

@@ -34,9 +34,15 @@ class Transformer:
     """A DeepSeek-V3 / Kimi K2 text model over a latent cache; weights are plain tensors in one dtype."""
 
     def __init__(
-        self, cfg: ModelConfig, embed: torch.Tensor, blocks: list[Block], norm: torch.Tensor, lm_head: torch.Tensor,
-        rope: Rope, dtype: torch.dtype,
-    ) -> None:  # fmt: skip
+        self,
+        cfg: ModelConfig,
+        embed: torch.Tensor,
+        blocks: list[Block],
+        norm: torch.Tensor,
+        lm_head: torch.Tensor,
+        rope: Rope,
+        dtype: torch.dtype,
+    ) -> None:
         self.cfg = cfg
         self.embed = embed  # [V, D], possibly still bf16 over the mapping; rows are cast when looked up
         self.blocks = blocks
@@ -50,9 +56,13 @@ class Transformer:
 
     @torch.inference_mode()
     def forward(
-        self, ids: torch.Tensor, start: int, cache: LatentCache, last_only: bool = False,
+        self,
+        ids: torch.Tensor,
+        start: int,
+        cache: LatentCache,
+        last_only: bool = False,
         stop: threading.Event | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only) on the CPU.
         `stop`, when set by another thread, ends the pass between layers with Cancelled (a long prefill)."""
         device = self.norm.device

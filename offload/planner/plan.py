@@ -137,10 +137,16 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in _NOT_IN_DICT}
         out.update(
-            profile=self.profile.name, runtime=asdict(self.runtime), gpu_bytes=self.gpu_bytes, ram_bytes=self.ram_bytes,
-            placements=[asdict(p) for p in self.placements], offload=asdict(self.offload), problems=list(self.problems),
-            suggestions=list(self.suggestions), warnings=list(self.warnings),
-        )  # fmt: skip
+            profile=self.profile.name,
+            runtime=asdict(self.runtime),
+            gpu_bytes=self.gpu_bytes,
+            ram_bytes=self.ram_bytes,
+            placements=[asdict(p) for p in self.placements],
+            offload=asdict(self.offload),
+            problems=list(self.problems),
+            suggestions=list(self.suggestions),
+            warnings=list(self.warnings),
+        )
         return out
 
 
@@ -150,8 +156,9 @@ def _expert_fmt(storage: Storage, rt: RuntimeConfig) -> str:
     return storage.expert_label
 
 
-def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig,
-              suggest: bool = True) -> Plan:  # fmt: skip
+def make_plan(
+    model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig, suggest: bool = True
+) -> Plan:
     """Pure arithmetic: no I/O, no torch. `storage` is how the checkpoint stores the model (its bytes, and the
     experts' format: only formats the fused kernels read go into GPU slots). Uniform routing is assumed (a trained
     router's skew only helps). `suggest`: also try the flag changes that would make a refused plan fit (each one
@@ -192,8 +199,12 @@ def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, 
     gpu_budget: dict[str, int] = {}
     slots = 0
     if on_gpu:
-        fixed = {**gpu_weights, "kv_cache": kv, "workspace": int(rt.workspace_gib * GiB),
-                 "reserve": int(rt.gpu_reserve_gib * GiB)}  # fmt: skip
+        fixed = {
+            **gpu_weights,
+            "kv_cache": kv,
+            "workspace": int(rt.workspace_gib * GiB),
+            "reserve": int(rt.gpu_reserve_gib * GiB),
+        }
         free = profile.gpu_bytes - sum(fixed.values())
         if rt.gpu_slots is not None:
             slots = min(rt.gpu_slots, n_experts)
@@ -239,12 +250,13 @@ def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, 
         cpu_flops += 2 * params["lm_head"].params
     secs = {
         "GPU": (per["gpu"] / (profile.gpu_bandwidth_gbs * 1e9) + attn_flops / (profile.gpu_tflops * 1e12))
-        if on_gpu else 0.0,
+        if on_gpu
+        else 0.0,
         "DRAM": per["dram"] / (profile.dram_gbs * 1e9),
         "NVMe": per["nvme"] / (profile.nvme_gbs * 1e9),
         "PCIe": per["pcie"] / (profile.pcie_gbs * 1e9) if on_gpu else 0.0,
         "CPU": cpu_flops / (profile.cpu_gflops * 1e9),
-    }  # fmt: skip
+    }
     limited_by = max(secs, key=lambda key: secs[key])
     ceiling = 1.0 / secs[limited_by]
     serial = 1.0 / sum(secs.values())
@@ -268,8 +280,10 @@ def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, 
     # ---- does it fit ------------------------------------------------------------------------------------------
     problems: list[str] = []
     if on_gpu and rt.gpu_slots and not storage.fused_experts and rt.expert_bpw is None:
-        problems.append(f"--gpu-slots {rt.gpu_slots}: GPU slots hold INT4 group-32 experts, and this checkpoint's "
-                        f"experts are {storage.expert_label}; run with --gpu-slots 0")  # fmt: skip
+        problems.append(
+            f"--gpu-slots {rt.gpu_slots}: GPU slots hold INT4 group-32 experts, and this checkpoint's "
+            f"experts are {storage.expert_label}; run with --gpu-slots 0"
+        )
     if rt.device == "cuda" and not profile.has_gpu:
         problems.append(f"--device cuda, but the profile {profile.name} has no GPU")
     if (
@@ -284,8 +298,9 @@ def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, 
             f"of GPU memory is left for them (--gpu-slots {max(0, int(free_gib * GiB // eb))} fits)"
         )
     if rt.context > cfg.max_position_embeddings:
-        problems.append(f"context {rt.context:,} exceeds the model's max_position_embeddings "
-                        f"{cfg.max_position_embeddings:,}")  # fmt: skip
+        problems.append(
+            f"context {rt.context:,} exceeds the model's max_position_embeddings {cfg.max_position_embeddings:,}"
+        )
     if on_gpu:
         gpu_fixed = sum(v for key, v in gpu_budget.items() if key != "expert_slots")
         max_context = (profile.gpu_bytes - (gpu_fixed - kv)) // kv_tok
@@ -300,9 +315,11 @@ def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, 
     max_context = max(0, min(max_context, cfg.max_position_embeddings))
     ram_needed = sum(ram_fixed.values())
     if ram_needed > profile.ram_bytes:
-        problems.append(f"needs {ram_needed / GiB:.1f} GiB of RAM before any expert is cached (reserve "
-                        f"{reserve_gib:g}, weights kept in RAM {sum(ram_weights.values()) / GiB:.1f}), "
-                        f"the profile has {profile.ram_gib:g} GiB")  # fmt: skip
+        problems.append(
+            f"needs {ram_needed / GiB:.1f} GiB of RAM before any expert is cached (reserve "
+            f"{reserve_gib:g}, weights kept in RAM {sum(ram_weights.values()) / GiB:.1f}), "
+            f"the profile has {profile.ram_gib:g} GiB"
+        )
     suggestions = _suggestions(model, cfg, storage, profile, rt) if problems and suggest else []
 
     warnings: list[str] = []
@@ -312,39 +329,79 @@ def make_plan(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, 
             "rest of the plan leaves: the OS will evict expert pages before the budget does"
         )
     if d > 0:
-        warnings.append(f"{d:.0%} of the routed experts do not fit in RAM: about {per['nvme'] / 1e9:.2f} GB per "
-                        f"token come from disk at {profile.nvme_gbs:g} GB/s")  # fmt: skip
+        warnings.append(
+            f"{d:.0%} of the routed experts do not fit in RAM: about {per['nvme'] / 1e9:.2f} GB per "
+            f"token come from disk at {profile.nvme_gbs:g} GB/s"
+        )
     if on_gpu and not storage.fused_experts and rt.expert_bpw is None:
-        warnings.append(f"no GPU expert slots: they hold INT4 group-32 experts, this checkpoint's are "
-                        f"{storage.expert_label}; routed experts run on the CPU")  # fmt: skip
+        warnings.append(
+            f"no GPU expert slots: they hold INT4 group-32 experts, this checkpoint's are "
+            f"{storage.expert_label}; routed experts run on the CPU"
+        )
     elif on_gpu and slots < k * n_moe:
-        warnings.append(f"{slots} GPU expert slots: fewer than one token's {k * n_moe} experts; decode computes "
-                        "almost every expert on the CPU")  # fmt: skip
+        warnings.append(
+            f"{slots} GPU expert slots: fewer than one token's {k * n_moe} experts; decode computes "
+            "almost every expert on the CPU"
+        )
     if rt.expert_bpw is not None:
-        warnings.append(f"what-if: routed experts at {rt.expert_bpw:g} bits per weight; this runtime reads the "
-                        "checkpoint's own format (K2.5: INT4 group 32, bf16 scales: 4.5 bits per weight)")  # fmt: skip
+        warnings.append(
+            f"what-if: routed experts at {rt.expert_bpw:g} bits per weight; this runtime reads the "
+            "checkpoint's own format (K2.5: INT4 group 32, bf16 scales: 4.5 bits per weight)"
+        )
     if profile.source == "auto":
         assumed = [f for f in ("dram_gbs", "nvme_gbs", "pcie_gbs", "cpu_gflops") if f not in profile.measured]
         if assumed:
             warnings.append(f"assumed, not measured, on this machine: {', '.join(assumed)}")
 
     offload = OffloadConfig(
-        ram_budget=None if page_cache >= routed else max(1, page_cache), gpu_slots=slots if on_gpu else 0,
-        prefetch=rt.prefetch, prefetch_mode=rt.prefetch_mode, device="cuda" if on_gpu else "cpu",
-    )  # fmt: skip
-    cost = CostModel(eb, expert_params(cfg), profile.dram_gbs, profile.nvme_gbs, profile.cpu_gflops,
-                     profile.pcie_gbs if on_gpu else 0.0, profile.gpu_tflops if on_gpu else 0.0)  # fmt: skip
+        ram_budget=None if page_cache >= routed else max(1, page_cache),
+        gpu_slots=slots if on_gpu else 0,
+        prefetch=rt.prefetch,
+        prefetch_mode=rt.prefetch_mode,
+        device="cuda" if on_gpu else "cpu",
+    )
+    cost = CostModel(
+        eb,
+        expert_params(cfg),
+        profile.dram_gbs,
+        profile.nvme_gbs,
+        profile.cpu_gflops,
+        profile.pcie_gbs if on_gpu else 0.0,
+        profile.gpu_tflops if on_gpu else 0.0,
+    )
     return Plan(
-        model=model, config=cfg, storage=storage, profile=profile, runtime=rt, on_gpu=on_gpu,
-        placements=tuple(placements), expert_bytes=eb,
-        n_experts=n_experts, routed_expert_bytes=routed, routed_bytes_per_token=per_token, kv_bytes_per_token=kv_tok,
-        gpu_budget=gpu_budget, gpu_expert_slots=slots, ram_budget=ram_budget, ram_expert_bytes=round(r * routed),
-        shares=shares, per_token_bytes=per, seconds_per_token=secs, decode_tok_s_ceiling=ceiling,
-        decode_tok_s_serial=serial, limited_by=limited_by, prefill_tok_s=prefill_tok_s,
-        prefill_limited_by=prefill_limited_by, max_context=max_context, fits=not problems,
-        offload=offload, cost=cost, problems=tuple(problems), suggestions=tuple(suggestions),
+        model=model,
+        config=cfg,
+        storage=storage,
+        profile=profile,
+        runtime=rt,
+        on_gpu=on_gpu,
+        placements=tuple(placements),
+        expert_bytes=eb,
+        n_experts=n_experts,
+        routed_expert_bytes=routed,
+        routed_bytes_per_token=per_token,
+        kv_bytes_per_token=kv_tok,
+        gpu_budget=gpu_budget,
+        gpu_expert_slots=slots,
+        ram_budget=ram_budget,
+        ram_expert_bytes=round(r * routed),
+        shares=shares,
+        per_token_bytes=per,
+        seconds_per_token=secs,
+        decode_tok_s_ceiling=ceiling,
+        decode_tok_s_serial=serial,
+        limited_by=limited_by,
+        prefill_tok_s=prefill_tok_s,
+        prefill_limited_by=prefill_limited_by,
+        max_context=max_context,
+        fits=not problems,
+        offload=offload,
+        cost=cost,
+        problems=tuple(problems),
+        suggestions=tuple(suggestions),
         warnings=tuple(warnings),
-    )  # fmt: skip
+    )
 
 
 # flag sets to try on a refused plan, cheapest first
@@ -357,8 +414,9 @@ _VARIANTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _suggestions(model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig,
-                 most: int = 4) -> list[str]:  # fmt: skip
+def _suggestions(
+    model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig, most: int = 4
+) -> list[str]:
     """Flag sets that make the plan fit, each verified by planning again: as they are, or with the largest
     context that then fits (a multiple of CHUNK)."""
     out: list[str] = []

@@ -102,8 +102,9 @@ def _validate(p: Profile) -> None:
         if getattr(p, key) <= 0:
             raise ProfileError(f"{where}: {key} = {getattr(p, key)}; it must be > 0 (see profiles/README.md)")
     if max(p.gpu_memory_gib, p.ram_gib) > 1 << 20:  # 1 PiB: a unit mistake, not a machine
-        raise ProfileError(f"{where}: gpu_memory_gib / ram_gib are in GiB; {max(p.gpu_memory_gib, p.ram_gib):g} "
-                           "is more than a PiB")  # fmt: skip
+        raise ProfileError(
+            f"{where}: gpu_memory_gib / ram_gib are in GiB; {max(p.gpu_memory_gib, p.ram_gib):g} is more than a PiB"
+        )
     if p.has_gpu:
         if not p.gpu_name:
             raise ProfileError(

@@ -21,13 +21,21 @@ def plan_sections(plan: Plan) -> list[tuple[str, Rows]]:
     """Every number `plan` prints, grouped; each comes straight from a Plan field."""
     p, rt = plan.profile, plan.runtime
     model: Rows = [
-        ("routed experts", f"{plan.n_experts:,} x {plan.expert_bytes:,} B = {gb(plan.routed_expert_bytes)} "
-                           f"({gib(plan.routed_expert_bytes)})"),
-        ("routed per token", f"{plan.routed_bytes_per_token // plan.expert_bytes} experts = "
-                             f"{gb(plan.routed_bytes_per_token)}"),
-        ("KV cache", f"{plan.kv_bytes_per_token:,} B per token x {rt.context:,} tokens = "
-                     f"{gib(plan.kv_bytes_per_token * rt.context)}"),
-    ]  # fmt: skip
+        (
+            "routed experts",
+            f"{plan.n_experts:,} x {plan.expert_bytes:,} B = {gb(plan.routed_expert_bytes)} "
+            f"({gib(plan.routed_expert_bytes)})",
+        ),
+        (
+            "routed per token",
+            f"{plan.routed_bytes_per_token // plan.expert_bytes} experts = {gb(plan.routed_bytes_per_token)}",
+        ),
+        (
+            "KV cache",
+            f"{plan.kv_bytes_per_token:,} B per token x {rt.context:,} tokens = "
+            f"{gib(plan.kv_bytes_per_token * rt.context)}",
+        ),
+    ]
     placement: Rows = [(f"{pl.part}", f"{pl.where:<4} {pl.fmt:<22} {gib(pl.nbytes):>12}") for pl in plan.placements]
     sections: list[tuple[str, Rows]] = [(f"{plan.model} on {p.name}", model), ("placement", placement)]
     if plan.on_gpu:
@@ -46,14 +54,25 @@ def plan_sections(plan: Plan) -> list[tuple[str, Rows]]:
         if res == "CPU":
             decode.append(("CPU compute", f"{secs * 1e3:,.1f} ms at {p.cpu_gflops:,.0f} GFLOPS"))
         elif secs or plan.per_token_bytes[link[res]]:
-            decode.append((f"{res} reads", f"{gb(plan.per_token_bytes[link[res]])} at {rates[res]:g} GB/s = "
-                                           f"{secs * 1e3:,.1f} ms"))  # fmt: skip
+            decode.append(
+                (f"{res} reads", f"{gb(plan.per_token_bytes[link[res]])} at {rates[res]:g} GB/s = {secs * 1e3:,.1f} ms")
+            )
     decode.append(("ceiling", f"{plan.decode_tok_s_ceiling:,.2f} tok/s, limited by {plan.limited_by}"))
     decode.append(("no overlap", f"{plan.decode_tok_s_serial:,.2f} tok/s"))
     sections.append(("decode, per token (at full context)", decode))
-    sections.append(("prefill", [("estimate", f"{plan.prefill_tok_s:,.0f} tok/s in chunks of "
-                                              f"{min(rt.prefill_chunk, rt.context):,}, limited by "
-                                              f"{plan.prefill_limited_by}")]))  # fmt: skip
+    sections.append(
+        (
+            "prefill",
+            [
+                (
+                    "estimate",
+                    f"{plan.prefill_tok_s:,.0f} tok/s in chunks of "
+                    f"{min(rt.prefill_chunk, rt.context):,}, limited by "
+                    f"{plan.prefill_limited_by}",
+                )
+            ],
+        )
+    )
     verdict: Rows = [("fits", "yes" if plan.fits else "NO"), ("max context", f"{plan.max_context:,} tokens")]
     verdict += [("problem", t) for t in plan.problems] + [("try", t) for t in plan.suggestions]
     verdict += [("warning", t) for t in plan.warnings]
@@ -73,9 +92,13 @@ def summary_lines(plan: Plan) -> list[str]:
     if plan.on_gpu:
         lines.append(f"  GPU {gib(plan.gpu_bytes)} of {gib(p.gpu_bytes)} ({plan.gpu_expert_slots:,} expert slots)")
     cache = plan.ram_budget.get("expert_page_cache", 0)
-    lines.append(f"  RAM {gib(plan.ram_bytes - cache)} for weights and reserves, {gib(cache)} left as page cache "
-                 f"(of {gib(p.ram_bytes)})")  # fmt: skip
-    lines.append(f"  decode ceiling {plan.decode_tok_s_ceiling:,.1f} tok/s ({plan.limited_by}); "
-                 f"prefill ~{plan.prefill_tok_s:,.0f} tok/s ({plan.prefill_limited_by})")  # fmt: skip
+    lines.append(
+        f"  RAM {gib(plan.ram_bytes - cache)} for weights and reserves, {gib(cache)} left as page cache "
+        f"(of {gib(p.ram_bytes)})"
+    )
+    lines.append(
+        f"  decode ceiling {plan.decode_tok_s_ceiling:,.1f} tok/s ({plan.limited_by}); "
+        f"prefill ~{plan.prefill_tok_s:,.0f} tok/s ({plan.prefill_limited_by})"
+    )
     lines += [f"  warning: {w}" for w in plan.warnings]
     return lines

@@ -33,8 +33,13 @@ MAX_BODY_BYTES = 4 << 20
 CLIENT_GONE = 499  # nginx's status for a request whose client hung up; nobody receives it
 
 
-def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_queue: int = 16,
-               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:  # fmt: skip
+def create_app(
+    engine: Engine,
+    model_name: str,
+    api_key: str | None = None,
+    max_queue: int = 16,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Starlette:
     """An ASGI app serving `engine` under `model_name` (and ALIAS); the scheduler's thread lives with the app."""
     scheduler = Scheduler(max_queue)
     names = [model_name] + ([ALIAS] if model_name != ALIAS else [])
@@ -68,14 +73,18 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     def check_context(prompt_tokens: int, max_tokens: int | None, param: str) -> None:
         limit = engine.max_context
         if max_tokens is None and prompt_tokens >= limit:
-            raise errors.bad_request(f"the prompt has {prompt_tokens} tokens and this model's context holds "
-                                     f"{limit}; shorten the {param}", param, "context_length_exceeded")  # fmt: skip
+            raise errors.bad_request(
+                f"the prompt has {prompt_tokens} tokens and this model's context holds {limit}; shorten the {param}",
+                param,
+                "context_length_exceeded",
+            )
         if max_tokens is not None and prompt_tokens + max_tokens > limit:
             raise errors.bad_request(
                 f"this model's context holds {limit} tokens; this request needs {prompt_tokens} prompt tokens + "
                 f"max_tokens {max_tokens} = {prompt_tokens + max_tokens}; shorten the {param} or lower max_tokens",
-                param, "context_length_exceeded",
-            )  # fmt: skip
+                param,
+                "context_length_exceeded",
+            )
 
     def prepare_chat(req: ChatRequest) -> ChatTurn:
         """The rendered prompt, checked against the context (on a thread: a long prompt takes a while)."""
@@ -166,8 +175,15 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         return JSONResponse(responses.model_card(request.path_params["model"], created, engine.max_context))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": model_name, "running": scheduler.running,
-                             "waiting": scheduler.waiting, "max_queue": max_queue})  # fmt: skip
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": model_name,
+                "running": scheduler.running,
+                "waiting": scheduler.waiting,
+                "max_queue": max_queue,
+            }
+        )
 
     async def metrics(request: Request) -> Response:
         """The expert runtime's counters since the server started (the same object `generate --stats` prints)."""
@@ -219,8 +235,9 @@ async def chat_stream(env: responses.Envelope, relay: Relay, include_usage: bool
             return
 
 
-async def completion_stream(env: responses.Envelope, relay: Relay,
-                            include_usage: bool) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+async def completion_stream(
+    env: responses.Envelope, relay: Relay, include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
     while True:
         event = await relay.get()
         if isinstance(event, Piece):

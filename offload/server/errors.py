@@ -14,8 +14,14 @@ from starlette.responses import JSONResponse, Response
 class APIError(Exception):
     """An error to answer with; raised anywhere in request handling and turned into JSON by the app."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -31,8 +37,12 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def model_not_found(name: str, known: list[str]) -> APIError:
-    return APIError(404, f"The model `{name}` does not exist; this server serves {' and '.join(map(repr, known))}",
-                    param="model", code="model_not_found")  # fmt: skip
+    return APIError(
+        404,
+        f"The model `{name}` does not exist; this server serves {' and '.join(map(repr, known))}",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def unauthorized(message: str) -> APIError:
@@ -40,13 +50,18 @@ def unauthorized(message: str) -> APIError:
 
 
 def too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than {limit:,} bytes, this server's limit",
-                    code="request_too_large")  # fmt: skip
+    return APIError(
+        413, f"the request body is larger than {limit:,} bytes, this server's limit", code="request_too_large"
+    )
 
 
 def queue_full(max_queue: int) -> APIError:
-    return APIError(503, f"the server is busy: one request runs and the queue is full ({max_queue} may wait); "
-                    "retry later", type="server_error", code="queue_full")  # fmt: skip
+    return APIError(
+        503,
+        f"the server is busy: one request runs and the queue is full ({max_queue} may wait); retry later",
+        type="server_error",
+        code="queue_full",
+    )
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:

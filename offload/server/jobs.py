@@ -66,8 +66,7 @@ class Relay:
 class EngineJob:
     """Iterates `events` on the engine thread and relays each; `cancel` stops the generation after its token."""
 
-    def __init__(self, name: str, events: Iterator[Piece | Finished], cancel: Callable[[], None],
-                 relay: Relay) -> None:  # fmt: skip
+    def __init__(self, name: str, events: Iterator[Piece | Finished], cancel: Callable[[], None], relay: Relay) -> None:
         self.name = name
         self._events = events
         self._cancel = cancel
@@ -110,5 +109,12 @@ def completion_job(name: str, gen: Generation, relay: Relay) -> EngineJob:
 
 
 def _log_end(name: str, r: GenerationResult) -> None:
-    log.info("%s: %s after %d prompt + %d generated tokens (prefill %.1f tok/s, decode %.1f tok/s)", name,
-             r.finish_reason, r.prompt_tokens, len(r.token_ids), r.prefill_tok_s, r.decode_tok_s)  # fmt: skip
+    log.info(
+        "%s: %s after %d prompt + %d generated tokens (prefill %.1f tok/s, decode %.1f tok/s)",
+        name,
+        r.finish_reason,
+        r.prompt_tokens,
+        len(r.token_ids),
+        r.prefill_tok_s,
+        r.decode_tok_s,
+    )

@@ -80,27 +80,40 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
     if tools is not None:
         for i, t in enumerate(tools):
             fn = t.get("function") if isinstance(t, dict) else None
-            if not (isinstance(t, dict) and t.get("type") == "function" and isinstance(fn, dict)
-                    and isinstance(fn.get("name"), str) and fn["name"]):  # fmt: skip
-                raise bad_request(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': str, ...}}}}",
-                                  "tools")  # fmt: skip
+            if not (
+                isinstance(t, dict)
+                and t.get("type") == "function"
+                and isinstance(fn, dict)
+                and isinstance(fn.get("name"), str)
+                and fn["name"]
+            ):
+                raise bad_request(
+                    f"tools[{i}] must be {{'type': 'function', 'function': {{'name': str, ...}}}}", "tools"
+                )
     choice = body.get("tool_choice")
     if choice not in (None, "auto", "none"):
         raise bad_request(f"tool_choice {choice!r} is not supported; use 'auto' or 'none'", "tool_choice")
     kwargs = _optional(body, "chat_template_kwargs", dict, "an object") or {}
     thinking = kwargs.get("thinking", True)
     if not isinstance(thinking, bool):
-        raise bad_request(f"chat_template_kwargs.thinking must be a boolean; got {_kind(thinking)}",
-                          "chat_template_kwargs")  # fmt: skip
+        raise bad_request(
+            f"chat_template_kwargs.thinking must be a boolean; got {_kind(thinking)}", "chat_template_kwargs"
+        )
     max_tokens = _optional_int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _optional_int(body, "max_tokens", 1)
     stream = _optional(body, "stream", bool, "a boolean") or False
     return ChatRequest(
-        model=_model(body), messages=tuple(messages), tools=None if tools is None or choice == "none" else tuple(tools),
-        thinking=thinking, sampling=_sampling(body, THINKING_TEMPERATURE if thinking else INSTANT_TEMPERATURE),
-        max_tokens=max_tokens, stop=_stop(body), stream=stream, include_usage=_include_usage(body),
-    )  # fmt: skip
+        model=_model(body),
+        messages=tuple(messages),
+        tools=None if tools is None or choice == "none" else tuple(tools),
+        thinking=thinking,
+        sampling=_sampling(body, THINKING_TEMPERATURE if thinking else INSTANT_TEMPERATURE),
+        max_tokens=max_tokens,
+        stop=_stop(body),
+        stream=stream,
+        include_usage=_include_usage(body),
+    )
 
 
 def parse_completion(body: dict[str, Any]) -> CompletionRequest:
@@ -119,10 +132,14 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
         raise bad_request(f"`prompt` must be a non-empty string or array of token ids; got {_kind(prompt)}", "prompt")
     max_tokens = _optional_int(body, "max_tokens", 1)
     return CompletionRequest(
-        model=_model(body), prompt=prompt, sampling=_sampling(body, 1.0),
-        max_tokens=COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens, stop=_stop(body),
-        stream=_optional(body, "stream", bool, "a boolean") or False, include_usage=_include_usage(body),
-    )  # fmt: skip
+        model=_model(body),
+        prompt=prompt,
+        sampling=_sampling(body, 1.0),
+        max_tokens=COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens,
+        stop=_stop(body),
+        stream=_optional(body, "stream", bool, "a boolean") or False,
+        include_usage=_include_usage(body),
+    )
 
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
@@ -209,8 +226,15 @@ def _optional_int(body: Mapping[str, Any], name: str, least: int) -> int | None:
 
 def _kind(v: object) -> str:
     """A value's JSON type in words, with the value when it is short."""
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
-             dict: "an object", type(None): "null"}  # fmt: skip
+    kinds = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     kind = "an empty array" if v == [] else kinds.get(type(v), type(v).__name__)
     short = json.dumps(v) if v is not None and not isinstance(v, (list, dict)) else ""
     return f"{kind} ({short[:40]})" if short else kind

@@ -44,11 +44,27 @@ def vision_extras(cfg: ModelConfig) -> list[TensorSpec]:
         return []
     dt = (cfg.safetensors_dtype,)
     return [
-        TensorSpec("vision_tower.patch_embed.proj.weight", (8, 3, 14, 14), dt, "other", "vision_tower.patch_embed.proj",
-                   "weight", 3 * 14 * 14, 8),
-        TensorSpec("mm_projector.proj.0.weight", (cfg.hidden_size, 8), dt, "other", "mm_projector.proj.0", "weight",
-                   8, cfg.hidden_size),
-    ]  # fmt: skip
+        TensorSpec(
+            "vision_tower.patch_embed.proj.weight",
+            (8, 3, 14, 14),
+            dt,
+            "other",
+            "vision_tower.patch_embed.proj",
+            "weight",
+            3 * 14 * 14,
+            8,
+        ),
+        TensorSpec(
+            "mm_projector.proj.0.weight",
+            (cfg.hidden_size, 8),
+            dt,
+            "other",
+            "mm_projector.proj.0",
+            "weight",
+            8,
+            cfg.hidden_size,
+        ),
+    ]
 
 
 def plan_shards(specs: list[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
@@ -115,8 +131,13 @@ def write_model(
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids), "do_sample": True,
-           "temperature": 1.0, "top_p": 0.95}  # fmt: skip
+    gen = {
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": list(cfg.eos_token_ids),
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_p": 0.95,
+    }
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if options.write_data:
         write_tokenizer(tmp, vocab)

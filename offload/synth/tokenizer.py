@@ -22,13 +22,30 @@ from offload.tokenizer_pattern import KIMI_PATTERN
 NUM_SPECIAL = 256
 # Kimi's special tokens by offset from the first special id (163584 in the real tokenizer)
 SPECIAL_OFFSETS = {
-    0: "[BOS]", 1: "[EOS]", 2: "<|im_end|>", 3: "<|im_user|>", 4: "<|im_assistant|>",
-    6: "<|start_header_id|>", 7: "<|end_header_id|>", 9: "[EOT]", 10: "<|im_system|>",
-    11: "<|tool_calls_section_begin|>", 12: "<|tool_calls_section_end|>", 13: "<|tool_call_begin|>",
-    14: "<|tool_call_argument_begin|>", 15: "<|tool_call_end|>", 17: "<|im_middle|>",
-    18: "<|media_begin|>", 19: "<|media_content|>", 20: "<|media_end|>", 21: "<|media_pad|>",
-    22: "<think>", 23: "</think>", 254: "[UNK]", 255: "[PAD]",
-}  # fmt: skip
+    0: "[BOS]",
+    1: "[EOS]",
+    2: "<|im_end|>",
+    3: "<|im_user|>",
+    4: "<|im_assistant|>",
+    6: "<|start_header_id|>",
+    7: "<|end_header_id|>",
+    9: "[EOT]",
+    10: "<|im_system|>",
+    11: "<|tool_calls_section_begin|>",
+    12: "<|tool_calls_section_end|>",
+    13: "<|tool_call_begin|>",
+    14: "<|tool_call_argument_begin|>",
+    15: "<|tool_call_end|>",
+    17: "<|im_middle|>",
+    18: "<|media_begin|>",
+    19: "<|media_content|>",
+    20: "<|media_end|>",
+    21: "<|media_pad|>",
+    22: "<think>",
+    23: "</think>",
+    254: "[UNK]",
+    255: "[PAD]",
+}
 
 # Training splits text exactly as the runtime does (Kimi's pattern), so no merge crosses a runtime piece. The
 # `regex` module (a dependency of tiktoken) understands the pattern's `&&` with its V1 flag; Python's `re` does not.
@@ -87,16 +104,30 @@ def write_tokenizer(folder: Path, vocab: tuple[bytes, ...]) -> None:
     (folder / "tiktoken.model").write_text("\n".join(lines) + "\n")
     specials = special_tokens(len(vocab))
     decoder = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                 "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for i, t in specials.items()
         if not t.startswith("<|reserved_token_")
-    }  # fmt: skip
+    }
     template = chat_template()
     cfg = {
         "added_tokens_decoder": decoder,
-        "additional_special_tokens": ["<|im_end|>", "<|im_user|>", "<|im_assistant|>", "<|start_header_id|>",
-                                      "<|end_header_id|>", "[EOT]", "<|im_system|>", "<|im_middle|>"],
+        "additional_special_tokens": [
+            "<|im_end|>",
+            "<|im_user|>",
+            "<|im_assistant|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "[EOT]",
+            "<|im_system|>",
+            "<|im_middle|>",
+        ],
         "auto_map": {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]},
         "bos_token": "[BOS]",
         "eos_token": "[EOS]",
@@ -106,7 +137,7 @@ def write_tokenizer(folder: Path, vocab: tuple[bytes, ...]) -> None:
         "model_max_length": 1000000000000000019884624838656,
         "tokenizer_class": "TikTokenTokenizer",
         "chat_template": template,
-    }  # fmt: skip
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     (folder / "chat_template.jinja").write_text(template)
 
