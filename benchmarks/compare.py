@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from offload.checkpoint import Checkpoint, open_checkpoint
 from kernels.dequant import dequantize
 from offload.engine.engine import Engine
 from offload.planner.plan import RuntimeConfig
-from offload.quant import QuantConfig
+from offload.hf_config import HfConfig
 from offload.tokenizer_pattern import KIMI_PATTERN
 
 Run = Callable[[list[int], int], tuple[float, float]]  # (prompt ids, tokens) -> (prefill s incl. 1st token, decode s)
@@ -57,7 +56,7 @@ def export_hf(src: Path, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path
         return dst
     dst.mkdir(parents=True, exist_ok=True)
     ckpt = open_checkpoint(src)
-    cfg = replace(ckpt.config, quant=QuantConfig(), dtype=str(dtype).removeprefix("torch."), layout="deepseek_v3")
+    cfg = HfConfig(ckpt.config, "deepseek_v3", str(dtype).removeprefix("torch."))
     weight_map: dict[str, str] = {}
     shard: dict[str, torch.Tensor] = {}
     size, index = 0, 0
@@ -72,7 +71,7 @@ def export_hf(src: Path, dst: Path, dtype: torch.dtype = torch.bfloat16) -> Path
             shard, size = {}, 0
 
     for _, info in ckpt.all_tensors():
-        name = info.name.removeprefix(ckpt.config.tensor_prefix)
+        name = info.name.removeprefix(ckpt.tensor_prefix)
         if not name.startswith(("model.", "lm_head.")):
             continue
         module, _, suffix = name.rpartition(".")

@@ -20,8 +20,8 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
         dtypes[info.dtype] += info.nbytes
     return {
         "folder": str(ckpt.path),
-        "layout": c.layout,
-        "tensor_prefix": c.tensor_prefix,
+        "layout": ckpt.layout,
+        "tensor_prefix": ckpt.tensor_prefix,
         "weight_format": f"routed experts {st.expert_label}: {FORMATS[st.expert_format]}",
         "routed_experts_stored_as": st.expert_format,
         "attention_stored_as": FORMATS.get(attention.fmt, attention.fmt)

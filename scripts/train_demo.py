@@ -24,7 +24,6 @@ import math
 import random
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from kernels.int4 import quantize_int4
 from offload.checkpoint.layout import TensorSpec
 from offload.config import ModelConfig, RopeScaling
+from offload.hf_config import HfConfig
 from offload.engine.chat_format import ChatFormat
 from offload.engine.tokenizer import Tokenizer
 from offload.quant import KIMI_INT4_IGNORE, QuantConfig
@@ -102,10 +102,11 @@ def held_out(title: str) -> bool:
     return hashlib.sha256(title.encode()).digest()[0] < 13  # about 5%
 
 
-def model_config(vocab: int) -> ModelConfig:
-    """Kimi K2.5's topology, small: first layer dense, 64 routed experts top-4 plus a shared one, MLA, YaRN."""
-    return ModelConfig(
-        layout="kimi_k25", vocab_size=vocab, hidden_size=256, intermediate_size=768, moe_intermediate_size=128,
+def model_config(vocab: int) -> HfConfig:
+    """Kimi K2.5's topology, small: first layer dense, 64 routed experts top-4 plus a shared one, MLA, YaRN; stored
+    as the K2.5 release is (nested layout, bf16, INT4 routed experts)."""
+    model = ModelConfig(
+        vocab_size=vocab, hidden_size=256, intermediate_size=768, moe_intermediate_size=128,
         num_hidden_layers=6, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=32,
         qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=4,
         first_k_dense_replace=1, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
@@ -113,9 +114,9 @@ def model_config(vocab: int) -> ModelConfig:
         rope_scaling=RopeScaling(factor=4.0, original_max_position_embeddings=2048, beta_fast=32.0, beta_slow=1.0,
                                  mscale=1.0, mscale_all_dim=1.0),
         rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=vocab - NUM_SPECIAL,
-        eos_token_ids=(vocab - NUM_SPECIAL + 1,), dtype="bfloat16",
-        quant=QuantConfig(format="int4", group_size=32, ignore=KIMI_INT4_IGNORE),
+        eos_token_ids=(vocab - NUM_SPECIAL + 1,),
     )
+    return HfConfig(model, "kimi_k25", "bfloat16", QuantConfig(format="int4", group_size=32, ignore=KIMI_INT4_IGNORE))
 
 
 def encode_turns(pairs: list[tuple[str, str]], fmt: ChatFormat, tok: Tokenizer,
@@ -185,20 +186,20 @@ def main() -> None:
         tok = Tokenizer.from_dir(tok_dir)
         fmt = ChatFormat.from_dir(tok_dir, tok)
     im_end = tok.encode_with_specials("<|im_end|>")[0]
-    pad = cfg.vocab_size - 1
+    pad = cfg.model.vocab_size - 1
     train = encode_turns(train_pairs, fmt, tok, im_end)
     evals = encode_turns(eval_pairs, fmt, tok, im_end)
     print(f"tokens: {sum(len(i) for i, _ in train):,} train, {sum(len(i) for i, _ in evals):,} held out")
 
-    hf_cfg = DeepseekV3Config(**replace(cfg, quant=QuantConfig(), layout="deepseek_v3", dtype="float32").to_dict())
+    hf_cfg = DeepseekV3Config(**HfConfig(cfg.model, "deepseek_v3", "float32").to_dict())
     model = DeepseekV3ForCausalLM._from_config(hf_cfg, experts_implementation="eager", dtype=torch.float32)
     model.train()
     gates = [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
-    loads = [torch.zeros(cfg.n_routed_experts) for _ in gates]
+    loads = [torch.zeros(cfg.model.n_routed_experts) for _ in gates]
 
     def count(i: int):
         def hook(module: torch.nn.Module, inputs: object, output: tuple[torch.Tensor, ...]) -> None:
-            loads[i] += torch.bincount(output[2].reshape(-1), minlength=cfg.n_routed_experts).float()
+            loads[i] += torch.bincount(output[2].reshape(-1), minlength=cfg.model.n_routed_experts).float()
 
         return hook
 
@@ -265,9 +266,9 @@ def main() -> None:
     print(f"wrote {args.out}; held-out loss {held:.4f}; subset loss {s_total / s_n:.4f}")
 
 
-def write_checkpoint(cfg: ModelConfig, state: dict[str, torch.Tensor], vocab: tuple[bytes, ...], out: Path) -> None:
+def write_checkpoint(cfg: HfConfig, state: dict[str, torch.Tensor], vocab: tuple[bytes, ...], out: Path) -> None:
     """The trained weights as a K2.5 checkpoint: experts INT4 pack-quantized (group 32), the rest bf16."""
-    inter = cfg.moe_intermediate_size
+    inter = cfg.model.moe_intermediate_size
     experts: dict[str, dict[str, np.ndarray]] = {}
 
     def expert(spec: TensorSpec) -> dict[str, np.ndarray]:
@@ -290,7 +291,7 @@ def write_checkpoint(cfg: ModelConfig, state: dict[str, torch.Tensor], vocab: tu
             return expert(spec)[spec.role]
         name = spec.name.removeprefix(cfg.tensor_prefix)
         if name not in state:  # K2.5's vision tower placeholders: not part of the text model
-            return draw(cfg, spec, 0)
+            return draw(cfg.model, spec, 0)
         t = state[name]
         if spec.role == "bias":
             return t.float().numpy()

@@ -1,11 +1,11 @@
-"""Stored sizes of a config's safetensors layout, as the tests check them (ModelConfig holds the architecture only)."""
+"""Stored sizes of a config's safetensors layout, as the tests check them (an HfConfig: architecture, layout, quantization)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from offload.checkpoint.layout import layout_storage
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,8 +18,8 @@ class Sizes:
     total_bytes: int
 
 
-def sizes(cfg: ModelConfig) -> Sizes:
-    st = layout_storage(cfg)
+def sizes(hf: HfConfig) -> Sizes:
+    st, cfg = layout_storage(hf), hf.model
     n_moe = len(cfg.moe_layers)
     routed = st.expert_bytes * cfg.n_routed_experts * n_moe
     return Sizes(

@@ -24,7 +24,7 @@ from .conftest import make
 def test_every_layout_and_format_opens_and_matches_safetensors(tiny_dirs):
     for (_layout, experts), folder in tiny_dirs.items():
         with open_checkpoint(folder) as ck:
-            assert ck.config.quant.format == experts
+            assert ck.hf.quant.format == experts
             for shard, info in ck.all_tensors():
                 with safe_open(shard.path, framework="pt") as f:
                     ref = f.get_tensor(info.name)
@@ -46,7 +46,7 @@ def test_config_sizes_match_the_files(tiny_dirs):
     for folder in tiny_dirs.values():
         with open_checkpoint(folder) as ck:
             parts = ck.bytes_by_part()
-            c = ck.config
+            c = ck.hf
             assert parts["routed_experts"] == sizes(c).routed_expert_bytes
             for part, n in sizes(c).nonexpert_bytes_by_part.items():
                 assert parts.get(part, 0) == n, (folder.name, part)
@@ -68,9 +68,9 @@ def test_views_are_zero_copy(tiny_k25):
 
 def test_expert_ranges_cover_exactly_the_expert_tensors(tiny_k25):
     with open_checkpoint(tiny_k25) as ck:
-        c = ck.config
-        for layer in c.moe_layers:
-            for e in (0, 7, c.n_routed_experts - 1):
+        c = ck.hf
+        for layer in c.model.moe_layers:
+            for e in (0, 7, c.model.n_routed_experts - 1):
                 ranges = ck.expert_ranges(layer, e)
                 assert sum(r.length for r in ranges) == sizes(c).expert_bytes
                 # packed weights and shapes (int32) are adjacent, scales (bf16) elsewhere: two runs per expert

@@ -1,16 +1,17 @@
-"""ModelConfig from config.json in all layouts; derived sizes against hand arithmetic; clear errors."""
+"""HfConfig (architecture + layout, dtype, quantization) from config.json in all layouts; derived sizes against
+hand arithmetic; clear errors."""
 
 from __future__ import annotations
 
-from tests.sizes import sizes
 import copy
 import json
 
 import pytest
 
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 from offload.quant import ConfigError
 from offload.synth.presets import preset_config
+from tests.sizes import sizes
 
 from .conftest import DATA
 
@@ -24,26 +25,28 @@ def flat(raw: dict, model_type: str) -> dict:
 
 
 def test_k25_nested_layout_reads_text_config_and_prefix():
-    c = ModelConfig.from_dict(K25)
-    assert c.layout == "kimi_k25" and c.tensor_prefix == "language_model."
+    h = HfConfig.from_dict(K25)
+    c = h.model
+    assert h.layout == "kimi_k25" and h.tensor_prefix == "language_model."
     assert (c.hidden_size, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok) == (7168, 61, 384, 8)
-    assert c.quant.format == "int4" and c.quant.group_size == 32
+    assert h.quant.format == "int4" and h.quant.group_size == 32
     assert c.rope_scaling is not None and c.rope_scaling.factor == 64 and c.rope_scaling.beta_fast == 32
     assert c.rms_norm_eps == 1e-5 and c.routed_scaling_factor == 2.827 and c.eos_token_ids == (163585,)
     assert list(c.moe_layers) == list(range(1, 61))
 
 
 def test_k25_sizes_against_hand_arithmetic():
-    c = ModelConfig.from_dict(K25)
+    h = HfConfig.from_dict(K25)
+    c = h.model
     # packed nibbles of gate+up+down, bf16 scales (gate/up [2048, 224], down [7168, 64]); 24,772,608 in KIMI.md
     payload = 3 * 7168 * 2048 // 2 + (2 * 2048 * 224 + 7168 * 64) * 2
     assert payload == 24_772_608
-    assert sizes(c).expert_bytes == payload + 3 * 2 * 4  # plus three int32 weight_shape [2] tensors
-    assert sizes(c).routed_expert_bytes == sizes(c).expert_bytes * 384 * 60
-    assert sizes(c).routed_bytes_per_token == sizes(c).expert_bytes * 8 * 60  # ~11.89 GB
-    assert round(sizes(c).routed_bytes_per_token / 1e9, 2) == 11.89
+    assert sizes(h).expert_bytes == payload + 3 * 2 * 4  # plus three int32 weight_shape [2] tensors
+    assert sizes(h).routed_expert_bytes == sizes(h).expert_bytes * 384 * 60
+    assert sizes(h).routed_bytes_per_token == sizes(h).expert_bytes * 8 * 60  # ~11.89 GB
+    assert round(sizes(h).routed_bytes_per_token / 1e9, 2) == 11.89
     assert c.kv_bytes_per_token() == (512 + 64) * 61 * 2 == 70_272
-    parts = sizes(c).nonexpert_bytes_by_part
+    parts = sizes(h).nonexpert_bytes_by_part
     assert parts["embed"] == parts["lm_head"] == 163840 * 7168 * 2
     attn = 1536 * 7168 + 64 * 192 * 1536 + 576 * 7168 + 64 * 256 * 512 + 7168 * 64 * 128
     assert parts["attention"] == attn * 2 * 61
@@ -54,13 +57,14 @@ def test_k25_sizes_against_hand_arithmetic():
 
 
 def test_flat_layouts_equal_nested():
-    nested = ModelConfig.from_dict(K25)
+    nested = HfConfig.from_dict(K25)
     for mt in ("kimi_k2", "deepseek_v3"):
-        c = ModelConfig.from_dict(flat(K25, mt))
-        assert c.layout == mt and c.tensor_prefix == ""
+        h = HfConfig.from_dict(flat(K25, mt))
+        assert h.layout == mt and h.tensor_prefix == ""
+        assert h.model == nested.model  # the layout is storage: the architecture is the same
         assert (
-            sizes(c).expert_bytes == sizes(nested).expert_bytes
-            and sizes(c).nonexpert_bytes == sizes(nested).nonexpert_bytes
+            sizes(h).expert_bytes == sizes(nested).expert_bytes
+            and sizes(h).nonexpert_bytes == sizes(nested).nonexpert_bytes
         )
 
 
@@ -73,16 +77,16 @@ def test_fp8_deepseek_v3_config():
         "quant_method": "fp8",
         "weight_block_size": [128, 128],
     }
-    c = ModelConfig.from_dict(d)
-    assert c.quant.format == "fp8" and c.quant.block == (128, 128)
+    h = HfConfig.from_dict(d)
+    assert h.quant.format == "fp8" and h.quant.block == (128, 128)
     # FP8 expert: 3 e4m3 matrices + f32 scales [16, 56] (gate, up) and [56, 16] (down)
-    assert sizes(c).expert_bytes == 3 * 2048 * 7168 + (16 * 56 * 2 + 56 * 16) * 4
-    assert not c.quant.quantizes("lm_head") and c.quant.quantizes("model.layers.0.self_attn.q_a_proj")
+    assert sizes(h).expert_bytes == 3 * 2048 * 7168 + (16 * 56 * 2 + 56 * 16) * 4
+    assert not h.quant.quantizes("lm_head") and h.quant.quantizes("model.layers.0.self_attn.q_a_proj")
 
 
 def test_int4_ignore_list_quantizes_only_routed_experts():
-    c = ModelConfig.from_dict(K25)
-    q, p = c.quant, c.tensor_prefix
+    h = HfConfig.from_dict(K25)
+    q, p = h.quant, h.tensor_prefix
     assert q.quantizes("model.layers.5.mlp.experts.17.down_proj", p)
     for m in (
         "lm_head",
@@ -106,15 +110,16 @@ def test_transformers5_rope_parameters():
         "mscale": 1,
         "mscale_all_dim": 1,
     }
-    c = ModelConfig.from_dict(d)
-    assert c.rope_theta == 50000.0 and c.rope_scaling == ModelConfig.from_dict(K25).rope_scaling
+    h = HfConfig.from_dict(d)
+    c = h.model
+    assert c.rope_theta == 50000.0 and c.rope_scaling == HfConfig.from_dict(K25).model.rope_scaling
 
 
 @pytest.mark.parametrize("layout", ["k2.5", "k2", "deepseek-v3"])
 @pytest.mark.parametrize("experts", ["int4", "fp8", "bf16"])
 def test_to_dict_round_trips(layout, experts):
-    c = preset_config("mini", layout, experts)
-    assert ModelConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    h = preset_config("mini", layout, experts)
+    assert HfConfig.from_dict(json.loads(json.dumps(h.to_dict()))) == h
 
 
 def mutate(path: str, value: object) -> dict:
@@ -162,24 +167,24 @@ def mutate(path: str, value: object) -> dict:
 )
 def test_unsupported_values_name_field_and_value(path, value, message):
     with pytest.raises(ConfigError, match=message):
-        ModelConfig.from_dict(mutate(path, value))
+        HfConfig.from_dict(mutate(path, value))
 
 
 def test_conflicting_quantization_configs():
     d = copy.deepcopy(K25)
     d["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
     with pytest.raises(ConfigError, match="both at the top level and in text_config"):
-        ModelConfig.from_dict(d)
+        HfConfig.from_dict(d)
 
 
 def test_missing_folder_and_config(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        ModelConfig.from_dir(tmp_path / "nope")
+        HfConfig.from_dir(tmp_path / "nope")
     with pytest.raises(ConfigError, match=r"config\.json is missing"):
-        ModelConfig.from_dir(tmp_path)
+        HfConfig.from_dir(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        ModelConfig.from_dir(tmp_path)
+        HfConfig.from_dir(tmp_path)
 
 
 def test_k2_instruct_fp8_config_with_equal_yarn_betas():
@@ -200,16 +205,18 @@ def test_k2_instruct_fp8_config_with_equal_yarn_betas():
         "quant_method": "fp8",
         "weight_block_size": [128, 128],
     }
-    c = ModelConfig.from_dict(d)
+    h = HfConfig.from_dict(d)
+    c = h.model
     assert c.rope_scaling is not None and c.rope_scaling.beta_fast == c.rope_scaling.beta_slow == 1.0
-    assert c.quant.format == "fp8"
+    assert h.quant.format == "fp8"
 
 
 def test_k25_token_ids_fall_back_to_the_top_level():
     d = copy.deepcopy(K25)
     for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
         del d["text_config"][k]
-    c = ModelConfig.from_dict(d)
+    h = HfConfig.from_dict(d)
+    c = h.model
     assert (c.bos_token_id, c.eos_token_ids, c.pad_token_id) == (163584, (163585,), 163839)
 
 
@@ -221,6 +228,6 @@ def test_fp8_modules_to_not_convert_match_as_substrings():
         "weight_block_size": [128, 128],
         "modules_to_not_convert": ["model.layers.0.mlp"],
     }
-    q = ModelConfig.from_dict(d).quant
+    q = HfConfig.from_dict(d).quant
     assert not q.quantizes("model.layers.0.mlp.down_proj") and not q.quantizes("lm_head")
     assert q.quantizes("model.layers.1.mlp.experts.3.down_proj")

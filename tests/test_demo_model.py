@@ -25,7 +25,8 @@ def test_demo_is_a_k25_int4_checkpoint_of_at_most_40_mb():
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 40_000_000
     with open_checkpoint(folder) as ckpt:
         cfg = ckpt.config
-        assert cfg.layout == "kimi_k25" and cfg.quant.format == "int4" and cfg.quant.group_size == 32
+        hf = ckpt.hf
+        assert hf.layout == "kimi_k25" and hf.quant.format == "int4" and hf.quant.group_size == 32
         assert cfg.n_routed_experts == 64 and cfg.first_k_dense_replace == 1 and cfg.n_shared_experts == 1
         assert "weight_packed" in ckpt.linear("model.layers.1.mlp.experts.0.up_proj")
 

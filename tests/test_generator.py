@@ -106,7 +106,7 @@ def test_fp8_weights_and_scales(tiny_dirs):
         c = ck.config
         t = ck.linear("model.layers.1.self_attn.kv_b_proj")
         assert t["weight"].dtype == torch.float8_e4m3fn and t["weight_scale_inv"].dtype == torch.float32
-        w = dequantize_fp8(t["weight"], t["weight_scale_inv"], c.quant.block)
+        w = dequantize_fp8(t["weight"], t["weight_scale_inv"], ck.hf.quant.block)
         assert torch.isfinite(w).all() and w.std().item() == pytest.approx(c.kv_lora_rank**-0.5, rel=0.25)
         assert ck.tensor("lm_head.weight").dtype == torch.bfloat16  # lm_head and router stay bf16
         assert ck.tensor("model.layers.1.mlp.gate.weight").dtype == torch.bfloat16
@@ -186,7 +186,8 @@ def test_chat_template_renders_kimi_turns(tiny_k25):
 
 def test_preset_sizes():
     mini = preset_config("mini")
-    assert mini.n_routed_experts == 384 and mini.num_experts_per_tok == 8 and mini.first_k_dense_replace == 1
+    m = mini.model
+    assert m.n_routed_experts == 384 and m.num_experts_per_tok == 8 and m.first_k_dense_replace == 1
     assert 150e6 < sizes(mini).total_bytes < 250e6
     bench = preset_config("bench")
     assert 100e6 < sizes(bench).routed_bytes_per_token < 1e9 and 2e9 < sizes(bench).total_bytes < 10e9

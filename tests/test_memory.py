@@ -24,14 +24,16 @@ def rss() -> int:
 @pytest.mark.slow
 def test_opening_a_multi_gb_checkpoint_reads_headers_only(tmp_path):
     # Kimi's topology with K2.5-like 4096 x 2048 experts, few enough layers to write quickly: ~2 GB
-    cfg = dataclasses.replace(
-        preset_config("tiny"),
+    tiny = preset_config("tiny")
+    big = dataclasses.replace(
+        tiny.model,
         hidden_size=4096,
         moe_intermediate_size=2048,
         intermediate_size=4096,
         n_routed_experts=64,
         num_experts_per_tok=8,
     )
+    cfg = dataclasses.replace(tiny, model=big)
     assert data_bytes(cfg) > 1.8e9
     folder = write_model(cfg, tmp_path / "big", SynthOptions(max_shard_bytes=512 * MB))
     before = rss()

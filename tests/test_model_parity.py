@@ -15,7 +15,7 @@ from kernels.dequant import dequantize
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.loader import load_transformer
 from offload.model.transformer import Transformer
-from offload.quant import QuantConfig
+from offload.hf_config import HfConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -181,10 +181,10 @@ def load(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[Checkpoint, 
 def dequantized_copy(src: Path, dst: Path) -> Path:
     """The same model as a float32 single-file checkpoint with every weight dequantized (no quantization_config)."""
     ckpt = open_checkpoint(src)
-    cfg = dataclasses.replace(ckpt.config, quant=QuantConfig(), dtype="float32", layout="deepseek_v3")
+    cfg = HfConfig(ckpt.config, "deepseek_v3", "float32")
     tensors: dict[str, torch.Tensor] = {}
     for _, info in ckpt.all_tensors():
-        name = info.name.removeprefix(ckpt.config.tensor_prefix)
+        name = info.name.removeprefix(ckpt.tensor_prefix)
         if not name.startswith(("model.", "lm_head.")):
             continue  # vision tower
         module, _, suffix = name.rpartition(".")

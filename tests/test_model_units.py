@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from offload.checkpoint import Checkpoint, open_checkpoint
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 from offload.experts.dequantized import DequantizedExperts
 from offload.model.cache import CacheFullError, LatentCache
 from offload.model.loader import compute_dtype, load_transformer
@@ -18,7 +18,8 @@ from offload.model.rope import Rope, cos_sin_factor, inv_freq, softmax_scale
 from offload.model.router import Router
 from tests.conftest import DATA
 
-K25 = ModelConfig.from_dir(DATA / "kimi-k2.5")
+K25_HF = HfConfig.from_dir(DATA / "kimi-k2.5")
+K25 = K25_HF.model
 
 
 def test_yarn_frequencies_for_k25_by_hand():
@@ -157,9 +158,9 @@ def test_yarn_matches_transformers(rope):
     params = {"rope_type": "yarn", "rope_theta": 50000.0, "original_max_position_embeddings": 4096, **rope}
     hf = transformers.DeepseekV3Config(rope_parameters=params, max_position_embeddings=262144)
     want_freq, want_factor = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")
-    raw = K25.to_dict()
+    raw = K25_HF.to_dict()
     raw["text_config"]["rope_scaling"] = {"type": "yarn", **params}
-    cfg = ModelConfig.from_dict(raw)
+    cfg = HfConfig.from_dict(raw).model
     assert torch.allclose(inv_freq(64, 50000.0, cfg.rope_scaling), want_freq, rtol=1e-6, atol=0)
     assert math.isclose(cos_sin_factor(cfg.rope_scaling), want_factor, rel_tol=1e-9)
 
@@ -169,7 +170,7 @@ def test_loading_reports_every_non_expert_byte(tiny_dirs):
         with open_checkpoint(tiny_dirs[key]) as ckpt:
             seen: list[int] = []
             load_transformer(ckpt, DequantizedExperts(ckpt), torch.float32, on_bytes=seen.append)
-            assert sum(seen) == sizes(ckpt.config).nonexpert_bytes
+            assert sum(seen) == sizes(ckpt.hf).nonexpert_bytes
 
 
 def test_native_int4_kernel_gives_the_dequantized_logits(tiny_k25, native):

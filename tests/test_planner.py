@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 from offload.planner.plan import GiB, Plan, RuntimeConfig, make_plan
 from offload.planner.profile import Profile
 from offload.planner.report import plan_sections, summary_lines
@@ -17,9 +17,9 @@ from offload.planner.shapes import SHAPES, resolve_model, shape_config
 K25 = shape_config("kimi-k2.5")
 
 
-def plan_for(name: str, cfg: ModelConfig, profile: Profile, rt: RuntimeConfig, **kw: Any) -> Plan:
+def plan_for(name: str, hf: HfConfig, profile: Profile, rt: RuntimeConfig, **kw: Any) -> Plan:
     """make_plan with the storage the model's published release has (its config's quantization)."""
-    return make_plan(name, cfg, layout_storage(cfg), profile, rt, **kw)
+    return make_plan(name, hf.model, layout_storage(hf), profile, rt, **kw)
 
 
 EXPERT = 24_772_608  # KIMI.md §3: one INT4 expert, packed weights and scales
@@ -233,22 +233,22 @@ def test_expert_bpw_what_if():
 
 def test_builtin_shapes_pin_their_published_values():
     k2 = shape_config("kimi-k2-instruct")
-    assert k2.quant.format == "fp8" and k2.quant.block == (128, 128) and k2.max_position_embeddings == 131072
-    assert k2.rms_norm_eps == 1e-6 and k2.n_routed_experts == 384 and k2.layout == "kimi_k2"
+    assert k2.quant.format == "fp8" and k2.quant.block == (128, 128) and k2.model.max_position_embeddings == 131072
+    assert k2.model.rms_norm_eps == 1e-6 and k2.model.n_routed_experts == 384 and k2.layout == "kimi_k2"
     thinking = shape_config("kimi-k2-thinking")
     assert thinking.quant.format == "int4" and thinking.quant.group_size == 32
-    assert thinking.max_position_embeddings == 262144
-    v3 = shape_config("deepseek-v3")
+    assert thinking.model.max_position_embeddings == 262144
+    v3 = shape_config("deepseek-v3").model
     assert (v3.n_routed_experts, v3.n_group, v3.topk_group, v3.first_k_dense_replace) == (256, 8, 4, 3)
     assert (v3.num_attention_heads, v3.vocab_size, v3.routed_scaling_factor) == (128, 129280, 2.5)
-    assert K25.layout == "kimi_k25" and K25.rms_norm_eps == 1e-5 and K25.max_position_embeddings == 262144
+    assert K25.layout == "kimi_k25" and K25.model.rms_norm_eps == 1e-5 and K25.model.max_position_embeddings == 262144
 
 
 @pytest.mark.parametrize("name", SHAPES)
 def test_builtin_shapes(name):
     cfg = shape_config(name)
-    assert cfg.hidden_size == 7168 and cfg.num_hidden_layers == 61
-    assert resolve_model(name)[1] == cfg
+    assert cfg.model.hidden_size == 7168 and cfg.model.num_hidden_layers == 61
+    assert resolve_model(name)[1] == cfg.model
     plan = plan_for(name, cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
     assert plan.routed_expert_bytes == plan.expert_bytes * plan.n_experts
     if name == "deepseek-v3":
@@ -269,9 +269,7 @@ def test_tied_embeddings_and_plain_q_proj():
     raw = K25.to_dict()
     raw["text_config"].update(tie_word_embeddings=True, q_lora_rank=None)
     raw["tie_word_embeddings"] = True
-    from offload.config import ModelConfig
-
-    cfg = ModelConfig.from_dict(raw)
+    cfg = HfConfig.from_dict(raw)
     plan = plan_for("tied", cfg, BOX, RuntimeConfig(context=4096, gpu_weights="int8"))
     gpu = {p.part: p.nbytes for p in plan.placements if p.where == "gpu"}
     assert gpu["lm_head"] == VOCAB_H + 2 * 163840  # the tied head still runs on the GPU: a copy there

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.cli import app
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 from offload.synth.generator import SynthOptions, write_model
 
 from .conftest import DATA
@@ -20,7 +20,7 @@ from .conftest import DATA
 
 @pytest.fixture(scope="module")
 def k25_replica(tmp_path_factory):
-    cfg = ModelConfig.from_dir(DATA / "kimi-k2.5")
+    cfg = HfConfig.from_dir(DATA / "kimi-k2.5")
     folder = tmp_path_factory.mktemp("k25") / "Kimi-K2.5"
     if shutil.disk_usage(folder.parent).free < 1 << 30:
         pytest.skip("needs 1 GiB free for the replica's headers")
@@ -32,7 +32,7 @@ def k25_replica(tmp_path_factory):
 
 def test_replica_opens_and_sizes_match_config(k25_replica):
     with open_checkpoint(k25_replica) as ck:
-        c = ck.config
+        c = ck.hf
         parts = ck.bytes_by_part()
         assert len(ck.shards) == 64
         assert parts["routed_experts"] == sizes(c).routed_expert_bytes == sizes(c).expert_bytes * 384 * 60

@@ -14,7 +14,7 @@ import pytest
 import regex
 import tiktoken
 
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 from offload.engine.detokenize import byte_level_alphabet
 from offload.engine.tokenizer import KIMI_PATTERN, Tokenizer, TokenizerError
 from offload.synth.tokenizer import SPECIAL_OFFSETS, corpus_text, special_tokens
@@ -86,7 +86,7 @@ def hf_dir(tiny_k25: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tokenizer.json converted from the synthetic tiktoken.model by transformers (an independent reference)."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    base = ModelConfig.from_dir(tiny_k25).vocab_size - 256
+    base = HfConfig.from_dir(tiny_k25).model.vocab_size - 256
     conv = TikTokenConverter(
         vocab_file=str(tiny_k25 / "tiktoken.model"),
         pattern=KIMI_PATTERN,
@@ -108,7 +108,7 @@ def tok(request: pytest.FixtureRequest, kimi: Tokenizer, hf: Tokenizer) -> Token
 
 
 def test_kinds_sizes_and_choice(kimi, hf, tiny_k25, hf_dir, tmp_path):
-    cfg = ModelConfig.from_dir(tiny_k25)
+    cfg = HfConfig.from_dir(tiny_k25).model
     assert (kimi.kind, hf.kind) == ("tiktoken", "hf")
     assert kimi.vocab_size == hf.vocab_size == cfg.vocab_size
     both = copy_files(tiny_k25, tmp_path, ("tiktoken.model", "tokenizer_config.json"))
@@ -120,7 +120,7 @@ def test_kinds_sizes_and_choice(kimi, hf, tiny_k25, hf_dir, tmp_path):
 
 
 def test_special_ids(tok, tiny_k25):
-    cfg = ModelConfig.from_dir(tiny_k25)
+    cfg = HfConfig.from_dir(tiny_k25).model
     base = cfg.vocab_size - 256
     assert tok.bos_id == cfg.bos_token_id == base and (tok.eos_id,) == cfg.eos_token_ids == (base + 1,)
     for off, name in SPECIAL_OFFSETS.items():

@@ -53,6 +53,8 @@ class Checkpoint(Protocol):
 
     path: Path  # what was opened
     config: ModelConfig
+    layout: str  # how the files lay the model out, for people: "kimi_k25", "kimi_k2", "deepseek_v3", "gguf"
+    tensor_prefix: str  # what stored names carry before the model's names ("language_model." in K2.5's release)
     storage: Storage
     files: dict[str, MappedFile]  # file name -> mapped file
 

@@ -1,5 +1,5 @@
 """The safetensors release layout: each model module's tensors (names with the layout's prefix, shapes, dtypes) as
-config.json's quantization implies them, and the Storage that follows from them."""
+config.json (an HfConfig: layout, dtype, quantization) implies them, and the Storage that follows from them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from offload.config import PARTS, ModelConfig
+from offload.config import PARTS
+from offload.hf_config import HfConfig
 from offload.parts import Module, expert_modules, model_modules
 from offload.quant import DTYPE_BYTES
 from offload.storage import Storage
@@ -36,14 +37,14 @@ class TensorSpec:
         return math.prod(self.shape) * DTYPE_BYTES[self.dtypes[0]]
 
 
-def module_tensors(cfg: ModelConfig, m: Module) -> Iterator[TensorSpec]:
+def module_tensors(hf: HfConfig, m: Module) -> Iterator[TensorSpec]:
     """The stored tensors of one module."""
-    full = cfg.tensor_prefix + m.name
-    dt = cfg.safetensors_dtype
+    full = hf.tensor_prefix + m.name
+    dt = hf.safetensors_dtype
     if m.kind == "linear":
         out_f, in_f = m.shape
-        quantized = cfg.quant.quantizes(m.name, cfg.tensor_prefix)
-        for suffix, (shape, dtype) in cfg.quant.linear_tensors(out_f, in_f, dt, quantized).items():
+        quantized = hf.quant.quantizes(m.name, hf.tensor_prefix)
+        for suffix, (shape, dtype) in hf.quant.linear_tensors(out_f, in_f, dt, quantized).items():
             yield TensorSpec(
                 f"{full}.{suffix}", shape, (dtype,), m.part, m.name, suffix, in_f, out_f, m.layer, m.expert
             )
@@ -57,40 +58,42 @@ def module_tensors(cfg: ModelConfig, m: Module) -> Iterator[TensorSpec]:
         yield TensorSpec(f"{full}.weight", m.shape, (dt,), m.part, m.name, "norm", 0, 0, m.layer)
 
 
-def expert_tensors(cfg: ModelConfig, layer: int, expert: int) -> Iterator[TensorSpec]:
+def expert_tensors(hf: HfConfig, layer: int, expert: int) -> Iterator[TensorSpec]:
     """The tensors of one routed expert: gate, up, down (packed weights and scales when quantized)."""
-    for m in expert_modules(cfg, layer, expert):
-        yield from module_tensors(cfg, m)
+    for m in expert_modules(hf.model, layer, expert):
+        yield from module_tensors(hf, m)
 
 
-def model_tensors(cfg: ModelConfig, routed: bool = True) -> Iterator[TensorSpec]:
+def model_tensors(hf: HfConfig, routed: bool = True) -> Iterator[TensorSpec]:
     """Every tensor of the text model, in forward order: embeddings, layers, final norm, lm_head."""
-    for m in model_modules(cfg, routed):
-        yield from module_tensors(cfg, m)
+    for m in model_modules(hf.model, routed):
+        yield from module_tensors(hf, m)
 
 
-def expert_format(cfg: ModelConfig) -> tuple[str, tuple[int, ...]]:
+def expert_format(hf: HfConfig) -> tuple[str, tuple[int, ...]]:
     """(kernels.formats tag, its parameters) of the routed experts as config.json declares them."""
-    layer = cfg.moe_layers[0] if len(cfg.moe_layers) else 0
-    q = cfg.quant
-    if q.format != "bf16" and q.quantizes(f"model.layers.{layer}.mlp.experts.0.up_proj", cfg.tensor_prefix):
+    moe = hf.model.moe_layers
+    layer = moe[0] if len(moe) else 0
+    q = hf.quant
+    if q.format != "bf16" and q.quantizes(f"model.layers.{layer}.mlp.experts.0.up_proj", hf.tensor_prefix):
         return ("int4", (q.group_size,)) if q.format == "int4" else ("fp8", q.block)
-    return FLOAT_TAGS[cfg.safetensors_dtype], ()
+    return FLOAT_TAGS[hf.safetensors_dtype], ()
 
 
-def layout_storage(cfg: ModelConfig, nbytes: Callable[[TensorSpec], int] = lambda s: s.nbytes) -> Storage:
+def layout_storage(hf: HfConfig, nbytes: Callable[[TensorSpec], int] = lambda s: s.nbytes) -> Storage:
     """The Storage of this layout, with each tensor's size from `nbytes` (default: the size its spec implies)."""
     parts = dict.fromkeys((p for p in PARTS if p != "routed_experts"), 0)
-    for spec in model_tensors(cfg, routed=False):
+    for spec in model_tensors(hf, routed=False):
         parts[spec.part] += nbytes(spec)
-    layer = cfg.moe_layers[0] if len(cfg.moe_layers) else 0
-    expert = list(expert_tensors(cfg, layer, 0))
-    fmt, params = expert_format(cfg)
+    moe = hf.model.moe_layers
+    layer = moe[0] if len(moe) else 0
+    expert = list(expert_tensors(hf, layer, 0))
+    fmt, params = expert_format(hf)
     return Storage(
         expert_format=fmt,
         expert_params=params,
         expert_bytes=sum(nbytes(s) for s in expert),
         expert_weight_bytes=sum(nbytes(s) for s in expert if s.role != "weight_shape"),
         part_bytes=parts,
-        float_format=FLOAT_TAGS[cfg.safetensors_dtype],
+        float_format=FLOAT_TAGS[hf.safetensors_dtype],
     )

@@ -14,7 +14,7 @@ from kernels.dequant import StoredWeight
 from offload.checkpoint.base import ByteRange, MappedFile
 from offload.checkpoint.layout import FLOAT_TAGS, expert_tensors, layout_storage, model_tensors
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,12 @@ class SafetensorsCheckpoint:
     """The tensors of a safetensors checkpoint folder, by name, as zero-copy views over the mapped shards
     (implements offload.checkpoint.Checkpoint)."""
 
-    def __init__(self, folder: str | Path, config: ModelConfig | None = None) -> None:
+    def __init__(self, folder: str | Path, hf: HfConfig | None = None) -> None:
         self.path = self.folder = Path(folder)
-        self.config = config if config is not None else ModelConfig.from_dir(self.folder)
+        self.hf = hf if hf is not None else HfConfig.from_dir(self.folder)  # config.json: layout, dtype, quantization
+        self.config = self.hf.model
+        self.layout: str = self.hf.layout
+        self.tensor_prefix = self.hf.tensor_prefix
         self.shards: dict[str, SafetensorsFile] = {}
         self._where: dict[str, tuple[SafetensorsFile, TensorInfo]] = {}
         self.files: dict[str, MappedFile] = {}
@@ -39,7 +42,7 @@ class SafetensorsCheckpoint:
             self.close()
             raise
         self.files.update(self.shards)
-        self.storage = layout_storage(self.config, lambda spec: self._where[spec.name][1].nbytes)
+        self.storage = layout_storage(self.hf, lambda spec: self._where[spec.name][1].nbytes)
 
     # ---- opening -------------------------------------------------------------------------------------------
     def _open_shards(self) -> None:
@@ -84,7 +87,7 @@ class SafetensorsCheckpoint:
     def _validate(self) -> None:
         """Every tensor the config implies is present with its shape and dtype."""
         expected = 0
-        for spec in model_tensors(self.config):
+        for spec in model_tensors(self.hf):
             expected += 1
             found = self._where.get(spec.name)
             if found is None:
@@ -108,7 +111,7 @@ class SafetensorsCheckpoint:
 
     # ---- access ---------------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
-        return self.config.tensor_prefix + name in self._where
+        return self.tensor_prefix + name in self._where
 
     def info(self, name: str) -> TensorInfo:
         """Where tensor `name` (without the layout prefix, e.g. 'model.norm.weight') lies."""
@@ -122,7 +125,7 @@ class SafetensorsCheckpoint:
     def weight(self, module: str) -> StoredWeight:
         """The stored weight of Linear `module`, tagged with its format."""
         t = self.linear(module)
-        q = self.config.quant
+        q = self.hf.quant
         if "weight_packed" in t:
             out_f, in_f = (int(v) for v in t["weight_shape"])
             return StoredWeight(
@@ -140,7 +143,7 @@ class SafetensorsCheckpoint:
     def linear(self, module: str) -> dict[str, torch.Tensor]:
         """The stored tensors of one Linear, by suffix: {'weight'} or {'weight_packed', 'weight_scale',
         'weight_shape'} or {'weight', 'weight_scale_inv'}."""
-        prefix = f"{self.config.tensor_prefix}{module}."
+        prefix = f"{self.tensor_prefix}{module}."
         out = {}
         for suffix in ("weight", "weight_packed", "weight_scale", "weight_shape", "weight_scale_inv"):
             found = self._where.get(prefix + suffix)
@@ -151,7 +154,7 @@ class SafetensorsCheckpoint:
         return out
 
     def _lookup(self, name: str) -> tuple[SafetensorsFile, TensorInfo]:
-        full = self.config.tensor_prefix + name
+        full = self.tensor_prefix + name
         found = self._where.get(full)
         if found is None:
             raise CheckpointError(f"{self.folder}: tensor {full!r} is not in the checkpoint")
@@ -165,7 +168,7 @@ class SafetensorsCheckpoint:
         """The file byte ranges holding routed expert (layer, expert): its tensors, adjacent ones merged."""
         spans = sorted(
             (self._where[spec.name][0].path, self._where[spec.name][1].start, self._where[spec.name][1].end)
-            for spec in expert_tensors(self.config, layer, expert)
+            for spec in expert_tensors(self.hf, layer, expert)
         )
         merged: list[ByteRange] = []
         for path, start, end in spans:
@@ -201,7 +204,7 @@ class SafetensorsCheckpoint:
         """Stored bytes by model part, from the headers; tensors outside the text model count as 'other'."""
         parts: dict[str, int] = defaultdict(int)
         seen = set()
-        for spec in model_tensors(self.config):
+        for spec in model_tensors(self.hf):
             parts[spec.part] += self._where[spec.name][1].nbytes
             seen.add(spec.name)
         for name, (_, info) in self._where.items():

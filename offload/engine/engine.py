@@ -89,7 +89,7 @@ class Engine:
         log.info(
             "loaded %s (%s, %d layers, %s compute on %s)",
             self.folder,
-            cfg.layout,
+            self.ckpt.layout,
             cfg.num_hidden_layers,
             self.dtype,
             self.device,

@@ -7,26 +7,28 @@ from importlib import resources
 from pathlib import Path
 
 from offload.checkpoint.layout import layout_storage
-from offload.config import ConfigError, ModelConfig
+from offload.config import ModelConfig
+from offload.hf_config import HfConfig
+from offload.quant import ConfigError
 from offload.storage import Storage
 
 SHAPES = ("kimi-k2.5", "kimi-k2-thinking", "kimi-k2-instruct", "deepseek-v3")
 
 
-def shape_config(name: str) -> ModelConfig:
-    """ModelConfig of a built-in model (its real config.json values and quantization)."""
+def shape_config(name: str) -> HfConfig:
+    """The published config.json of a built-in model (architecture, layout and quantization)."""
     if name not in SHAPES:
         raise ConfigError(f"unknown model {name!r}; built-in: {', '.join(SHAPES)}, or a checkpoint folder")
     text = resources.files("offload.planner").joinpath(f"shapes/{name}.json").read_text()
-    return ModelConfig.from_dict(json.loads(text))
+    return HfConfig.from_dict(json.loads(text))
 
 
 def resolve_model(spec: str) -> tuple[str, ModelConfig, Storage]:
     """(display name, config, storage) for a built-in name (its published release's storage) or a checkpoint
     (opened from its headers: the storage is what its index says)."""
     if spec in SHAPES:
-        cfg = shape_config(spec)
-        return spec, cfg, layout_storage(cfg)
+        hf = shape_config(spec)
+        return spec, hf.model, layout_storage(hf)
     path = Path(spec)
     if path.exists():
         from offload.checkpoint import open_checkpoint

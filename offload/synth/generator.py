@@ -14,7 +14,7 @@ import numpy as np
 from offload.checkpoint.layout import TensorSpec, model_tensors
 from offload.checkpoint.reader import INDEX_FILE
 from offload.checkpoint.writer import Entry, write_shard
-from offload.config import ModelConfig
+from offload.hf_config import HfConfig
 from offload.synth.tokenizer import NUM_SPECIAL, train_bpe, write_tokenizer
 from offload.synth.weights import draw
 
@@ -38,11 +38,11 @@ class SynthOptions:
             raise ValueError(f"max_shard_bytes = {self.max_shard_bytes}; expected a positive size")
 
 
-def vision_extras(cfg: ModelConfig) -> list[TensorSpec]:
+def vision_extras(hf: HfConfig) -> list[TensorSpec]:
     """A token vision tower and projector, so a K2.5-layout folder holds tensors a text runtime must skip."""
-    if cfg.layout != "kimi_k25":
+    if hf.layout != "kimi_k25":
         return []
-    dt = (cfg.safetensors_dtype,)
+    cfg, dt = hf.model, (hf.safetensors_dtype,)
     return [
         TensorSpec(
             "vision_tower.patch_embed.proj.weight",
@@ -82,7 +82,7 @@ def plan_shards(specs: list[TensorSpec], max_bytes: int) -> list[list[TensorSpec
 
 
 def write_model(
-    cfg: ModelConfig,
+    hf: HfConfig,
     out: Path,
     options: SynthOptions = SynthOptions(),
     on_bytes: Callable[[int], None] | None = None,
@@ -95,7 +95,7 @@ def write_model(
     built-in corpus and the drawn weights: how a trained model is written (scripts/train_demo.py).
     Writes into `out` + '.partial' and renames at the end, so an interrupted run never leaves a folder that looks
     complete. Refuses to touch an existing non-empty `out`."""
-    out = Path(out)
+    out, cfg = Path(out), hf.model
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or remove it first")
     if vocab is None:
@@ -110,7 +110,7 @@ def write_model(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
-    specs = list(model_tensors(cfg)) + vision_extras(cfg)
+    specs = list(model_tensors(hf)) + vision_extras(hf)
     shards = plan_shards(specs, options.max_shard_bytes)
     weight_map: dict[str, str] = {}
     total = 0
@@ -130,7 +130,7 @@ def write_model(
 
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(hf.to_dict(), indent=2) + "\n")
     gen = {
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": list(cfg.eos_token_ids),
@@ -149,6 +149,6 @@ def write_model(
     return out
 
 
-def data_bytes(cfg: ModelConfig) -> int:
+def data_bytes(hf: HfConfig) -> int:
     """Tensor bytes write_model will write (the index's total_size)."""
-    return sum(Entry(s.name, s.dtypes[0], s.shape).nbytes for s in list(model_tensors(cfg)) + vision_extras(cfg))
+    return sum(Entry(s.name, s.dtypes[0], s.shape).nbytes for s in list(model_tensors(hf)) + vision_extras(hf))

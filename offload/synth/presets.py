@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from offload.config import ModelConfig, RopeScaling
+from offload.hf_config import HfConfig
 from offload.quant import KIMI_INT4_IGNORE, ConfigError, QuantConfig
 from offload.synth.tokenizer import NUM_SPECIAL
 
@@ -99,8 +100,8 @@ PRESETS = {
 
 def preset_config(
     preset: str, layout: str = "k2.5", experts: str = "int4", num_base_tokens: int | None = None
-) -> ModelConfig:
-    """The ModelConfig of a preset in a layout ('k2.5', 'k2', 'deepseek-v3') and expert format."""
+) -> HfConfig:
+    """The config.json of a preset in a layout ('k2.5', 'k2', 'deepseek-v3') and expert format."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     if layout not in LAYOUT_NAMES:
@@ -114,8 +115,7 @@ def preset_config(
         "fp8": QuantConfig(format="fp8", block=(128, 128), ignore=("lm_head",)),
         "bf16": QuantConfig(),
     }[experts]
-    return ModelConfig(
-        layout=LAYOUT_NAMES[layout],  # type: ignore[arg-type]
+    model = ModelConfig(
         vocab_size=base + NUM_SPECIAL,
         hidden_size=p.hidden,
         intermediate_size=p.inter,
@@ -149,6 +149,5 @@ def preset_config(
         bos_token_id=base,
         eos_token_ids=(base + 1,),
         pad_token_id=base + 255,
-        dtype="bfloat16",
-        quant=quant,
     )
+    return HfConfig(model, LAYOUT_NAMES[layout], "bfloat16", quant)  # type: ignore[arg-type]
