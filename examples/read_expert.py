@@ -33,7 +33,7 @@ def main() -> None:
         x = torch.randn(1, c.hidden_size)  # [1, H]
         y = (torch.nn.functional.silu(x @ w["gate_proj"].T) * (x @ w["up_proj"].T)) @ w["down_proj"].T  # [1, H]
         print(
-            f"expert ({args.layer}, {args.expert}) of a {c.layout} checkpoint: |x| {x.norm():.3f} -> |y| {y.norm():.3f}"
+            f"expert ({args.layer}, {args.expert}) of a {ck.layout} checkpoint: |x| {x.norm():.3f} -> |y| {y.norm():.3f}"
         )
 
 

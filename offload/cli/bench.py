@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,15 +17,9 @@ from offload.bench.spec import BenchSpec
 from offload.cli.console import console, err, fail
 from offload.cli.load import load_engine, model_dir
 from offload.cli.options import (
-    RUNTIME,
-    DeviceOpt,
-    DtypeOpt,
-    GpuSlotsOpt,
     ModelOpt,
-    PrefetchOpt,
     ProfileOpt,
-    RamBudgetOpt,
-    runtime_config,
+    run_options,
 )
 from offload.errors import OffloadError
 from offload.planner.plan import RuntimeConfig
@@ -32,6 +27,7 @@ from offload.planner.plan import RuntimeConfig
 BENCH = BenchSpec()  # bench's defaults
 
 
+@run_options(context=False)
 def bench_cmd(
     model: ModelOpt = None,
     profile: ProfileOpt = "auto",
@@ -41,19 +37,16 @@ def bench_cmd(
     cold: Annotated[bool, typer.Option("--cold", help="Drop the checkpoint from the page cache first (checked).")] = (
         False
     ),
-    dtype: DtypeOpt = RUNTIME.dtype,
-    device: DeviceOpt = RUNTIME.device,
-    ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
-    gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
-    prefetch: PrefetchOpt = RUNTIME.prefetch,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure, with units, to this file.")] = (
         None
     ),
+    *,
+    runtime: RuntimeConfig,
 ) -> None:
     """Tokens per second, where experts came from, and the fraction of this machine's limits, measured together."""
     try:
         spec = BenchSpec(prompt_len, gen_len, runs, cold)
-        runtime = runtime_config(prompt_len + gen_len + 1, dtype, device, ram_budget, gpu_slots, prefetch)
+        runtime = replace(runtime, context=prompt_len + gen_len + 1)  # a run's context is what it uses
     except OffloadError as e:
         raise fail(str(e)) from None
     run_bench(model_dir=model_dir(model), profile=profile, spec=spec, runtime=runtime, json_path=json_path)

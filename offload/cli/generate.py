@@ -11,20 +11,14 @@ import typer
 from offload.cli.console import console, err, fail
 from offload.cli.load import load_engine, model_dir
 from offload.cli.options import (
-    RUNTIME,
-    ContextOpt,
-    DeviceOpt,
-    DtypeOpt,
-    GpuSlotsOpt,
     ModelOpt,
-    PrefetchOpt,
     ProfileOpt,
-    RamBudgetOpt,
-    runtime_config,
+    run_options,
 )
 from offload.engine.generate import StopConditions
 from offload.engine.sampling import SamplingParams
 from offload.errors import OffloadError
+from offload.planner.plan import RuntimeConfig
 
 SAMPLING = SamplingParams()  # generate's defaults come from these
 STOP = StopConditions()
@@ -48,6 +42,7 @@ def parse_ids(prompt: str | None, prompt_ids: str | None, chat: bool) -> list[in
     return ids
 
 
+@run_options()
 def generate_cmd(
     model: ModelOpt = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt text (encoded as plain text).")] = None,
@@ -64,14 +59,10 @@ def generate_cmd(
     seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible runs).")] = SAMPLING.seed,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     profile: ProfileOpt = "auto",
-    context: ContextOpt = RUNTIME.context,
-    dtype: DtypeOpt = RUNTIME.dtype,
-    device: DeviceOpt = RUNTIME.device,
-    ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
-    gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
-    prefetch: PrefetchOpt = RUNTIME.prefetch,
     stats: Annotated[bool, typer.Option("--stats", help=STATS_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+    *,
+    runtime: RuntimeConfig,
 ) -> None:
     """Generate from a prompt: prefill, then decode token by token, streaming the text."""
 
@@ -82,7 +73,6 @@ def generate_cmd(
     folder = model_dir(model)
     try:
         sampling = SamplingParams(temperature, top_p, top_k, min_p, seed)
-        runtime = runtime_config(context, dtype, device, ram_budget, gpu_slots, prefetch)
     except OffloadError as e:
         raise fail(str(e)) from None
     engine = load_engine(folder, runtime, profile, progress=False)
@@ -114,7 +104,7 @@ def generate_cmd(
         used = engine.stats() - before
     out = {
         "model": str(folder),
-        "dtype": dtype,
+        "dtype": runtime.dtype,
         "prompt_tokens": r.prompt_tokens,
         "token_ids": r.token_ids,
         "text": r.text,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from offload.cli.console import fail
+from offload.errors import OffloadError
 from offload.planner.plan import RuntimeConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 RUNTIME = RuntimeConfig()
 
@@ -44,3 +51,45 @@ def runtime_config(
         gpu_slots=gpu_slots,
         prefetch=prefetch,
     )
+
+
+# the run options: (parameter, option type, default); `ram_budget` is RuntimeConfig.ram_budget_gb
+RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("context", ContextOpt, RUNTIME.context),
+    ("dtype", DtypeOpt, RUNTIME.dtype),
+    ("device", DeviceOpt, RUNTIME.device),
+    ("ram_budget", RamBudgetOpt, RUNTIME.ram_budget_gb),
+    ("gpu_slots", GpuSlotsOpt, RUNTIME.gpu_slots),
+    ("prefetch", PrefetchOpt, RUNTIME.prefetch),
+)
+
+
+def run_options(context: bool = True) -> Callable[[F], F]:
+    """Give a command the shared run options (--context unless `context=False`, --dtype, --device, --ram-budget,
+    --gpu-slots, --prefetch) and call it with one checked `runtime: RuntimeConfig` instead. The options are listed
+    after --profile (or last); a bad value is a one-line error, exit code 2."""
+    names = [o for o in RUN_OPTIONS if context or o[0] != "context"]
+
+    def wrap(command: F) -> F:
+        sig = inspect.signature(command, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "runtime"]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in names]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == "profile"), len(own))
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        params[at:at] = added
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n, _, _ in names}
+            values.setdefault("context", RUNTIME.context)
+            try:
+                runtime = runtime_config(**values)
+            except OffloadError as e:
+                raise fail(str(e)) from None
+            return command(runtime=runtime, **kwargs)
+
+        run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run  # type: ignore[return-value]
+
+    return wrap

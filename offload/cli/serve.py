@@ -12,36 +12,26 @@ import typer
 from offload.cli.console import err, fail
 from offload.cli.load import load_engine, model_dir
 from offload.cli.options import (
-    RUNTIME,
-    ContextOpt,
-    DeviceOpt,
-    DtypeOpt,
-    GpuSlotsOpt,
     ModelOpt,
-    PrefetchOpt,
     ProfileOpt,
-    RamBudgetOpt,
-    runtime_config,
+    run_options,
 )
 from offload.planner.plan import RuntimeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+@run_options()
 def serve_cmd(
     model: ModelOpt = None,
     profile: ProfileOpt = "auto",
-    context: ContextOpt = RUNTIME.context,
-    dtype: DtypeOpt = RUNTIME.dtype,
-    device: DeviceOpt = RUNTIME.device,
-    ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
-    gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
-    prefetch: PrefetchOpt = RUNTIME.prefetch,
     host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option(help="Require `Authorization: Bearer KEY`.")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name in /v1/models (default: the folder's name).")] = None,
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
+    *,
+    runtime: RuntimeConfig,
 ) -> None:
     """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     run_server(
@@ -52,7 +42,7 @@ def serve_cmd(
         model_name=model_name,
         profile=profile,
         max_queue=max_queue,
-        runtime=runtime_config(context, dtype, device, ram_budget, gpu_slots, prefetch),
+        runtime=runtime,
     )
 
 
