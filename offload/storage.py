@@ -21,6 +21,7 @@ class Storage:
     expert_weight_bytes: int  # one routed expert's weights and scales: what a kernel reads and memory must hold
     part_bytes: Mapping[str, int]  # every part but routed_experts, as stored (0 for an absent part)
     float_format: str  # embedding and norms: bf16, f16 or f32
+    expert_formats: tuple[str, ...] = ()  # GGUF: every type the routed experts use, most bytes first (they mix)
 
     def __post_init__(self) -> None:
         if self.expert_format not in FORMATS:
@@ -36,6 +37,8 @@ class Storage:
 
     @property
     def expert_label(self) -> str:
+        if len(self.expert_formats) > 1:
+            return "mixed " + "/".join(self.expert_formats)
         return label(self.expert_format, self.expert_params)
 
     @property

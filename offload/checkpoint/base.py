@@ -100,7 +100,13 @@ class Checkpoint(Protocol):
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """The checkpoint at `path`, opened from its headers by the reader its files call for."""
+    """The checkpoint at `path`, opened from its headers by the reader its files call for: a `.gguf` file (or a
+    part of a split set), or a folder of GGUF files without config.json, by the GGUF reader; a folder otherwise by
+    the safetensors reader."""
+    from offload.checkpoint.gguf_reader import GgufCheckpoint
     from offload.checkpoint.reader import SafetensorsCheckpoint
 
-    return SafetensorsCheckpoint(Path(path))
+    p = Path(path)
+    if p.suffix == ".gguf" or (p.is_dir() and not (p / "config.json").exists() and any(p.glob("*.gguf"))):
+        return GgufCheckpoint(p)
+    return SafetensorsCheckpoint(p)

@@ -59,8 +59,8 @@ class ExpertStore:
         self.ckpt = ckpt
         cfg = ckpt.config
         self._spans: dict[Key, tuple[Span, ...]] = {}
-        first = cfg.moe_layers[0] if len(cfg.moe_layers) else 0
-        self.expert_bytes = self._size((first, 0))  # every expert has the same tensors, so the same size
+        # the largest layer's expert: a layer's experts share their tensors' types (GGUF files mix types by layer)
+        self.expert_bytes = max((self._size((layer, 0)) for layer in cfg.moe_layers), default=0)
         if budget is not None and budget < self.expert_bytes:
             raise BudgetError(
                 f"a RAM budget of {budget:,} bytes cannot hold one routed expert ({self.expert_bytes:,} bytes); "
