@@ -61,6 +61,13 @@ def planes(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([(x >> s) & mask for s in range(0, 8, width)], dim=-1)
 
 
+def planes_into(dst: torch.Tensor, x: torch.Tensor, width: int) -> None:
+    """planes(x, width), converted to dst's dtype, into dst [..., 8 / width, k] (one field a slice, no concat)."""
+    mask = (1 << width) - 1
+    for f, s in enumerate(range(0, 8, width)):
+        dst[..., f, :].copy_((x >> s) & mask)
+
+
 def fields(x: torch.Tensor, width: int) -> torch.Tensor:
     """uint8 [..., k] -> [..., k * 8 / width]: byte 0's `width`-bit fields lowest first, then byte 1's, ..."""
     mask = (1 << width) - 1

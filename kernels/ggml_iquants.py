@@ -132,89 +132,89 @@ REFERENCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 # ---- torch (the runtime's path) -------------------------------------------------------------------------------
+# Grid entries are gathered straight into dst and scaled there in place: the same float32 operations, one buffer.
 def _shifts(b: torch.Tensor, *s: int) -> torch.Tensor:
     return torch.tensor(s, dtype=torch.int64, device=b.device)
+
+
+def _gather(table: torch.Tensor, index: torch.Tensor, dst: torch.Tensor) -> None:
+    """table [entries, k] rows at `index` (any shape, in weight order) into dst, k consecutive weights each."""
+    torch.index_select(table, 0, index.flatten(), out=dst.view(-1, table.shape[1]))
 
 
 def iq1_s(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
     qh = uint(b[:, 34:50], 2)  # [n, 8]
     index = b[:, 2:34].reshape(n, 8, 4).long() | ((qh[..., None] >> _shifts(b, 0, 3, 6, 9)) & 7) << 8
-    grid = torch_tables(b.device)["iq1s_grid"][index].reshape(n, 8, 32)
+    _gather(torch_tables(b.device)["iq1s_grid"], index, dst)
     dl = f16(b, 0) * (2 * ((qh >> 12) & 7) + 1).to(torch.float32)  # [n, 8]
     delta = DELTA * sign_factors(qh >> 15)
-    torch.mul(dl[..., None], grid + delta[..., None], out=dst.view(n, 8, 32))
+    dst.view(n, 8, 32).add_(delta[..., None]).mul_(dl[..., None])
 
 
 def iq1_m(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
+    nib = fields(b[:, 32:48], 4).long()  # [n, 32]
+    _gather(torch_tables(b.device)["iq1s_grid"], b[:, :32].long() | (nib & 7) << 8, dst)
     sc = uint(b[:, 48:56], 2)  # [n, 4]
     d_bits = ((sc >> 12) << _shifts(b, 0, 4, 8, 12)).sum(dim=-1, keepdim=True)  # [n, 1], disjoint nibbles
     d_bits = d_bits - ((d_bits >> 15) << 16)  # the u16 as int16 (two's complement), for the f16 view
     d = d_bits.to(torch.int16).view(torch.float16).to(torch.float32)
     s = ((sc[..., None] >> _shifts(b, 0, 3, 6, 9)) & 7).reshape(n, 16)
     dl = d * (2 * s + 1).to(torch.float32)  # [n, 16]
-    nib = fields(b[:, 32:48], 4).long()  # [n, 32]
-    grid = torch_tables(b.device)["iq1s_grid"][b[:, :32].long() | (nib & 7) << 8]  # [n, 32, 8]
     delta = DELTA * sign_factors(nib >> 3)
-    out = dst.view(n, 16, 2, 8)
-    torch.mul(dl.view(n, 16, 1, 1), grid.view(n, 16, 2, 8) + delta.view(n, 16, 2, 1), out=out)
+    dst.view(n, 16, 2, 8).add_(delta.view(n, 16, 2, 1)).mul_(dl.view(n, 16, 1, 1))
 
 
 def iq2_xxs(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
     g = b[:, 2:].reshape(n, 8, 8)
-    aux = uint(g[..., 4:], 4)[..., 0]  # [n, 8]
     t = torch_tables(b.device)
+    _gather(t["iq2xxs_grid"], g[..., :4].long(), dst)
+    aux = uint(g[..., 4:], 4)[..., 0]  # [n, 8]
     db = f16(b, 0) * (0.5 + (aux >> 28).to(torch.float32)) * 0.25
-    grid = t["iq2xxs_grid"][g[..., :4].long()]  # [n, 8, 4, 8]
-    signs = t["ksigns"][(aux[..., None] >> _shifts(b, 0, 7, 14, 21)) & 127]
-    torch.mul(db[..., None, None] * grid, signs, out=dst.view(n, 8, 4, 8))
+    signs = t["ksigns"][(aux[..., None] >> _shifts(b, 0, 7, 14, 21)) & 127]  # [n, 8, 4, 8]
+    dst.view(n, 8, 4, 8).mul_(db[..., None, None]).mul_(signs)
 
 
 def iq2_xs(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
     qs = uint(b[:, 2:66], 2)  # [n, 32]
     t = torch_tables(b.device)
+    _gather(t["iq2xs_grid"], qs & 511, dst)
     db = f16(b, 0) * (0.5 + fields(b[:, 66:74], 4).to(torch.float32)) * 0.25  # [n, 16]
-    grid = t["iq2xs_grid"][qs & 511].view(n, 16, 2, 8)
-    signs = t["ksigns"][qs >> 9].view(n, 16, 2, 8)
-    torch.mul(db[..., None, None] * grid, signs, out=dst.view(n, 16, 2, 8))
+    dst.view(n, 16, 2, 8).mul_(db[..., None, None]).mul_(t["ksigns"][qs >> 9].view(n, 16, 2, 8))
 
 
 def iq2_s(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
-    index = b[:, 2:34].long() | fields(b[:, 66:74], 2).long() << 8  # [n, 32]
+    _gather(torch_tables(b.device)["iq2s_grid"], b[:, 2:34].long() | fields(b[:, 66:74], 2).long() << 8, dst)
     db = f16(b, 0) * (0.5 + fields(b[:, 74:82], 4).to(torch.float32)) * 0.25  # [n, 16]
-    grid = torch_tables(b.device)["iq2s_grid"][index].view(n, 16, 2, 8)
-    signs = sign_factors(fields(b[:, 34:66], 1)).view(n, 16, 2, 8)
-    torch.mul(db[..., None, None] * grid, signs, out=dst.view(n, 16, 2, 8))
+    dst.view(n, 16, 16).mul_(db[..., None]).mul_(sign_factors(fields(b[:, 34:66], 1)).view(n, 16, 16))
 
 
 def iq3_xxs(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
-    aux = uint(b[:, 66:98], 4)  # [n, 8]
     t = torch_tables(b.device)
+    _gather(t["iq3xxs_grid"], b[:, 2:66].long(), dst)
+    aux = uint(b[:, 66:98], 4)  # [n, 8]
     db = f16(b, 0) * (0.5 + (aux >> 28).to(torch.float32)) * 0.5
-    grid = t["iq3xxs_grid"][b[:, 2:66].long()].view(n, 8, 4, 8)
     signs = t["ksigns"][(aux[..., None] >> _shifts(b, 0, 7, 14, 21)) & 127]  # [n, 8, 4, 8]
-    torch.mul(db[..., None, None] * grid, signs, out=dst.view(n, 8, 4, 8))
+    dst.view(n, 8, 4, 8).mul_(db[..., None, None]).mul_(signs)
 
 
 def iq3_s(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
-    index = b[:, 2:66].long() | fields(b[:, 66:74], 1).long() << 8  # [n, 64]
+    _gather(torch_tables(b.device)["iq3s_grid"], b[:, 2:66].long() | fields(b[:, 66:74], 1).long() << 8, dst)
     db = f16(b, 0) * (1 + 2 * fields(b[:, 106:110], 4).to(torch.float32))  # [n, 8]
-    grid = torch_tables(b.device)["iq3s_grid"][index].view(n, 8, 32)
-    signs = sign_factors(fields(b[:, 74:106], 1)).view(n, 8, 32)
-    torch.mul(db[..., None] * grid, signs, out=dst.view(n, 8, 32))
+    dst.view(n, 8, 32).mul_(db[..., None]).mul_(sign_factors(fields(b[:, 74:106], 1)).view(n, 8, 32))
 
 
 def iq4_xs(b: torch.Tensor, dst: torch.Tensor) -> None:
     n = b.shape[0]
+    _gather(torch_tables(b.device)["iq4nl_values"][:, None], planes(b[:, 8:].reshape(n, 8, 16), 4).long(), dst)
     scale = (fields(b[:, 4:8], 4) | fields(b[:, 2:4], 2) << 4).to(torch.float32) - 32  # [n, 8]
-    values = torch_tables(b.device)["iq4nl_values"][planes(b[:, 8:].reshape(n, 8, 16), 4).long()]  # [n, 8, 32]
-    torch.mul((f16(b, 0) * scale)[..., None], values, out=dst.view(n, 8, 32))
+    dst.view(n, 8, 32).mul_((f16(b, 0) * scale)[..., None])
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from kernels.ggml_bits import f16, f16_ref, fields, fields_ref, planes, planes_ref
+from kernels.ggml_bits import f16, f16_ref, fields, fields_ref, planes, planes_into, planes_ref
 from kernels.ggml_tables import gguf_tables, torch_tables
 
 F32 = np.float32
@@ -74,41 +74,45 @@ REFERENCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 # ---- torch (the runtime's path) -------------------------------------------------------------------------------
+# Codes go straight into dst and are scaled there in place: the same float32 operations, one buffer.
 def q4_0(b: torch.Tensor, dst: torch.Tensor) -> None:
-    q = planes(b[:, 2:], 4).to(torch.float32) - 8  # [n, 32]
-    torch.mul(f16(b, 0), q, out=dst)
+    planes_into(dst.view(-1, 2, 16), b[:, 2:], 4)
+    dst.sub_(8).mul_(f16(b, 0))
 
 
 def q4_1(b: torch.Tensor, dst: torch.Tensor) -> None:
-    q = planes(b[:, 4:], 4).to(torch.float32)
-    torch.add(f16(b, 0) * q, f16(b, 2), out=dst)
+    planes_into(dst.view(-1, 2, 16), b[:, 4:], 4)
+    dst.mul_(f16(b, 0)).add_(f16(b, 2))
 
 
 def q5_0(b: torch.Tensor, dst: torch.Tensor) -> None:
-    q = (planes(b[:, 6:], 4) | fields(b[:, 2:6], 1) << 4).to(torch.float32) - 16
-    torch.mul(f16(b, 0), q, out=dst)
+    dst.copy_(planes(b[:, 6:], 4) | fields(b[:, 2:6], 1) << 4)
+    dst.sub_(16).mul_(f16(b, 0))
 
 
 def q5_1(b: torch.Tensor, dst: torch.Tensor) -> None:
-    q = (planes(b[:, 8:], 4) | fields(b[:, 4:8], 1) << 4).to(torch.float32)
-    torch.add(f16(b, 0) * q, f16(b, 2), out=dst)
+    dst.copy_(planes(b[:, 8:], 4) | fields(b[:, 4:8], 1) << 4)
+    dst.mul_(f16(b, 0)).add_(f16(b, 2))
 
 
 def q8_0(b: torch.Tensor, dst: torch.Tensor) -> None:
-    torch.mul(b[:, 2:].view(torch.int8).to(torch.float32), f16(b, 0), out=dst)
+    dst.copy_(b[:, 2:].view(torch.int8))
+    dst.mul_(f16(b, 0))
 
 
 def iq4_nl(b: torch.Tensor, dst: torch.Tensor) -> None:
     values = torch_tables(b.device)["iq4nl_values"]
-    torch.mul(f16(b, 0), values[planes(b[:, 2:], 4).long()], out=dst)
+    torch.index_select(values, 0, planes(b[:, 2:], 4).flatten().long(), out=dst.view(-1))
+    dst.mul_(f16(b, 0))
 
 
 def mxfp4(b: torch.Tensor, dst: torch.Tensor) -> None:
+    values = torch_tables(b.device)["mxfp4_values"]
+    torch.index_select(values, 0, planes(b[:, 1:], 4).flatten().long(), out=dst.view(-1))
     e = b[:, :1].to(torch.int32)  # [n, 1]
     # 2^(e - 128) as float32 bits: a subnormal for e = 0, 1 (2^-128, 2^-127), else the exponent field e - 1
     bits = torch.where(e < 2, torch.full_like(e, 0x200000) << e, (e - 1) << 23)
-    values = torch_tables(b.device)["mxfp4_values"]
-    torch.mul(bits.view(torch.float32), values[planes(b[:, 1:], 4).long()], out=dst)
+    dst.mul_(bits.view(torch.float32))
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {
