@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.formats import FORMATS
+from kernels.formats import FORMATS, GGML_BLOCKS
 from kernels.fp8 import dequantize_fp8
+from kernels.ggml import dequantize_ggml
 from kernels.int4 import dequantize_int4
 
 
@@ -17,8 +18,10 @@ class StoredWeight:
     """One Linear's weight as stored: `fmt` (a FORMATS tag), its logical [out, in] shape and its tensors.
 
     parts: float formats {"weight"}; int4 {"packed" [out, in/8] int32, "scale" [out, in/group] bf16};
-    fp8 {"weight" [out, in] e4m3, "scale_inv" [ceil(out/b0), ceil(in/b1)] f32}.
-    params: int4 (group,); fp8 (b0, b1); float formats ().
+    fp8 {"weight" [out, in] e4m3, "scale_inv" [ceil(out/b0), ceil(in/b1)] f32};
+    ggml types ("q4_0", "q4_k", "iq1_s", ... see formats.GGML_BLOCKS) {"data" [out, row_bytes] uint8, the GGUF
+    tensor's bytes: each row `in / block_size` blocks of `type_size` bytes}.
+    params: int4 (group,); fp8 (b0, b1); float formats and ggml types ().
     """
 
     fmt: str
@@ -57,12 +60,20 @@ def _fp8(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
     return dequantize_fp8(w.parts["weight"], w.parts["scale_inv"], (b0, b1), dtype)
 
 
+def _ggml(w: StoredWeight, dtype: torch.dtype) -> torch.Tensor:
+    data = w.parts["data"]
+    if data.dim() != 2 or data.shape[0] != w.shape[0]:
+        raise ValueError(f"{w.fmt} data has shape {tuple(data.shape)}; a {w.shape} weight stores {w.shape[0]} rows")
+    return dequantize_ggml(data, w.fmt, w.shape[1], dtype)
+
+
 DEQUANTIZE: dict[str, Callable[[StoredWeight, torch.dtype], torch.Tensor]] = {
     "bf16": _float,
     "f16": _float,
     "f32": _float,
     "int4": _int4,
     "fp8": _fp8,
+    **dict.fromkeys(GGML_BLOCKS, _ggml),
 }
 
 
