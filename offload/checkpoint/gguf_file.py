@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import torch
 
@@ -55,55 +56,19 @@ _NUMPY = {
 _STRING, _ARRAY = 8, 9
 MAX_DIMS = 4
 
-# ggml type id -> (name, weights per block, bytes per block); the ids and sizes are ggml's (gguf.GGML_QUANT_SIZES)
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 40),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66),
-    17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18),
-    21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1),
-    25: ("I16", 1, 2),
-    26: ("I32", 1, 4),
-    27: ("I64", 1, 8),
-    28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2),
-    34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17),
-}
+
+def ggml_type(type_id: int) -> tuple[str, int, int] | None:
+    """(name, weights per block, bytes per block) of a ggml type id, from llama.cpp's own gguf package; None when
+    the id is unknown."""
+    try:
+        t = gguf.GGMLQuantizationType(type_id)
+    except ValueError:
+        return None
+    block, size = gguf.GGML_QUANT_SIZES[t]
+    return t.name, block, size
+
+
 TORCH_VIEWABLE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I32": torch.int32}
-
-
-def row_bytes(type_name: str, n: int) -> int:
-    """Bytes of one row of `n` weights in a ggml type (n must be a whole number of blocks)."""
-    _, block, size = _by_name(type_name)
-    return n // block * size
-
-
-def _by_name(type_name: str) -> tuple[str, int, int]:
-    for t in GGML_TYPES.values():
-        if t[0] == type_name:
-            return t
-    raise KeyError(type_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +191,10 @@ class GgufFile:
         data_start = -(-cur.pos // align) * align
         tensors: dict[str, GgufTensor] = {}
         for name, ttype, ne, offset in raw:
-            if ttype not in GGML_TYPES:
-                raise CheckpointError(
-                    f"{self.path}: tensor {name!r} has ggml type {ttype}, which this reader does not know "
-                    f"(known: {', '.join(t[0] for t in GGML_TYPES.values())})"
-                )
-            type_name, block, size = GGML_TYPES[ttype]
+            known = ggml_type(ttype)
+            if known is None:
+                raise CheckpointError(f"{self.path}: tensor {name!r} has ggml type {ttype}, which ggml does not know")
+            type_name, block, size = known
             if ne[0] % block:
                 raise CheckpointError(
                     f"{self.path}: tensor {name!r} ({type_name}) has rows of {ne[0]} values, not a multiple of its "
