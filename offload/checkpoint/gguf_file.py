@@ -169,7 +169,10 @@ class GgufFile:
         n_tensors = cur.scalar("<Q", 8, "the tensor count")
         n_kv = cur.scalar("<Q", 8, "the metadata count")
         if n_tensors > self.size // 24 or n_kv > self.size // 12:
-            raise CheckpointError(f"{self.path}: header claims {n_tensors:,} tensors and {n_kv:,} keys: corrupt")
+            raise CheckpointError(
+                f"{self.path}: the header claims {n_tensors:,} tensors and {n_kv:,} keys, more than a "
+                f"{self.size:,}-byte file holds: truncated or corrupt (re-download it)"
+            )
         meta: dict[str, Any] = {}
         for i in range(n_kv):
             key = cur.string(f"metadata key {i}")

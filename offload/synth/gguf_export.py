@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kernels.dequant import dequantize
+from kernels.formats import GGML_BLOCKS
 from kernels.ggml import dequantize_ggml_ref
 from kernels.ggml_random import random_ggml_blocks
 from offload.checkpoint import Checkpoint, open_checkpoint
@@ -117,6 +118,8 @@ class _Encoder:
         self.dequantized = dequantized
 
     def __call__(self, x: np.ndarray, tag: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+        if tag in GGML_BLOCKS and x.shape[-1] % GGML_BLOCKS[tag][0]:
+            tag = "f16"  # rows narrower than the type's block: F16, as llama-quantize falls back
         qtype = gguf.GGMLQuantizationType[tag.upper()]
         if tag in ("f32", "f16", "bf16") or tag in GGUF_QUANTIZES:
             data = gguf.quants.quantize(x, qtype)
@@ -152,6 +155,7 @@ def write_gguf(
     types = dict(types or {})
     enc = _Encoder(seed, dequantized)
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(src) as ck:
         cfg = ck.config
         w = gguf.GGUFWriter(out, "deepseek2", split_max_tensors=max_tensors_per_file)

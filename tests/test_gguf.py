@@ -1,0 +1,268 @@
+"""The GGUF reader on files written by gguf's own GGUFWriter from the project's synthetic checkpoints: F32 weights give
+the safetensors model's logits; experts in every ggml type give the logits of the same model with those weights
+dequantized; a split set equals the single file; offloading stays invisible; bad input names the file and tensor."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from kernels.dequant import dequantize
+from kernels.formats import GGML_BLOCKS
+from offload.checkpoint import open_checkpoint
+from offload.checkpoint.gguf_config import config_from_gguf
+from offload.checkpoint.gguf_file import GgufFile
+from offload.checkpoint.safetensors_file import CheckpointError
+from offload.experts.dequantized import DequantizedExperts
+from offload.quant import ConfigError
+from offload.synth.generator import SynthOptions, write_model
+from offload.synth.gguf_export import write_gguf
+from offload.synth.presets import preset_config
+from tests.harness import greedy, loaded
+from tests.test_offload import offloaded
+
+LOGIT_TOL = 1e-4
+
+
+def reference(folder: Path) -> tuple[list[int], torch.Tensor]:
+    with loaded(folder, lambda ck: DequantizedExperts(ck, torch.float32)) as (model, _):
+        return greedy(model)
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny K2.5-layout INT4 checkpoint whose widths are multiples of 256 (every ggml block fits a row)."""
+    tiny = preset_config("tiny")
+    model = dataclasses.replace(
+        tiny.model, hidden_size=256, moe_intermediate_size=256, intermediate_size=256, n_routed_experts=8
+    )
+    return write_model(dataclasses.replace(tiny, model=model), tmp_path_factory.mktemp("gguf") / "tiny256")
+
+
+@pytest.fixture(scope="module")
+def f32_file(src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_gguf(src, tmp_path_factory.mktemp("f32") / "tiny-F32.gguf")[0]
+
+
+def test_f32_gguf_gives_the_safetensors_logits(src: Path, f32_file: Path) -> None:
+    want_tokens, want_logits = reference(src)
+    tokens, logits = reference(f32_file)
+    assert tokens == want_tokens
+    assert float((logits - want_logits).abs().max()) < LOGIT_TOL
+
+
+def test_config_from_metadata_is_the_checkpoints(src: Path, f32_file: Path) -> None:
+    """Every architecture field survives; floats as GGUF stores them (float32)."""
+    with open_checkpoint(src) as st, open_checkpoint(f32_file) as gg:
+        a, b = st.config, gg.config
+        assert gg.layout == "gguf" and gg.tensor_prefix == ""
+        for f in dataclasses.fields(a):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if f.name == "rope_scaling":
+                assert (y.factor, y.original_max_position_embeddings, y.beta_fast) == (
+                    x.factor,
+                    x.original_max_position_embeddings,
+                    x.beta_fast,
+                )
+                assert y.mscale_all_dim == pytest.approx(x.mscale_all_dim) and y.attention_factor == 1.0
+            elif f.name == "pad_token_id":
+                continue  # the tokenizer's keys carry it
+            elif isinstance(x, float):
+                assert y == pytest.approx(x, rel=1e-6), f.name
+            else:
+                assert y == x, f.name
+
+
+def test_experts_are_zero_copy_rows_of_the_stacked_tensor(f32_file: Path) -> None:
+    with open_checkpoint(f32_file) as ck:
+        cfg = ck.config
+        layer = cfg.moe_layers[-1]
+        w = ck.weight(f"model.layers.{layer}.mlp.experts.5.down_proj")
+        assert w.fmt == "f32" and w.shape == (cfg.hidden_size, cfg.moe_intermediate_size)
+        (r_gate, r_up, r_down) = ck.expert_ranges(layer, 5)
+        f = ck.file(r_down.path)
+        assert w.parts["weight"].data_ptr() - torch.frombuffer(f.mapping, dtype=torch.uint8).data_ptr() == (
+            r_down.start
+        )
+        per = cfg.hidden_size * cfg.moe_intermediate_size * 4
+        assert r_gate.length == r_up.length == r_down.length == per
+        assert ck.storage.expert_bytes == 3 * per and ck.bytes_by_part()["routed_experts"] == 3 * per * 8 * len(
+            cfg.moe_layers
+        )
+
+
+# every type the runtime reads, for the routed experts; the rest of the model stays F32
+EXPERT_TYPES = ["f16", "bf16", *sorted(GGML_BLOCKS)]
+
+
+@pytest.mark.parametrize("tag", EXPERT_TYPES)
+def test_experts_in_every_type_give_the_dequantized_models_logits(src: Path, tmp_path: Path, tag: str) -> None:
+    quantized = write_gguf(src, tmp_path / f"q-{tag}.gguf", {"routed_experts": tag}, seed=1)[0]
+    twin = write_gguf(src, tmp_path / f"f32-{tag}.gguf", {"routed_experts": tag}, seed=1, dequantized=True)[0]
+    with open_checkpoint(quantized) as ck:
+        assert ck.storage.expert_formats == (tag,)
+        assert {t.dtype for _, t in ck.all_tensors() if "_exps" in t.name} == {tag.upper()}
+    want_tokens, want_logits = reference(twin)
+    tokens, logits = reference(quantized)
+    assert tokens == want_tokens
+    assert float((logits - want_logits).abs().max()) < LOGIT_TOL
+
+
+def test_kv_b_split_per_head_or_joined_is_the_same_model(src: Path, f32_file: Path, tmp_path: Path) -> None:
+    """llama.cpp's attn_k_b (transposed) + attn_v_b, or one attn_kv_b: the same kv_b_proj."""
+    joined = write_gguf(src, tmp_path / "joined.gguf", split_kv_b=False)[0]
+    with open_checkpoint(f32_file) as split, open_checkpoint(joined) as one:
+        names = {t.name for _, t in split.all_tensors()}
+        assert "blk.1.attn_k_b.weight" in names and "blk.1.attn_kv_b.weight" not in names
+        a = dequantize(split.weight("model.layers.1.self_attn.kv_b_proj"))
+        b = dequantize(one.weight("model.layers.1.self_attn.kv_b_proj"))
+        assert torch.equal(a, b)
+
+
+def test_quantized_non_expert_parts_give_the_dequantized_models_logits(src: Path, tmp_path: Path) -> None:
+    types = {"attention": "q8_0", "shared_experts": "q4_k", "dense_mlp": "q5_1", "embed": "q6_k", "lm_head": "q8_0"}
+    q = write_gguf(src, tmp_path / "q.gguf", types)[0]
+    twin = write_gguf(src, tmp_path / "twin.gguf", types, dequantized=True)[0]
+    with open_checkpoint(q) as ck:
+        kinds = ck.types_by_part()
+        assert (
+            kinds["attention"]["Q8_0"] > 0
+            and kinds["embed"] == {"Q6_K": 1}
+            and kinds["norms"] == {"F32": 4 * ck.config.num_hidden_layers + 1}
+        )
+    a, b = reference(q), reference(twin)
+    assert a[0] == b[0] and float((a[1] - b[1]).abs().max()) < LOGIT_TOL
+
+
+def test_fused_gate_up_experts(src: Path, f32_file: Path, tmp_path: Path) -> None:
+    fused = write_gguf(src, tmp_path / "fused.gguf", fused_gate_up=True)[0]
+    with open_checkpoint(fused) as ck:
+        assert len(ck.expert_ranges(1, 3)) == 2  # gate+up rows in one run, down in another
+    a, b = reference(fused), reference(f32_file)
+    assert a[0] == b[0] and float((a[1] - b[1]).abs().max()) == 0.0
+
+
+def test_a_split_set_equals_the_single_file(src: Path, f32_file: Path, tmp_path: Path) -> None:
+    parts = write_gguf(src, tmp_path / "set" / "tiny.gguf", max_tensors_per_file=20)
+    assert len(parts) > 2 and parts[0].name.endswith("-00001-of-%05d.gguf" % len(parts))
+    want = reference(f32_file)
+    for opened in (parts[0], parts[-1], parts[0].parent):  # any part, or the folder
+        tokens, logits = reference(opened)
+        assert tokens == want[0] and float((logits - want[1]).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("budget", "prefetch"), [(None, True), (6, True), (6, False)], ids=["resident", "budget6+prefetch", "budget6"]
+)
+def test_offloading_a_gguf_is_numerically_invisible(src: Path, tmp_path: Path, budget, prefetch) -> None:
+    """The store's byte ranges, budget, prefetch and release on stacked Q4_0 experts: the resident tokens."""
+    q = write_gguf(src, tmp_path / "q4.gguf", {"routed_experts": "q4_0"})[0]
+    want = reference(q)
+    with loaded(q, offloaded(budget, prefetch)) as (model, runtime):
+        tokens, logits = greedy(model)
+        stats = runtime.stats()
+    assert tokens == want[0] and float((logits - want[1]).abs().max()) < LOGIT_TOL
+    if budget is not None:
+        assert stats.peak_resident_bytes <= budget * stats.expert_bytes and stats.released_bytes > 0
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------
+def _rewrite(
+    src: Path, out: Path, *, drop: str | None = None, meta: dict | None = None, retype: tuple | None = None
+) -> Path:
+    """`src` re-written through gguf's writer, without tensor `drop`, with metadata values replaced and one tensor
+    given new (bytes, ggml type)."""
+    r = gguf.GGUFReader(src)
+    arch = meta.get("general.architecture", "deepseek2") if meta else "deepseek2"
+    w = gguf.GGUFWriter(out, arch)
+    for field in r.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        if meta and field.name in meta:
+            w.add_key_value(field.name, meta[field.name], field.types[0])
+            continue
+        w.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in r.tensors:
+        if retype is not None and t.name == retype[0]:
+            w.add_tensor(t.name, retype[1], raw_dtype=retype[2])
+        elif t.name != drop:
+            w.add_tensor(
+                t.name, np.asarray(t.data), raw_shape=list(reversed(t.shape.tolist())), raw_dtype=t.tensor_type
+            )
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def test_missing_truncated_and_foreign_parts_name_the_file(src: Path, tmp_path: Path) -> None:
+    parts = write_gguf(src, tmp_path / "set" / "tiny.gguf", max_tensors_per_file=20)
+    moved = tmp_path / parts[1].name
+    shutil.move(parts[1], moved)
+    with pytest.raises(CheckpointError, match=rf"{parts[1].name} is missing \(incomplete download\?\)"):
+        open_checkpoint(parts[0])
+    shutil.move(moved, parts[1])
+    data = parts[-1].read_bytes()
+    parts[-1].write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match=rf"{parts[-1].name}: tensor .* past the end of the file"):
+        open_checkpoint(parts[0])
+
+
+def test_bad_magic_version_and_header(f32_file: Path, tmp_path: Path) -> None:
+    data = f32_file.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUX" + data[4:])
+    with pytest.raises(CheckpointError, match="not a GGUF file"):
+        GgufFile(bad)
+    bad.write_bytes(data[:4] + struct.pack("<I", 7) + data[8:])
+    with pytest.raises(CheckpointError, match="GGUF version 7 is not supported"):
+        GgufFile(bad)
+    bad.write_bytes(data[:4] + struct.pack(">I", 3) + data[8:])
+    with pytest.raises(CheckpointError, match="big-endian"):
+        GgufFile(bad)
+    bad.write_bytes(data[:200])
+    with pytest.raises(CheckpointError, match=r"bad\.gguf: the header claims .* truncated"):
+        GgufFile(bad)
+    bad.write_bytes(data[:3000])
+    with pytest.raises(CheckpointError, match=r"bad\.gguf: the header ends early .* truncated"):
+        GgufFile(bad)
+
+
+def test_unsupported_arch_type_shape_and_missing_tensor(f32_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="general.architecture = 'llama' is not supported"):
+        open_checkpoint(_rewrite(f32_file, tmp_path / "llama.gguf", meta={"general.architecture": "llama"}))
+    with pytest.raises(ConfigError, match="expert_gating_func = 1"):
+        open_checkpoint(_rewrite(f32_file, tmp_path / "softmax.gguf", meta={"deepseek2.expert_gating_func": 1}))
+    with pytest.raises(
+        CheckpointError,
+        match=r"count\.gguf: tensor 'blk\.1\.ffn_gate_inp\.weight' has shape \[8, 256\] \(ne \[256, 8\]\); "
+        r"the metadata implies \[9, 256\]",
+    ):
+        open_checkpoint(_rewrite(f32_file, tmp_path / "count.gguf", meta={"deepseek2.expert_count": 9}))
+    with pytest.raises(CheckpointError, match=r"tensor 'blk\.1\.attn_output\.weight' .* is in no part"):
+        open_checkpoint(_rewrite(f32_file, tmp_path / "missing.gguf", drop="blk.1.attn_output.weight"))
+
+
+def test_a_type_the_runtime_cannot_dequantize_is_named(f32_file: Path, tmp_path: Path) -> None:
+    with open_checkpoint(f32_file) as ck:
+        rows = ck.config.vocab_size
+    q8k = np.zeros((rows, 292), dtype=np.uint8)  # Q8_K: ggml's intermediate type, never stored in a model file
+    bad = _rewrite(f32_file, tmp_path / "q8k.gguf", retype=("token_embd.weight", q8k, gguf.GGMLQuantizationType.Q8_K))
+    with pytest.raises(CheckpointError, match=r"q8k\.gguf: tensor 'token_embd\.weight' is Q8_K, a ggml type"):
+        open_checkpoint(bad)
+
+
+def test_config_errors_name_key_and_value() -> None:
+    base = {"general.architecture": "deepseek2"}
+    with pytest.raises(ConfigError, match=r"no 'deepseek2.attention.head_count'"):
+        config_from_gguf(base, "x.gguf")
+    with pytest.raises(ConfigError, match=r"x\.gguf: general.architecture = 'qwen2'"):
+        config_from_gguf({"general.architecture": "qwen2"}, "x.gguf")
