@@ -20,7 +20,7 @@ class Storage:
     expert_bytes: int  # one routed expert as the store maps it: every byte of its tensors
     expert_weight_bytes: int  # one routed expert's weights and scales: what a kernel reads and memory must hold
     part_bytes: Mapping[str, int]  # every part but routed_experts, as stored (0 for an absent part)
-    float_format: str  # embedding and norms: bf16, f16 or f32
+    float_format: str  # the embedding's: bf16, f16 or f32 (GGUF: maybe a ggml type, dequantized at load)
     expert_formats: tuple[str, ...] = ()  # GGUF: every type the routed experts use, most bytes first (they mix)
 
     def __post_init__(self) -> None:

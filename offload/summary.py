@@ -1,9 +1,10 @@
-"""What a checkpoint folder is, from its config and headers alone: the data behind `kimi-offload inspect`."""
+"""What a checkpoint is, from its config and headers alone: the data behind `kimi-offload inspect`."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from offload.checkpoint import Checkpoint
 def describe(ckpt: Checkpoint) -> dict[str, Any]:
     """A JSON-ready summary of an open checkpoint."""
     c, st = ckpt.config, ckpt.storage
-    attention = ckpt.weight(f"model.layers.{c.num_hidden_layers - 1}.self_attn.kv_b_proj")
+    types = ckpt.types_by_part()
     dtypes: Counter[str] = Counter()
     for _, info in ckpt.all_tensors():
         dtypes[info.dtype] += info.nbytes
@@ -24,9 +25,7 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
         "tensor_prefix": ckpt.tensor_prefix,
         "weight_format": f"routed experts {st.expert_label}: {FORMATS[st.expert_format]}",
         "routed_experts_stored_as": st.expert_format,
-        "attention_stored_as": FORMATS.get(attention.fmt, attention.fmt)
-        if attention.fmt in ("bf16", "f16", "f32")
-        else attention.fmt,
+        "attention_stored_as": ", ".join(sorted(types.get("attention", {}))),
         "layers": c.num_hidden_layers,
         "dense_layers": c.first_k_dense_replace,
         "moe_layers": len(c.moe_layers),
@@ -50,11 +49,21 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
         "routed_bytes_per_token": st.expert_bytes * c.num_experts_per_tok * len(c.moe_layers),
         "kv_bytes_per_token": c.kv_bytes_per_token(),
         "bytes_by_part": ckpt.bytes_by_part(),
+        "types_by_part": {
+            part: {
+                t: {"tensors": u.tensors, "bytes": u.bytes, "bits_per_weight": round(u.bits_per_weight, 4)}
+                for t, u in sorted(by.items(), key=lambda kv: -kv[1].bytes)
+            }
+            for part, by in types.items()
+        },
         "bytes_by_dtype": dict(dtypes),
         "shards": len(ckpt.files),
+        "files": sorted(ckpt.files),
         "shard_bytes": sum(f.size for f in ckpt.files.values()),
         "tensors": len(ckpt.all_tensors()),
-        "tokenizer": describe_tokenizer(ckpt.path),
+        "tokenizer": describe_gguf_tokenizer(ckpt.metadata)
+        if "tokenizer.ggml.model" in ckpt.metadata
+        else describe_tokenizer(ckpt.path),
     }
 
 
@@ -79,3 +88,18 @@ def describe_tokenizer(folder: Path) -> dict[str, Any]:
             out["first_special_id"] = min(int(k) for k in decoder)
         out["chat_template"] = bool(tc.get("chat_template")) or (folder / "chat_template.jinja").is_file()
     return out
+
+
+def describe_gguf_tokenizer(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The tokenizer a GGUF header carries."""
+    types = meta.get("tokenizer.ggml.token_type") or []
+    template = meta.get("tokenizer.chat_template")
+    return {
+        "kind": f"GGUF {meta.get('tokenizer.ggml.model')} (pre-tokenizer {meta.get('tokenizer.ggml.pre', 'default')})",
+        "tokens": len(meta.get("tokenizer.ggml.tokens") or []),
+        "merges": len(meta.get("tokenizer.ggml.merges") or []),
+        "special_tokens": sum(1 for t in types if t in (3, 4)),  # CONTROL, USER_DEFINED
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "chat_template": f"{len(template):,} characters" if isinstance(template, str) else False,
+    }

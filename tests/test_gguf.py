@@ -266,3 +266,41 @@ def test_config_errors_name_key_and_value() -> None:
         config_from_gguf(base, "x.gguf")
     with pytest.raises(ConfigError, match=r"x\.gguf: general.architecture = 'qwen2'"):
         config_from_gguf({"general.architecture": "qwen2"}, "x.gguf")
+
+
+# ---- plan and inspect -----------------------------------------------------------------------------------------
+def test_ud_shapes_by_hand_and_within_5_percent_of_the_published_sizes() -> None:
+    from offload.planner.gguf_shapes import GGUF_SHAPES
+    from offload.planner.shapes import resolve_model
+
+    # one K2.5 expert: gate and up are 2048 rows of 7168, down 7168 rows of 2048 (28 and 8 blocks of 256 a row)
+    tq1 = 2 * 2048 * 28 * 56 + 7168 * 8 * 66  # IQ1_M gate/up, IQ2_XXS down
+    q2 = 2 * 2048 * 28 * 84 + 7168 * 8 * 110  # Q2_K gate/up, Q3_K down
+    for name, expert in (("kimi-k2.5-ud-tq1_0", tq1), ("kimi-k2.5-ud-q2_k_xl", q2)):
+        _, cfg, st = resolve_model(name)
+        assert st.expert_bytes == expert and not st.fused_experts
+        total = st.nonexpert_bytes + expert * 384 * 60
+        assert abs(total / 1e9 - GGUF_SHAPES[name].published_gb) / GGUF_SHAPES[name].published_gb < 0.05
+        assert st.part_bytes["lm_head"] == 163840 * 28 * 210  # Q6_K output: 7168 = 28 blocks a row
+        assert st.part_bytes["router"] == 60 * (384 * 7168 + 384) * 4  # F32 gate and bias
+
+
+def test_plan_and_inspect_on_a_gguf_file(f32_file: Path, tmp_path: Path, src: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from offload.cli import app
+
+    q = write_gguf(src, tmp_path / "q.gguf", {"routed_experts": "iq2_xxs", "attention": "q8_0"})[0]
+    out = CliRunner().invoke(app, ["inspect", "--model", str(q), "--json"])
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.output)
+    assert info["layout"] == "gguf" and info["routed_experts_stored_as"] == "iq2_xxs"
+    routed = info["types_by_part"]["routed_experts"]["IQ2_XXS"]
+    assert routed["tensors"] == 3 * 2 and routed["bits_per_weight"] == 2.0625
+    assert info["expert_bytes"] == 3 * 256 * (256 // 256) * 66
+    plan = CliRunner().invoke(app, ["plan", "--model", str(q), "--profile", "cpu-only-256gb", "--context", "4096", "--json"])
+    assert plan.exit_code == 0, plan.output
+    p = json.loads(plan.output)
+    assert p["expert_bytes"] == info["expert_bytes"] and p["fits"]

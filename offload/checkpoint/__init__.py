@@ -1,6 +1,7 @@
-"""Checkpoints: one interface (base.Checkpoint, open_checkpoint) and its readers (safetensors folders)."""
+"""Checkpoints: one interface (base.Checkpoint, open_checkpoint) and its readers (safetensors folders, GGUF files)."""
 
-from offload.checkpoint.base import ByteRange, Checkpoint, MappedFile, open_checkpoint
+from offload.checkpoint.base import ByteRange, Checkpoint, MappedFile, TypeUse, open_checkpoint
+from offload.checkpoint.gguf_reader import GgufCheckpoint
 from offload.checkpoint.reader import SafetensorsCheckpoint
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
 
@@ -8,9 +9,11 @@ __all__ = [
     "ByteRange",
     "Checkpoint",
     "CheckpointError",
+    "GgufCheckpoint",
     "MappedFile",
     "SafetensorsCheckpoint",
     "SafetensorsFile",
     "TensorInfo",
+    "TypeUse",
     "open_checkpoint",
 ]

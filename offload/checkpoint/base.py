@@ -9,10 +9,10 @@ it has; kernels are chosen by each weight's format tag.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -33,6 +33,22 @@ class ByteRange:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class TypeUse:
+    """How much of one part a stored type holds."""
+
+    tensors: int = 0
+    bytes: int = 0
+    weights: int = 0  # logical weights (scales and shapes count bytes, not weights)
+
+    def add(self, nbytes: int, weights: int, tensors: int = 1) -> TypeUse:
+        return TypeUse(self.tensors + tensors, self.bytes + nbytes, self.weights + weights)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.bytes / self.weights if self.weights else 0.0
 
 
 class MappedFile(Protocol):
@@ -57,6 +73,11 @@ class Checkpoint(Protocol):
     tensor_prefix: str  # what stored names carry before the model's names ("language_model." in K2.5's release)
     storage: Storage
     files: dict[str, MappedFile]  # file name -> mapped file
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """GGUF: the header's key-value metadata (tokenizer, template); safetensors: empty (they are files)."""
+        ...
 
     def __contains__(self, name: str) -> bool: ...
 
@@ -90,6 +111,10 @@ class Checkpoint(Protocol):
 
     def bytes_by_part(self) -> dict[str, int]:
         """Stored bytes by model part; tensors outside the text model count as 'other'."""
+        ...
+
+    def types_by_part(self) -> dict[str, dict[str, TypeUse]]:
+        """Per model part, per stored format ("int4 g32", "bf16", "Q4_K", ...): tensors, bytes, weights."""
         ...
 
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ from llama.cpp's per-head `attn_k_b` (transposed) and `attn_v_b`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import torch
 
 from kernels.dequant import StoredWeight, dequantize
 from kernels.formats import FLOAT_FORMATS, FORMATS
-from offload.checkpoint.base import ByteRange, MappedFile
+from offload.checkpoint.base import ByteRange, MappedFile, TypeUse
 from offload.checkpoint.gguf_config import config_from_gguf
 from offload.checkpoint.gguf_file import GgufFile, GgufTensor
 from offload.checkpoint.gguf_names import FUSED_GATE_UP, K_B, STACKED, V_B, expert_of, gguf_name
@@ -182,7 +183,7 @@ class GgufCheckpoint:
             expert_bytes=mean,
             expert_weight_bytes=mean,
             part_bytes=parts,
-            float_format=_tag(embed) if _tag(embed) in FLOAT_FORMATS else "f32",
+            float_format=_tag(embed),  # a quantized embedding is dequantized at load (see tensor())
             expert_formats=fmts,
         )
 
@@ -301,12 +302,14 @@ class GgufCheckpoint:
             parts[self._part.get(name, "other")] += t.end - t.start
         return dict(parts)
 
-    def types_by_part(self) -> dict[str, dict[str, int]]:
-        """Per model part: ggml type -> tensor count (for `inspect`)."""
-        out: dict[str, Counter[str]] = defaultdict(Counter)
+    def types_by_part(self) -> dict[str, dict[str, TypeUse]]:
+        """Per model part and stored type: tensors, bytes and weights (bits per weight = 8 * bytes / weights)."""
+        out: dict[str, dict[str, TypeUse]] = defaultdict(dict)
         for name, (_, t) in self._where.items():
-            out[self._part.get(name, "other")][t.type_name] += 1
-        return {k: dict(v) for k, v in out.items()}
+            part = self._part.get(name, "other")
+            was = out[part].get(t.type_name, TypeUse())
+            out[part][t.type_name] = was.add(t.end - t.start, math.prod(t.ne))
+        return dict(out)
 
     def close(self) -> None:
         self._where.clear()

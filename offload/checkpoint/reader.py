@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from kernels.dequant import StoredWeight
-from offload.checkpoint.base import ByteRange, MappedFile
+from offload.checkpoint.base import ByteRange, MappedFile, TypeUse
 from offload.checkpoint.layout import FLOAT_TAGS, expert_tensors, layout_storage, model_tensors
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
 from offload.hf_config import HfConfig
@@ -32,6 +34,7 @@ class SafetensorsCheckpoint:
         self.config = self.hf.model
         self.layout: str = self.hf.layout
         self.tensor_prefix = self.hf.tensor_prefix
+        self.metadata: dict[str, Any] = {}  # config.json and the tokenizer files are in the folder
         self.shards: dict[str, SafetensorsFile] = {}
         self._where: dict[str, tuple[SafetensorsFile, TensorInfo]] = {}
         self.files: dict[str, MappedFile] = {}
@@ -211,6 +214,30 @@ class SafetensorsCheckpoint:
             if name not in seen:
                 parts["other"] += info.nbytes
         return dict(parts)
+
+    def types_by_part(self) -> dict[str, dict[str, TypeUse]]:
+        """Per model part and stored format ("int4 g32", "fp8 128x128", "bf16", ...): tensors, bytes, weights."""
+        out: dict[str, dict[str, TypeUse]] = defaultdict(dict)
+        fmt = {
+            "weight_packed": f"int4 g{self.hf.quant.group_size}",
+            "weight_scale_inv": "fp8 {}x{}".format(*self.hf.quant.block),
+        }
+        for spec in model_tensors(self.hf):
+            info = self._where[spec.name][1]
+            module_fmt = None
+            if spec.role in ("weight_packed", "weight_scale", "weight_shape"):
+                module_fmt = fmt["weight_packed"]
+            elif (
+                spec.role in ("weight", "weight_scale_inv")
+                and f"{spec.name.rsplit('.', 1)[0]}.weight_scale_inv" in self._where
+            ):
+                module_fmt = fmt["weight_scale_inv"]
+            label = module_fmt or FLOAT_TAGS.get(info.dtype, info.dtype.lower())
+            counts = spec.role in ("weight", "weight_packed", "norm", "bias", "embed")
+            weights = spec.fan_in * spec.fan_out if spec.role == "weight_packed" else math.prod(spec.shape)
+            was = out[spec.part].get(label, TypeUse())
+            out[spec.part][label] = was.add(info.nbytes, weights if counts else 0, 1)
+        return dict(out)
 
     def close(self) -> None:
         self._where.clear()

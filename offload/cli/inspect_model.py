@@ -15,10 +15,15 @@ from offload.errors import OffloadError
 
 
 def inspect_cmd(
-    model: Annotated[Path, typer.Option(help="Checkpoint folder (config.json + safetensors).")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="Checkpoint: a safetensors folder, a .gguf file (any part of a split set) or a folder of one."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """What a checkpoint folder is: layout, weight formats, layers, experts, bytes by part, shards, tokenizer."""
+    """What a checkpoint is: layout, weight formats, layers, experts, bytes and types by part, files, tokenizer."""
     from offload.summary import describe
 
     try:
@@ -32,14 +37,21 @@ def inspect_cmd(
     t = Table(title=str(model), show_header=False)
     t.add_column("what", style="bold")
     t.add_column("value")
-    skip = {"bytes_by_part", "bytes_by_dtype", "tokenizer", "folder"}
+    skip = {"bytes_by_part", "bytes_by_dtype", "types_by_part", "tokenizer", "folder", "files"}
     for k, v in info.items():
         if k in skip:
             continue
         t.add_row(k.replace("_", " "), _gb(v) if "bytes" in k else str(v))
+    types = info["types_by_part"]
     for part, n in sorted(info["bytes_by_part"].items(), key=lambda kv: -kv[1]):
-        t.add_row(f"  {part}", _gb(n))
+        kinds = ", ".join(
+            f"{k} x{u['tensors']} {u['bits_per_weight']:.2f} bpw" if u["bits_per_weight"] else f"{k} x{u['tensors']}"
+            for k, u in types.get(part, {}).items()
+        )
+        t.add_row(f"  {part}", f"{_gb(n)}  [{kinds}]" if kinds else _gb(n))
     t.add_row("by dtype", ", ".join(f"{d} {_gb(n)}" for d, n in sorted(info["bytes_by_dtype"].items())))
+    if len(info["files"]) > 1:
+        t.add_row("files", ", ".join(info["files"]))
     t.add_row("tokenizer", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in info["tokenizer"].items()))
     console.print(t)
 

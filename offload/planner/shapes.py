@@ -9,6 +9,7 @@ from pathlib import Path
 from offload.checkpoint.layout import layout_storage
 from offload.config import ModelConfig
 from offload.hf_config import HfConfig
+from offload.planner.gguf_shapes import GGUF_SHAPES, recipe_storage
 from offload.quant import ConfigError
 from offload.storage import Storage
 
@@ -24,15 +25,22 @@ def shape_config(name: str) -> HfConfig:
 
 
 def resolve_model(spec: str) -> tuple[str, ModelConfig, Storage]:
-    """(display name, config, storage) for a built-in name (its published release's storage) or a checkpoint
-    (opened from its headers: the storage is what its index says)."""
+    """(display name, config, storage) for a built-in name (its published release's storage, or a GGUF recipe's)
+    or a checkpoint (opened from its headers: the storage is what its index says)."""
     if spec in SHAPES:
         hf = shape_config(spec)
         return spec, hf.model, layout_storage(hf)
+    if spec in GGUF_SHAPES:
+        recipe = GGUF_SHAPES[spec]
+        cfg = shape_config(recipe.base).model
+        return spec, cfg, recipe_storage(cfg, recipe)
     path = Path(spec)
     if path.exists():
         from offload.checkpoint import open_checkpoint
 
         with open_checkpoint(path) as ckpt:
             return str(path), ckpt.config, ckpt.storage
-    raise ConfigError(f"--model {spec!r} is neither a built-in model ({', '.join(SHAPES)}) nor a folder")
+    raise ConfigError(
+        f"--model {spec!r} is neither a built-in model ({', '.join((*SHAPES, *GGUF_SHAPES))}) nor a checkpoint "
+        "(a folder, or a .gguf file)"
+    )
