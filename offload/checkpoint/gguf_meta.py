@@ -21,7 +21,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         reader = gguf.GGUFReader(path, "r")
     except (ValueError, OSError, IndexError) as e:  # gguf raises these for a bad magic, version or a truncated file
-        raise CheckpointError(f"{path} is not a readable GGUF file: {e}") from e
+        raise CheckpointError(f"{path} is not a readable GGUF file (not GGUF, or truncated): {e}") from e
     return metadata_of(reader, path)
 
 

@@ -4,17 +4,21 @@ Only llama.cpp's byte-level BPE (`tokenizer.ggml.model` "gpt2") is read, with th
 DeepSeek-V3 and GPT-2's. Encoding is llama.cpp's: the text is cut by the pre-tokenizer's regexes, in order (each
 splits the pieces of the one before, gaps kept as pieces), each piece is spelled in GPT-2's byte-to-unicode alphabet
 and merged by `tokenizer.ggml.merges`, lowest rank first, leftmost first among equals. The tokenizers library's BPE
-model is that algorithm. Specials (CONTROL and USER_DEFINED tokens) come only from trusted text, as in `Tokenizer`;
-UNUSED ids (the holes a converter names [PAD{i}]) decode to nothing.
+model is that algorithm (tests/test_gguf_vocab.py checks it against a Python transcription of llama.cpp's loop; the
+llama.cpp binary, whose Kimi and GPT-2 splitters are hand-written C++, was not run). Specials (CONTROL and
+USER_DEFINED tokens) come only from trusted text, as in `Tokenizer`, where llama.cpp also matches USER_DEFINED ones in
+plain text; UNUSED ids (the holes a converter names [PAD{i}]) decode to nothing. add_bos_token / add_eos_token are
+not applied: encode never adds a special, the chat template writes them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
+
+from gguf import TokenType
 
 from offload.engine.detokenize import byte_level_alphabet
 from offload.engine.tokenizer import Tokenizer, TokenizerError, hf_encoders
@@ -22,7 +26,7 @@ from offload.tokenizer_pattern import KIMI_PATTERN
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRE_TOKENIZERS", "TokenType", "chat_template_from_gguf", "tokenizer_from_gguf"]
+__all__ = ["PRE_TOKENIZERS", "chat_template_from_gguf", "tokenizer_from_gguf"]
 
 MODEL = "tokenizer.ggml.model"
 PRE = "tokenizer.ggml.pre"
@@ -34,26 +38,16 @@ EOS = "tokenizer.ggml.eos_token_id"
 CHAT_TEMPLATE = "tokenizer.chat_template"
 
 
-class TokenType(IntEnum):
-    """llama.cpp's token types (gguf.TokenType)."""
-
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
-
-
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"""
 # DeepSeek-V3's pre-tokenizer: the three Split regexes of its tokenizer.json (deepseek-ai/DeepSeek-V3), which
-# llama.cpp's src/llama-vocab.cpp copies for LLAMA_VOCAB_PRE_TYPE_DEEPSEEK3_LLM. The second is Han (U+4E00..U+9FA5)
-# plus hiragana and katakana (U+3040..U+30FF), written there as literal characters.
+# llama.cpp's src/llama-vocab.cpp copies for LLAMA_VOCAB_PRE_TYPE_DEEPSEEK3_LLM. Written as there, character for
+# character (CR and LF literal, Han U+4E00..U+9FA5 and kana U+3040..U+30FF as characters), so a tokenizer.json that
+# holds them is recognised by comparing strings.
 DEEPSEEK_V3_PATTERNS = (
-    r"\p{N}{1,3}",
+    "\\p{N}{1,3}",
     "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
-    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+    "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
 )
 # tokenizer.ggml.pre -> the regexes llama.cpp (src/llama-vocab.cpp, llm_tokenizer_bpe) splits text with, in order.
 # "default" is llama.cpp's fallback sequence, not GPT-2's single pattern.
@@ -186,7 +180,7 @@ def _vocabulary(
         elif kind == TokenType.UNUSED:
             table.append(b"")  # llama.cpp prints nothing for these
         else:
-            name = TokenType(kind).name if kind in TokenType._value2member_map_ else "unknown"
+            name = TokenType(kind).name if kind in {t.value for t in TokenType} else "unknown"
             raise TokenizerError(
                 f"{source}: {TYPES}[{i}] = {kind} ({name}) for {text!r}; a 'gpt2' vocabulary has only NORMAL (1), "
                 "CONTROL (3), USER_DEFINED (4) and UNUSED (5) tokens"

@@ -271,8 +271,9 @@ def hf_encoders(spec: dict[str, Any], source: Path) -> tuple[Callable[[str], lis
     """Plain and trusted encoders of a tokenizer.json spec whose added tokens are all marked special."""
     import tokenizers
 
+    text = json.dumps(spec)
     try:
-        plain, trusted = (tokenizers.Tokenizer.from_str(json.dumps(spec)) for _ in range(2))
+        plain, trusted = (tokenizers.Tokenizer.from_str(text) for _ in range(2))
     except Exception as e:  # the Rust side raises a bare Exception
         raise TokenizerError(f"{source}: the tokenizers library cannot load it: {e}") from e
     # Two instances so each encode keeps its own setting without mutating shared state between threads.

@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gguf import TokenType
+
 from offload.engine.chat_format import ChatFormat
 from offload.engine.detokenize import byte_level_alphabet
-from offload.engine.gguf_vocab import PRE_TOKENIZERS, TokenType
+from offload.engine.gguf_vocab import PRE_TOKENIZERS
 from offload.engine.tokenizer import Tokenizer, TokenizerError
 from offload.hf_config import HfConfig
 from offload.synth.tokenizer import read_tiktoken_model
@@ -47,6 +49,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path) -> None:
     if size < tok.vocab_size:
         raise TokenizerError(f"{folder}: config.json has vocab_size {size} but the tokenizer has {tok.vocab_size} ids")
     special = {i: t for t, i in tok.special_ids.items()}
+    normal = {i: t for i, t in normal.items() if i not in special}  # an HF added token may be in the vocab too
     tokens: list[str] = []
     types: list[int] = []
     for i in range(size):
@@ -59,6 +62,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path) -> None:
         else:
             tokens.append(f"[PAD{i}]")
             types.append(TokenType.UNUSED)
+    _check_reached(normal, merges, folder)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -93,22 +97,39 @@ def rank_merge(ranks: Mapping[bytes, int], token: bytes, rank: int) -> tuple[byt
     return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
+def _bpe_by_merges(word: str, ranks: Mapping[tuple[str, str], int]) -> list[str]:
+    """llama.cpp's BPE of one byte-level piece: the lowest-ranked merge first, the leftmost among equals."""
+    syms = list(word)
+    while found := [(ranks[p], k) for k, p in enumerate(itertools.pairwise(syms)) if p in ranks]:
+        _, k = min(found)
+        syms[k : k + 2] = [syms[k] + syms[k + 1]]
+    return syms
+
+
+def _check_reached(normal: Mapping[int, str], merges: list[str], folder: Path) -> None:
+    """Warn about tokens their merges do not build: tiktoken (and tokenizer.json's ignore_merges) return a piece that
+    is a token whole, llama.cpp and the GGUF reader split it, so the two encode such a piece differently."""
+    ranks = {(m[: m.index(" ")], m[m.index(" ") + 1 :]): r for r, m in enumerate(merges)}
+    lost = [t for t in normal.values() if len(t) > 1 and _bpe_by_merges(t, ranks) != [t]]
+    if lost:
+        log.warning(
+            "%s: %d tokens are not built by their merges (e.g. %r); llama.cpp splits a piece equal to one of them "
+            "where the folder's tokenizer keeps it whole",
+            folder,
+            len(lost),
+            lost[0],
+        )
+
+
 def _tiktoken_vocab(path: Path) -> tuple[dict[int, str], list[str]]:
     """id -> byte-level text of the base tokens, and the merges in rank order."""
     base = read_tiktoken_model(path)
     ranks = {t: r for r, t in enumerate(base)}
     merges: list[str] = []
-    lost: list[bytes] = []
     for rank, token in enumerate(base):
-        if len(token) == 1:
-            continue
-        pair = rank_merge(ranks, token, rank)
-        if pair is None:
-            lost.append(token)
-        else:
+        # a token that is no merge of two lower ones gets none, as llama.cpp's converter does (_check_reached warns)
+        if len(token) > 1 and (pair := rank_merge(ranks, token, rank)) is not None:
             merges.append(f"{byte_level(pair[0])} {byte_level(pair[1])}")
-    if lost:  # llama.cpp's converter drops these too; BPE by merges never produces them
-        log.warning("%s: %d tokens are no merge of two lower-ranked ones, e.g. %r", path, len(lost), lost[0])
     return {r: byte_level(t) for r, t in enumerate(base)}, merges
 
 
@@ -116,10 +137,8 @@ def _hf_vocab(path: Path) -> tuple[str, dict[int, str], list[str], set[int]]:
     """pre-tokenizer name, id -> token text, merges, and the ids of added tokens not marked special."""
     spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))  # Tokenizer.from_dir has checked it
     model = spec["model"]
-    if spec.get("normalizer") or model.get("ignore_merges"):
-        raise TokenizerError(
-            f"{path}: a normalizer or model.ignore_merges cannot be written to GGUF ('gpt2' models have neither)"
-        )
+    if spec.get("normalizer"):
+        raise TokenizerError(f"{path}: a normalizer cannot be written to GGUF (llama.cpp's 'gpt2' model has none)")
     merges: list[str] = []
     for m in model.get("merges") or []:
         pair = m.split(" ", 1) if isinstance(m, str) else m
