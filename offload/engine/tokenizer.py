@@ -227,8 +227,6 @@ def _bos_eos(path: Path) -> tuple[str, str]:
 
 
 def _load_hf(folder: Path) -> Tokenizer:
-    import tokenizers
-
     path = folder / "tokenizer.json"
     spec = _read_json(path, "expected tiktoken.model + tokenizer_config.json (Kimi) or tokenizer.json (Hugging Face)")
     model = spec.get("model") or {}
@@ -254,13 +252,7 @@ def _load_hf(folder: Path) -> Tokenizer:
     for t in added:  # every added token counts as special here, so user text can never produce one
         t["special"] = True
         table[t["id"]] = t["content"].encode()
-    try:
-        plain, trusted = (tokenizers.Tokenizer.from_str(json.dumps(spec)) for _ in range(2))
-    except Exception as e:  # the Rust side raises a bare Exception
-        raise TokenizerError(f"{path}: the tokenizers library cannot load it: {e}") from e
-    # Two instances so each encode keeps its own setting without mutating shared state between threads.
-    plain.encode_special_tokens = True
-    trusted.encode_special_tokens = False
+    encode_plain, encode_trusted = hf_encoders(spec, path)
     bos, eos = _bos_eos(folder / "tokenizer_config.json")
     log.debug("HF tokenizer from %s: %d ids, %d added", folder, size, len(added))
     return Tokenizer(
@@ -269,9 +261,27 @@ def _load_hf(folder: Path) -> Tokenizer:
         special_ids={t["content"]: t["id"] for t in added},
         bos=bos,
         eos=eos,
-        encode_plain=lambda text: plain.encode(_scrub(text), add_special_tokens=False).ids,
-        encode_trusted=lambda text: trusted.encode(_scrub(text), add_special_tokens=False).ids,
+        encode_plain=encode_plain,
+        encode_trusted=encode_trusted,
         source=path,
+    )
+
+
+def hf_encoders(spec: dict[str, Any], source: Path) -> tuple[Callable[[str], list[int]], Callable[[str], list[int]]]:
+    """Plain and trusted encoders of a tokenizer.json spec whose added tokens are all marked special."""
+    import tokenizers
+
+    text = json.dumps(spec)
+    try:
+        plain, trusted = (tokenizers.Tokenizer.from_str(text) for _ in range(2))
+    except Exception as e:  # the Rust side raises a bare Exception
+        raise TokenizerError(f"{source}: the tokenizers library cannot load it: {e}") from e
+    # Two instances so each encode keeps its own setting without mutating shared state between threads.
+    plain.encode_special_tokens = True
+    trusted.encode_special_tokens = False
+    return (
+        lambda text: plain.encode(_scrub(text), add_special_tokens=False).ids,
+        lambda text: trusted.encode(_scrub(text), add_special_tokens=False).ids,
     )
 
 
