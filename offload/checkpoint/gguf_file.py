@@ -255,3 +255,12 @@ class GgufFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The key-value metadata of a GGUF file (its header only)."""
+    f = GgufFile(path)
+    try:
+        return f.metadata
+    finally:
+        f.close()

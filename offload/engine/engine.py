@@ -14,6 +14,7 @@ from offload.checkpoint import open_checkpoint
 from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormat
 from offload.engine.generate import Generation, PromptError, StopConditions
+from offload.engine.gguf_vocab import chat_template_from_gguf, tokenizer_from_gguf
 from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
 from offload.errors import OffloadError
@@ -71,8 +72,13 @@ class Engine:
             raise PlanError(self.plan.refusal())
         self.dtype = torch.float32 if rt.dtype == "float32" else torch.bfloat16
         try:
-            self.tokenizer = Tokenizer.from_dir(self.folder)
-            self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
+            meta = self.ckpt.metadata
+            if "tokenizer.ggml.model" in meta:  # a GGUF carries its tokenizer and template in its header
+                self.tokenizer = tokenizer_from_gguf(meta, self.folder)
+                self.chat_format = ChatFormat(self.tokenizer, chat_template_from_gguf(meta))
+            else:
+                self.tokenizer = Tokenizer.from_dir(self.folder)
+                self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
             self.experts = OffloadedExperts(self.ckpt, self.dtype, self.plan.offload, self.plan.cost)
         except BaseException:
             self.ckpt.close()

@@ -10,7 +10,7 @@ file with every tensor as the F32 values the quantized one dequantizes to, the r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import gguf
@@ -24,6 +24,7 @@ from kernels.ggml_random import random_ggml_blocks
 from offload.checkpoint import Checkpoint, open_checkpoint
 from offload.config import ModelConfig
 from offload.parts import Module, expert_module, model_modules
+from offload.synth.gguf_tokenizer import add_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,6 @@ def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
     w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
     w.add_expert_group_count(cfg.n_group)
     w.add_expert_group_used_count(cfg.topk_group)
-    if cfg.bos_token_id is not None:
-        w.add_bos_token_id(cfg.bos_token_id)
-    if cfg.eos_token_ids:
-        w.add_eos_token_id(cfg.eos_token_ids[0])
 
 
 def _gguf_name(m: Module) -> str:
@@ -146,12 +143,12 @@ def write_gguf(
     max_tensors_per_file: int = 0,
     dequantized: bool = False,
     seed: int = 0,
-    extra: Callable[[gguf.GGUFWriter], None] | None = None,
+    tokenizer: bool = True,
 ) -> list[Path]:
     """Write the checkpoint at `src` as GGUF at `out` (`NAME.gguf`; split into `NAME-0000k-of-0000n.gguf` parts of
     at most `max_tensors_per_file` tensors when given). `types`: model part -> ggml tag ("f32", "q8_0", "iq1_s", ...)
-    for the Linears of that part (default f32; norms, router and bias stay F32). `extra` adds keys (the tokenizer).
-    Returns the files written."""
+    for the Linears of that part (default f32; norms, router and bias stay F32). `tokenizer`: write the folder's
+    tokenizer and chat template into the metadata, as llama.cpp's converter does. Returns the files written."""
     types = dict(types or {})
     enc = _Encoder(seed, dequantized)
     out = Path(out)
@@ -161,8 +158,8 @@ def write_gguf(
         w = gguf.GGUFWriter(out, "deepseek2", split_max_tensors=max_tensors_per_file)
         w.add_name(Path(src).name)
         write_metadata(w, cfg)
-        if extra is not None:
-            extra(w)
+        if tokenizer:
+            add_tokenizer(w, Path(src))
         for m in model_modules(cfg, routed=False):
             _add_module(w, ck, m, types, enc, split_kv_b)
         for layer in cfg.moe_layers:
