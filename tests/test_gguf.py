@@ -300,7 +300,9 @@ def test_plan_and_inspect_on_a_gguf_file(f32_file: Path, tmp_path: Path, src: Pa
     routed = info["types_by_part"]["routed_experts"]["IQ2_XXS"]
     assert routed["tensors"] == 3 * 2 and routed["bits_per_weight"] == 2.0625
     assert info["expert_bytes"] == 3 * 256 * (256 // 256) * 66
-    plan = CliRunner().invoke(app, ["plan", "--model", str(q), "--profile", "cpu-only-256gb", "--context", "4096", "--json"])
+    plan = CliRunner().invoke(
+        app, ["plan", "--model", str(q), "--profile", "cpu-only-256gb", "--context", "4096", "--json"]
+    )
     assert plan.exit_code == 0, plan.output
     p = json.loads(plan.output)
     assert p["expert_bytes"] == info["expert_bytes"] and p["fits"]
@@ -324,3 +326,53 @@ def test_generate_on_a_gguf_matches_the_folder(src: Path, f32_file: Path) -> Non
         want, got = run(src, *extra), run(f32_file, *extra)
         assert got["prompt_tokens"] == want["prompt_tokens"] and got["token_ids"] == want["token_ids"]
         assert got["text"] == want["text"]
+
+
+# ---- Hugging Face repo ids, offline -------------------------------------------------------------------------------
+def _fake_cache(root: Path, repo: str, files: dict[str, Path]) -> Path:
+    """A Hugging Face hub cache holding `repo` at one snapshot, its files copied in."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snap = folder / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    for rel, source in files.items():
+        (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, snap / rel)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(snap.name)
+    return root
+
+
+def test_a_repo_id_resolves_in_the_local_cache(src: Path, tmp_path: Path) -> None:
+    from offload.checkpoint.hub import resolve_repo
+
+    parts = write_gguf(src, tmp_path / "set" / "Kimi-UD-TQ1_0.gguf", max_tensors_per_file=25)
+    other = write_gguf(src, tmp_path / "Kimi-Q4_0.gguf", {"routed_experts": "q4_0"})[0]
+    files = {f"UD-TQ1_0/{p.name}": p for p in parts} | {other.name: other}
+    cache = _fake_cache(tmp_path / "hub", "unsloth/Kimi-GGUF", files)
+    first = resolve_repo("unsloth/Kimi-GGUF:UD-TQ1_0", cache)
+    assert first.name == parts[0].name and first.parent.name == "UD-TQ1_0"
+    assert resolve_repo("unsloth/Kimi-GGUF:q4_0", cache).name == other.name
+    with open_checkpoint(first) as ck:
+        assert len(ck.files) == len(parts)
+    with pytest.raises(
+        CheckpointError, match=r"holds no IQ1_M GGUF \(it has: .*UD-TQ1_0.*\); get it with: hf download"
+    ):
+        resolve_repo("unsloth/Kimi-GGUF:IQ1_M", cache)
+    with pytest.raises(
+        CheckpointError,
+        match=r"moonshotai/Kimi-K2\.5 is not in the local Hugging Face cache .* "
+        r"hf download moonshotai/Kimi-K2\.5",
+    ):
+        resolve_repo("moonshotai/Kimi-K2.5", cache)
+
+
+def test_a_repo_id_works_as_model_everywhere(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    cache = _fake_cache(tmp_path / "hub", "me/tiny", {p.name: p for p in src.iterdir()})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with open_checkpoint("me/tiny") as ck:
+        assert ck.config.num_hidden_layers == 3 and ck.path.name.startswith("0123")
+    from offload.planner.shapes import resolve_model
+
+    assert resolve_model("me/tiny")[1].hidden_size == 256
+

@@ -127,11 +127,15 @@ class Checkpoint(Protocol):
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint at `path`, opened from its headers by the reader its files call for: a `.gguf` file (or a
     part of a split set), or a folder of GGUF files without config.json, by the GGUF reader; a folder otherwise by
-    the safetensors reader."""
+    the safetensors reader. A Hugging Face repo id (`owner/name`, `owner/name:QUANT`) is looked up in the local
+    Hugging Face cache."""
     from offload.checkpoint.gguf_reader import GgufCheckpoint
+    from offload.checkpoint.hub import is_repo_id, resolve_repo
     from offload.checkpoint.reader import SafetensorsCheckpoint
 
     p = Path(path)
+    if is_repo_id(str(path)):  # owner/name[:QUANT] that is no local path: the Hugging Face cache, offline
+        p = resolve_repo(str(path))
     if p.suffix == ".gguf" or (p.is_dir() and not (p / "config.json").exists() and any(p.glob("*.gguf"))):
         return GgufCheckpoint(p)
     return SafetensorsCheckpoint(p)

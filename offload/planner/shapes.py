@@ -6,6 +6,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from offload.checkpoint.hub import is_repo_id
 from offload.checkpoint.layout import layout_storage
 from offload.config import ModelConfig
 from offload.hf_config import HfConfig
@@ -35,12 +36,12 @@ def resolve_model(spec: str) -> tuple[str, ModelConfig, Storage]:
         cfg = shape_config(recipe.base).model
         return spec, cfg, recipe_storage(cfg, recipe)
     path = Path(spec)
-    if path.exists():
+    if path.exists() or is_repo_id(spec):
         from offload.checkpoint import open_checkpoint
 
         with open_checkpoint(path) as ckpt:
             return str(path), ckpt.config, ckpt.storage
     raise ConfigError(
         f"--model {spec!r} is neither a built-in model ({', '.join((*SHAPES, *GGUF_SHAPES))}) nor a checkpoint "
-        "(a folder, or a .gguf file)"
+        "(a folder, a .gguf file, or a Hugging Face repo id in the local cache)"
     )
