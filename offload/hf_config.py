@@ -52,7 +52,7 @@ class HfConfig:
         """Read `config.json` from a checkpoint folder."""
         folder = Path(path)
         if not folder.is_dir():
-            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            what = "is a file, neither a folder nor a .gguf file" if folder.exists() else "does not exist"
             raise ConfigError(f"checkpoint folder {folder} {what} (pass --model with a folder that has config.json)")
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():

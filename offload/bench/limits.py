@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from offload.checkpoint import pages
+from offload.checkpoint.base import checkpoint_files
 from offload.planner.profile import best_seconds, probe_cpu_gflops, probe_dram_gbs
 
 
@@ -45,7 +46,8 @@ def read_files(files: list[Path]) -> None:
 
 
 def shard_files(folder: Path) -> list[Path]:
-    return sorted(Path(folder).glob("*.safetensors"))
+    """The checkpoint's weight files (safetensors shards or GGUF parts)."""
+    return checkpoint_files(folder)
 
 
 def resident_bytes(folder: Path) -> int:

@@ -124,18 +124,32 @@ class Checkpoint(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+def locate(path: str | Path) -> tuple[Path, bool]:
+    """(the local path, whether it is GGUF) of a checkpoint given as a path or a Hugging Face repo id (`owner/name`,
+    `owner/name:QUANT`, looked up in the local Hugging Face cache, offline)."""
+    from offload.checkpoint.hub import is_repo_id, resolve_repo
+
+    p = Path(path)
+    if is_repo_id(str(path)):  # owner/name[:QUANT] that is no local path
+        p = resolve_repo(str(path))
+    gguf = p.suffix == ".gguf" or (p.is_dir() and not (p / "config.json").exists() and any(p.glob("*.gguf")))
+    return p, gguf
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The files a checkpoint's weights are in: its safetensors shards, or every part of its GGUF set."""
+    from offload.checkpoint.gguf_reader import gguf_files
+
+    p, gguf = locate(path)
+    return gguf_files(p) if gguf else sorted(p.glob("*.safetensors"))
+
+
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint at `path`, opened from its headers by the reader its files call for: a `.gguf` file (or a
     part of a split set), or a folder of GGUF files without config.json, by the GGUF reader; a folder otherwise by
-    the safetensors reader. A Hugging Face repo id (`owner/name`, `owner/name:QUANT`) is looked up in the local
-    Hugging Face cache."""
+    the safetensors reader. A Hugging Face repo id is looked up in the local cache (see `locate`)."""
     from offload.checkpoint.gguf_reader import GgufCheckpoint
-    from offload.checkpoint.hub import is_repo_id, resolve_repo
     from offload.checkpoint.reader import SafetensorsCheckpoint
 
-    p = Path(path)
-    if is_repo_id(str(path)):  # owner/name[:QUANT] that is no local path: the Hugging Face cache, offline
-        p = resolve_repo(str(path))
-    if p.suffix == ".gguf" or (p.is_dir() and not (p / "config.json").exists() and any(p.glob("*.gguf"))):
-        return GgufCheckpoint(p)
-    return SafetensorsCheckpoint(p)
+    p, gguf = locate(path)
+    return GgufCheckpoint(p) if gguf else SafetensorsCheckpoint(p)

@@ -18,7 +18,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 RUNTIME = RuntimeConfig()
 
-ModelOpt = Annotated[Path | None, typer.Option(help="Checkpoint folder; default: the built-in demo model.")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Checkpoint: a safetensors folder, a .gguf file (any part of a split set), a folder of one GGUF set, or a "
+        "Hugging Face repo id in the local cache (owner/name, owner/name:QUANT); default: the built-in demo model."
+    ),
+]
 ProfileOpt = Annotated[str, typer.Option(help="Hardware profile for the plan: auto, a preset or a .toml file.")]
 DtypeOpt = Annotated[str, typer.Option(help="Compute dtype: bfloat16, or float32 for exact comparisons.")]
 ContextOpt = Annotated[
