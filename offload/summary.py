@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kernels.formats import FORMATS
+from kernels.formats import FLOAT_FORMATS, FORMATS
 from offload.checkpoint import Checkpoint
 
 
@@ -25,7 +25,9 @@ def describe(ckpt: Checkpoint) -> dict[str, Any]:
         "tensor_prefix": ckpt.tensor_prefix,
         "weight_format": f"routed experts {st.expert_label}: {FORMATS[st.expert_format]}",
         "routed_experts_stored_as": st.expert_format,
-        "attention_stored_as": ", ".join(sorted(types.get("attention", {}))),
+        "attention_stored_as": ", ".join(
+            FORMATS.get(t, t) if t in FLOAT_FORMATS else t for t in sorted(types["attention"])
+        ),
         "layers": c.num_hidden_layers,
         "dense_layers": c.first_k_dense_replace,
         "moe_layers": len(c.moe_layers),

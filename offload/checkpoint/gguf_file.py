@@ -8,11 +8,14 @@ at the next multiple of `general.alignment` (32 by default), offsets relative to
 
 from __future__ import annotations
 
+import errno
 import itertools
+import logging
 import math
 import mmap
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ import numpy as np
 import torch
 
 from offload.checkpoint.safetensors_file import CheckpointError, TensorInfo
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -136,6 +141,25 @@ class _Cursor:
         raise CheckpointError(f"{self.path}: {what} has unknown value type {vtype}; not a GGUF this reader knows")
 
 
+def _map(fd: int, path: Path) -> mmap.mmap:
+    """The whole file mapped. ACCESS_COPY gives torch.frombuffer the writable buffer it wants, never writing back;
+    a private mapping larger than the kernel's overcommit allowance (a 48 GB part on a small machine) is refused, and
+    then the file is mapped read-only (shared): the same pages, and our tensors are never written."""
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise CheckpointError(f"{path}: cannot memory-map it ({e})") from None
+        log.debug("%s: private mapping refused (%s); mapping it read-only", path, e)
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+
+
+def _frombuffer(buf: mmap.mmap, dtype: torch.dtype, count: int, offset: int) -> torch.Tensor:
+    with warnings.catch_warnings():  # a read-only mapping: torch warns once per call that it is not writable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+
+
 class GgufFile:
     """A GGUF file mapped once; implements offload.checkpoint.MappedFile."""
 
@@ -148,8 +172,7 @@ class GgufFile:
             raise CheckpointError(f"{self.path}: {self.size} bytes is too short for a GGUF header")
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
-            # ACCESS_COPY: a writable buffer for torch.frombuffer that never writes back to the file
-            self._mm: mmap.mmap | None = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+            self._mm: mmap.mmap | None = _map(self._fd, self.path)
             self.metadata, self.tensors, self.data_start = self._parse()
         except BaseException:
             self.close()
@@ -239,7 +262,7 @@ class GgufFile:
         """Zero-copy uint8 [rows, row_bytes] over a tensor's blocks (rows: every axis but the fastest)."""
         t = self.tensors[name]
         rows = math.prod(t.ne[1:])
-        return torch.frombuffer(self.mapping, dtype=torch.uint8, count=t.end - t.start, offset=t.start).view(rows, -1)
+        return _frombuffer(self.mapping, torch.uint8, t.end - t.start, t.start).view(rows, -1)
 
     def view(self, name: str) -> torch.Tensor:
         """Zero-copy tensor of a float (or I32) tensor in its own dtype and NumPy-order shape."""
@@ -247,7 +270,7 @@ class GgufFile:
         dt = TORCH_VIEWABLE.get(t.type_name)
         if dt is None:
             raise CheckpointError(f"{self.path}: tensor {name!r} is {t.type_name}; only float types can be viewed")
-        return torch.frombuffer(self.mapping, dtype=dt, count=math.prod(t.ne), offset=t.start).view(t.shape)
+        return _frombuffer(self.mapping, dt, math.prod(t.ne), t.start).view(t.shape)
 
     def close(self) -> None:
         # views keep the mmap object alive; dropping ours unmaps once the last view is gone

@@ -10,6 +10,7 @@ file with every tensor as the F32 values the quantized one dequantizes to, the r
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -223,3 +224,49 @@ def _add_experts(
     for proj in projs:
         data, qtype = enc(stacked[proj], tag)
         w.add_tensor(f"blk.{layer}.ffn_{SHORT[proj]}_exps.weight", data, raw_dtype=qtype)
+
+
+def write_gguf_headers(
+    cfg: ModelConfig, types: Mapping[str, str], out: str | Path, max_part_bytes: int = 0
+) -> list[Path]:
+    """A header-only GGUF of `cfg` (sparse files of the real size, no data written): every tensor's name, shape and
+    type as llama.cpp lays out deepseek2, for tests on real shapes (K2.5's 240 GB in a few MB of disk). `types`: role
+    -> ggml tag, roles "gate_up_exps", "down_exps", "kv_b" and the model parts ("attention", "embed", ...)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(out, "deepseek2", split_max_size=max_part_bytes)
+    w.add_name(out.stem)
+    write_metadata(w, cfg)
+    specs: list[tuple[str, tuple[int, ...], str]] = []  # (name, NumPy-order shape, tag)
+    for m in model_modules(cfg, routed=False):
+        if m.kind in ALWAYS_F32:
+            specs.append((_gguf_name(m), m.shape, "f32"))
+        elif m.name.endswith("self_attn.kv_b_proj"):
+            n, lora = cfg.num_attention_heads, cfg.kv_lora_rank
+            specs.append((f"blk.{m.layer}.attn_k_b.weight", (n, lora, cfg.qk_nope_head_dim), types["kv_b"]))
+            specs.append((f"blk.{m.layer}.attn_v_b.weight", (n, cfg.v_head_dim, lora), types["kv_b"]))
+        else:
+            specs.append((_gguf_name(m), m.shape, types.get(m.part, "f32")))
+    e, inter, h = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    for layer in cfg.moe_layers:
+        specs.append((f"blk.{layer}.ffn_gate_exps.weight", (e, inter, h), types["gate_up_exps"]))
+        specs.append((f"blk.{layer}.ffn_up_exps.weight", (e, inter, h), types["gate_up_exps"]))
+        specs.append((f"blk.{layer}.ffn_down_exps.weight", (e, h, inter), types["down_exps"]))
+    sizes: dict[str, int] = {}
+    for name, shape, tag in specs:
+        qtype = gguf.GGMLQuantizationType[tag.upper()]
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        nbytes = int(np.prod(shape[:-1])) * (shape[-1] // block) * size
+        sizes[name] = nbytes
+        w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    parts = list(w.tensors)
+    w.close()
+    files = sorted(out.parent.glob(f"{out.stem}-*-of-*.gguf")) if len(parts) > 1 else [out]
+    align = gguf.GGUF_DEFAULT_ALIGNMENT
+    for path, tensors in zip(files, parts, strict=True):
+        end = -(-path.stat().st_size // align) * align + sum(-(-sizes[t] // align) * align for t in tensors)
+        os.truncate(path, end)  # sparse: the data reads as zeros and takes no disk
+    return files
