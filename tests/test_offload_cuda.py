@@ -360,3 +360,27 @@ def _first_fp8(ckpt: Checkpoint) -> StoredWeight:
         if m.kind == "linear" and (w := ckpt.weight(m.name)).fmt == "fp8":
             return w
     raise AssertionError("no FP8 non-expert weight in a deepseek-v3 layout checkpoint")
+
+
+def test_a_gguf_on_cuda_matches_the_cpu_reference(tmp_path: Path) -> None:
+    """GGUF: Q8_0 attention and Q4_K shared experts moved to the GPU as stored and dequantized there (torch ggml
+    paths), Q4_0 routed experts on the CPU (no slots for ggml types): the CPU reference's tokens."""
+    import dataclasses
+
+    from offload.engine.engine import Engine
+    from offload.planner.plan import RuntimeConfig
+    from offload.synth.generator import write_model
+    from offload.synth.gguf_export import write_gguf
+    from offload.synth.presets import preset_config
+
+    tiny = preset_config("tiny")
+    model = dataclasses.replace(tiny.model, hidden_size=256, moe_intermediate_size=256, intermediate_size=256)
+    src = write_model(dataclasses.replace(tiny, model=model), tmp_path / "tiny256")
+    types = {"routed_experts": "q4_0", "attention": "q8_0", "shared_experts": "q4_k", "dense_mlp": "q6_k"}
+    q = write_gguf(src, tmp_path / "q.gguf", types)[0]
+    ref_tokens, ref_logits = cpu_reference(q)
+    with Engine(q, RuntimeConfig(dtype="float32", device="cuda")) as engine:
+        assert engine.experts.slots is None
+        tokens, logits = greedy(engine.model)
+    assert tokens == ref_tokens
+    assert float((logits - ref_logits).abs().max()) < LOGIT_TOL
