@@ -9,7 +9,8 @@ decode tok/s is measured next to llama-bench's (same threads; runs alternate, th
 Not part of CI. llama.cpp builds here in ~25 minutes (../shared/reference/GGUF.md):
 
     python benchmarks/gguf_vs_llama.py --llama-src .../vendor/llama.cpp [--preset mini]
-        [--types Q4_0,Q4_K_M,Q2_K,IQ_MIX] [--threads 2] [--prompt-len 32] [--gen 32] [--runs 2] [--work DIR] [--json FILE]
+        [--types Q4_0,Q4_K_M,Q2_K,IQ_MIX] [--threads 2] [--prompt-len 32] [--gen 32] [--runs 2]
+        [--work DIR] [--json FILE]
 """
 
 from __future__ import annotations
