@@ -9,7 +9,7 @@ it has; kernels are chosen by each weight's format tag.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,17 @@ class ByteRange:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+def merge_ranges(spans: Iterable[tuple[Path, int, int]]) -> list[ByteRange]:
+    """(path, start, end) spans, sorted, with adjacent ones in the same file merged into one ByteRange."""
+    out: list[ByteRange] = []
+    for path, start, end in sorted(spans):
+        if out and out[-1].path == path and out[-1].end == start:
+            out[-1] = ByteRange(path, out[-1].start, end)
+        else:
+            out.append(ByteRange(path, start, end))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

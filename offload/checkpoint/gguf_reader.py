@@ -23,7 +23,7 @@ import torch
 
 from kernels.dequant import StoredWeight, dequantize
 from kernels.formats import FLOAT_FORMATS, FORMATS
-from offload.checkpoint.base import ByteRange, MappedFile, TypeUse
+from offload.checkpoint.base import ByteRange, MappedFile, TypeUse, merge_ranges
 from offload.checkpoint.gguf_config import config_from_gguf
 from offload.checkpoint.gguf_file import GgufFile, GgufTensor
 from offload.checkpoint.gguf_names import FUSED_GATE_UP, K_B, STACKED, V_B, expert_of, gguf_name
@@ -269,25 +269,12 @@ class GgufCheckpoint:
             f, t = self._where[f"blk.{layer}.{n}"]
             per = (t.end - t.start) // self.config.n_routed_experts
             spans.append((f.path, t.start + expert * per, t.start + (expert + 1) * per))
-        merged: list[ByteRange] = []
-        for path, start, end in sorted(spans):
-            if merged and merged[-1].path == path and merged[-1].end == start:
-                merged[-1] = ByteRange(path, merged[-1].start, end)
-            else:
-                merged.append(ByteRange(path, start, end))
-        return merged
+        return merge_ranges(spans)
 
     def expert_regions(self) -> list[ByteRange]:
-        spans = sorted(
+        return merge_ranges(
             (f.path, t.start, t.end) for name, (f, t) in self._where.items() if self._part.get(name) == "routed_experts"
         )
-        out: list[ByteRange] = []
-        for path, start, end in spans:
-            if out and out[-1].path == path and out[-1].end == start:
-                out[-1] = ByteRange(path, out[-1].start, end)
-            else:
-                out.append(ByteRange(path, start, end))
-        return out
 
     def file(self, path: Path) -> GgufFile:
         for f in self.shards:

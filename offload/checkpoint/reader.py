@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kernels.dequant import StoredWeight
-from offload.checkpoint.base import ByteRange, MappedFile, TypeUse
+from offload.checkpoint.base import ByteRange, MappedFile, TypeUse, merge_ranges
 from offload.checkpoint.layout import FLOAT_TAGS, expert_tensors, layout_storage, model_tensors
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
 from offload.hf_config import HfConfig
@@ -169,29 +169,19 @@ class SafetensorsCheckpoint:
 
     def expert_ranges(self, layer: int, expert: int) -> list[ByteRange]:
         """The file byte ranges holding routed expert (layer, expert): its tensors, adjacent ones merged."""
-        spans = sorted(
+        return merge_ranges(
             (self._where[spec.name][0].path, self._where[spec.name][1].start, self._where[spec.name][1].end)
             for spec in expert_tensors(self.hf, layer, expert)
         )
-        merged: list[ByteRange] = []
-        for path, start, end in spans:
-            if merged and merged[-1].path == path and merged[-1].end == start:
-                merged[-1] = ByteRange(path, merged[-1].start, end)
-            else:
-                merged.append(ByteRange(path, start, end))
-        return merged
 
     def expert_regions(self) -> list[ByteRange]:
         """Maximal runs of routed-expert tensors in each shard (from the headers)."""
-        out: list[ByteRange] = []
-        for shard in self.shards.values():
-            spans = sorted((i.start, i.end) for name, i in shard.tensors.items() if ".mlp.experts." in name)
-            for start, end in spans:
-                if out and out[-1].path == shard.path and out[-1].end == start:
-                    out[-1] = ByteRange(shard.path, out[-1].start, end)
-                else:
-                    out.append(ByteRange(shard.path, start, end))
-        return out
+        return merge_ranges(
+            (shard.path, i.start, i.end)
+            for shard in self.shards.values()
+            for name, i in shard.tensors.items()
+            if ".mlp.experts." in name
+        )
 
     def file(self, path: Path) -> SafetensorsFile:
         return self.shard(path)
