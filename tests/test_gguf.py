@@ -376,3 +376,18 @@ def test_a_repo_id_works_as_model_everywhere(src: Path, tmp_path: Path, monkeypa
 
     assert resolve_model("me/tiny")[1].hidden_size == 256
 
+
+
+def test_older_and_ik_llama_mla_keys_give_the_same_config(f32_file: Path) -> None:
+    """Files without key_length_mla (older llama.cpp, ik_llama.cpp: per-head key/value_length, head_count_kv = heads)
+    describe the same model; the MQA latent size without the _mla keys is refused."""
+    meta = dict(GgufFile(f32_file).metadata)
+    want = config_from_gguf(meta, "new.gguf")
+    old = {k: v for k, v in meta.items() if not k.endswith("_mla")}
+    old["deepseek2.attention.key_length"] = want.qk_head_dim
+    old["deepseek2.attention.value_length"] = want.v_head_dim
+    old["deepseek2.attention.head_count_kv"] = want.num_attention_heads
+    assert config_from_gguf(old, "old.gguf") == want
+    mqa = {k: v for k, v in meta.items() if not k.endswith("_mla")}
+    with pytest.raises(ConfigError, match=r"old\.gguf: deepseek2\.attention\.key_length = \d+ is the MQA latent size"):
+        config_from_gguf(mqa, "old.gguf")
