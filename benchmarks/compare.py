@@ -35,13 +35,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from kernels.dequant import dequantize
 from offload.bench.limits import read_files
 from offload.bench.runner import run_once
-from offload.checkpoint import Checkpoint, open_checkpoint
-from kernels.dequant import dequantize
+from offload.checkpoint import open_checkpoint
 from offload.engine.engine import Engine
-from offload.planner.plan import RuntimeConfig
 from offload.hf_config import HfConfig
+from offload.planner.plan import RuntimeConfig
 from offload.tokenizer_pattern import KIMI_PATTERN
 
 Run = Callable[[list[int], int], tuple[float, float]]  # (prompt ids, tokens) -> (prefill s incl. 1st token, decode s)
@@ -108,6 +108,25 @@ def _export_tokenizer(src: Path, dst: Path) -> None:
         vocab_file=str(src / "tiktoken.model"), pattern=KIMI_PATTERN, additional_special_tokens=names
     ).converted()
     PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(dst)
+    # the converter leaves the specials out of tokenizer.json (transformers 5): add them at their own ids, so that
+    # llama.cpp's converter sees [BOS], <|im_end|>, ... as CONTROL tokens where the checkpoint has them
+    path = dst / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    have = {t["id"] for t in spec.get("added_tokens", [])}
+    for i, v in sorted(specials.items(), key=lambda kv: int(kv[0])):
+        if int(i) not in have:
+            spec.setdefault("added_tokens", []).append(
+                {
+                    "id": int(i),
+                    "content": v["content"],
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
+            )
+    path.write_text(json.dumps(spec, ensure_ascii=False))
 
 
 # ---- runners: each loads once, then times (prompt, tokens) runs ----

@@ -38,6 +38,7 @@ from offload.planner.plan import RuntimeConfig  # noqa: E402
 
 # llama-quantize type -> extra arguments; IQ_MIX: IQ1_M experts with IQ2_XXS down projections, needs an imatrix
 TYPES: dict[str, list[str]] = {
+    "F32": [],  # the converter's own output: no quantization, no activation rounding in llama.cpp's matmuls
     "Q4_0": ["Q4_0"],
     "Q4_K_M": ["Q4_K_M"],
     "Q2_K": ["Q2_K"],
@@ -60,7 +61,7 @@ def run(cmd: list[str], what: str) -> str:
     return proc.stdout
 
 
-def convert_bf16(hf: Path, out: Path, llama_src: Path) -> Path:
+def convert_f32(hf: Path, out: Path, llama_src: Path) -> Path:
     """llama.cpp's converter, the synthetic tokenizer declared `gpt-2` (the converter knows tokenizers by hash)."""
     if out.exists():
         return out
@@ -71,11 +72,13 @@ def convert_bf16(hf: Path, out: Path, llama_src: Path) -> Path:
         "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     conv = str(llama_src / "convert_hf_to_gguf.py")
-    run([sys.executable, "-c", script, conv, str(hf), "--outtype", "bf16", "--outfile", str(out)], "convert_hf_to_gguf")
+    run([sys.executable, "-c", script, conv, str(hf), "--outtype", "f32", "--outfile", str(out)], "convert_hf_to_gguf")
     return out
 
 
-def quantize(bin_dir: Path, bf16: Path, kind: str, work: Path, threads: int, corpus: Path) -> Path:
+def quantize(bin_dir: Path, f32: Path, kind: str, work: Path, threads: int, corpus: Path) -> Path:
+    if kind == "F32":
+        return f32
     out = work / f"model-{kind}.gguf"
     if out.exists():
         return out
@@ -88,7 +91,7 @@ def quantize(bin_dir: Path, bf16: Path, kind: str, work: Path, threads: int, cor
                 [
                     str(bin_dir / "llama-imatrix"),
                     "-m",
-                    str(bf16),
+                    str(f32),
                     "-f",
                     str(corpus),
                     "-o",
@@ -103,7 +106,7 @@ def quantize(bin_dir: Path, bf16: Path, kind: str, work: Path, threads: int, cor
                 "llama-imatrix",
             )
         extra = ["--imatrix", str(imatrix)]
-    run([str(bin_dir / "llama-quantize"), *extra, *args[:-1], str(bf16), str(out), args[-1], str(threads)], kind)
+    run([str(bin_dir / "llama-quantize"), *extra, *args[:-1], str(f32), str(out), args[-1], str(threads)], kind)
     return out
 
 
@@ -190,8 +193,8 @@ def main() -> None:
         if not src.exists():
             run([sys.executable, "-m", "offload.cli", "make-model", "--preset", args.preset, "--out", str(src)], "make")
     compare = _compare_module()
-    hf = compare.export_hf(src, work / "hf", torch.bfloat16)
-    bf16 = convert_bf16(hf, work / "model-BF16.gguf", args.llama_src)
+    hf = compare.export_hf(src, work / "hf", torch.float32)
+    f32 = convert_f32(hf, work / "model-F32.gguf", args.llama_src)
     from offload.bench.runner import PROSE
 
     ids = Tokenizer.from_dir(src).encode(PROSE)
@@ -199,7 +202,7 @@ def main() -> None:
     corpus = ROOT / "offload" / "synth" / "corpus.txt"
     results: list[dict[str, Any]] = []
     for kind in args.types.split(","):
-        gguf = quantize(bin_dir, bf16, kind, work, args.threads, corpus)
+        gguf = quantize(bin_dir, f32, kind, work, args.threads, corpus)
         theirs = llama_tokens(bin_dir, gguf, prompt, args.gen, args.threads)
         mine, _ = ours(gguf, prompt, args.gen, "float32")
         same = next(
