@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ from offload.planner.plan import RuntimeConfig  # noqa: E402
 # llama-quantize type -> extra arguments; IQ_MIX: IQ1_M experts with IQ2_XXS down projections, needs an imatrix
 TYPES: dict[str, list[str]] = {
     "F32": [],  # the converter's own output: no quantization, no activation rounding in llama.cpp's matmuls
+    "BF16": [],  # the same with --outtype bf16 (for models whose F32 file would not fit the disk)
     "Q4_0": ["Q4_0"],
     "Q4_K_M": ["Q4_K_M"],
     "Q2_K": ["Q2_K"],
@@ -61,7 +63,7 @@ def run(cmd: list[str], what: str) -> str:
     return proc.stdout
 
 
-def convert_f32(hf: Path, out: Path, llama_src: Path) -> Path:
+def convert(hf: Path, out: Path, llama_src: Path, outtype: str) -> Path:
     """llama.cpp's converter, the synthetic tokenizer declared `gpt-2` (the converter knows tokenizers by hash)."""
     if out.exists():
         return out
@@ -72,12 +74,14 @@ def convert_f32(hf: Path, out: Path, llama_src: Path) -> Path:
         "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     conv = str(llama_src / "convert_hf_to_gguf.py")
-    run([sys.executable, "-c", script, conv, str(hf), "--outtype", "f32", "--outfile", str(out)], "convert_hf_to_gguf")
+    run(
+        [sys.executable, "-c", script, conv, str(hf), "--outtype", outtype, "--outfile", str(out)], "convert_hf_to_gguf"
+    )
     return out
 
 
 def quantize(bin_dir: Path, f32: Path, kind: str, work: Path, threads: int, corpus: Path) -> Path:
-    if kind == "F32":
+    if kind in ("F32", "BF16"):  # the converter's own file
         return f32
     out = work / f"model-{kind}.gguf"
     if out.exists():
@@ -193,8 +197,13 @@ def main() -> None:
         if not src.exists():
             run([sys.executable, "-m", "offload.cli", "make-model", "--preset", args.preset, "--out", str(src)], "make")
     compare = _compare_module()
-    hf = compare.export_hf(src, work / "hf", torch.float32)
-    f32 = convert_f32(hf, work / "model-F32.gguf", args.llama_src)
+    base = "BF16" if "BF16" in args.types.split(",") else "F32"
+    ref = work / f"model-{base}.gguf"
+    if not ref.exists():
+        hf = compare.export_hf(src, work / "hf", torch.bfloat16 if base == "BF16" else torch.float32)
+        convert(hf, ref, args.llama_src, base.lower())
+        shutil.rmtree(hf)  # the HF copy is as large as the converted file
+    f32 = ref
     from offload.bench.runner import PROSE
 
     ids = Tokenizer.from_dir(src).encode(PROSE)
