@@ -9,7 +9,7 @@ decode tok/s is measured next to llama-bench's (same threads; runs alternate, th
 Not part of CI. llama.cpp builds here in ~25 minutes (../shared/reference/GGUF.md):
 
     python benchmarks/gguf_vs_llama.py --llama-src .../vendor/llama.cpp [--preset mini]
-        [--types Q4_0,Q4_K_M,Q2_K,IQ_MIX] [--threads 2] [--prompt-len 32] [--gen 32] [--runs 2]
+        [--types F32,Q4_0,Q4_K_M,Q2_K,IQ_MIX] [--base f32|bf16] [--threads 2] [--prompt-len 32] [--gen 32] [--runs 2]
         [--work DIR] [--json FILE]
 """
 
@@ -177,6 +177,9 @@ def main() -> None:
     ap.add_argument("--preset", default="mini")
     ap.add_argument("--model", type=Path, help="a checkpoint folder instead of a preset")
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument(
+        "--base", default="f32", choices=("f32", "bf16"), help="the converter's output type (bf16 for large models)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--gen", type=int, default=32)
@@ -197,7 +200,7 @@ def main() -> None:
         if not src.exists():
             run([sys.executable, "-m", "offload.cli", "make-model", "--preset", args.preset, "--out", str(src)], "make")
     compare = _compare_module()
-    base = "BF16" if "BF16" in args.types.split(",") else "F32"
+    base = args.base.upper()
     ref = work / f"model-{base}.gguf"
     if not ref.exists():
         hf = compare.export_hf(src, work / "hf", torch.bfloat16 if base == "BF16" else torch.float32)
