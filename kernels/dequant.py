@@ -37,6 +37,18 @@ class StoredWeight:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.parts.values())
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.parts.values())).device
+
+    def rows(self, index: torch.Tensor) -> StoredWeight:
+        """Rows `index` ([n] int64) of the weight, still in its format (a gather of n stored rows). FP8 blocks span 128
+        rows, so they cannot be gathered by row."""
+        if self.fmt == "fp8":
+            raise ValueError("an fp8 weight's scales cover blocks of rows; dequantize it whole")
+        parts = {k: t[index] for k, t in self.parts.items()}
+        return StoredWeight(self.fmt, (int(index.shape[0]), self.shape[1]), parts, self.params)
+
     def to(self, device: torch.device | str) -> StoredWeight:
         """The same weight with its tensors on `device` (still in their stored format)."""
         return StoredWeight(self.fmt, self.shape, {k: t.to(device) for k, t in self.parts.items()}, self.params)

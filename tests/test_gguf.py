@@ -131,6 +131,10 @@ def test_quantized_non_expert_parts_give_the_dequantized_models_logits(src: Path
     q = write_gguf(src, tmp_path / "q.gguf", types)[0]
     twin = write_gguf(src, tmp_path / "twin.gguf", types, dequantized=True)[0]
     with open_checkpoint(q) as ck:
+        emb = ck.embedding()  # kept as stored: the rows a batch needs are dequantized at lookup
+        assert emb.fmt == "q6_k" and emb.nbytes == ck.storage.part_bytes["embed"]
+        rows = torch.tensor([3, 1, 3, 700])
+        assert torch.equal(dequantize(emb.rows(rows)), dequantize(emb)[rows])
         kinds = ck.types_by_part()
         assert (
             kinds["attention"]["Q8_0"].tensors > 0

@@ -100,6 +100,10 @@ class Checkpoint(Protocol):
         """Zero-copy view of a plain tensor (norms, embedding, router); reads nothing until touched."""
         ...
 
+    def embedding(self) -> StoredWeight:
+        """The token embedding [vocab, hidden] as stored, zero-copy (a GGUF's may be quantized)."""
+        ...
+
     def weight(self, module: str) -> StoredWeight:
         """The stored weight of Linear `module`, tagged with its format (zero-copy views)."""
         ...

@@ -208,7 +208,7 @@ class GgufCheckpoint:
 
     def tensor(self, name: str) -> torch.Tensor:
         """A plain tensor (norm, router, bias, embedding): a zero-copy view when stored as a float type; a quantized
-        one (often the embedding) is dequantized to float32, a copy."""
+        one is dequantized to float32, a copy (the embedding has embedding(), which stays as stored)."""
         return self._read(*self._lookup(name))
 
     def _read(self, f: GgufFile, t: GgufTensor) -> torch.Tensor:
@@ -217,6 +217,11 @@ class GgufCheckpoint:
         data = f.raw(t.name)  # [rows, row_bytes]
         w = StoredWeight(_tag(t), (int(data.shape[0]), t.ne[0]), {"data": data})
         return dequantize(w, torch.float32).view(t.shape)
+
+    def embedding(self) -> StoredWeight:
+        """token_embd as stored: quantized rows are dequantized when looked up (a K2.5 Q4_K embedding stays 0.6 GB)."""
+        f, t = self._where["token_embd.weight"]
+        return self._stored(f, t, t.shape[0], t.shape[1], 0)
 
     def weight(self, module: str) -> StoredWeight:
         """The stored weight of Linear `module` (zero-copy; kv_b_proj rebuilt from attn_k_b / attn_v_b is float32)."""

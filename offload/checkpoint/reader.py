@@ -125,6 +125,13 @@ class SafetensorsCheckpoint:
         shard, info = self._lookup(name)
         return shard.view(info.name)
 
+    def embedding(self) -> StoredWeight:
+        info = self.info("model.embed_tokens.weight")
+        if info.dtype not in FLOAT_TAGS:
+            raise CheckpointError(f"{self.folder}: the embedding is {info.dtype}; expected BF16, F16 or F32")
+        w = self.tensor("model.embed_tokens.weight")
+        return StoredWeight(FLOAT_TAGS[info.dtype], (int(w.shape[0]), int(w.shape[1])), {"weight": w})
+
     def weight(self, module: str) -> StoredWeight:
         """The stored weight of Linear `module`, tagged with its format."""
         t = self.linear(module)

@@ -92,7 +92,7 @@ def load_transformer(
         )
     for moe, nxt in pairwise(moes):  # each MoE layer can guess the next one's experts
         moe.lookahead = Lookahead(nxt.layer, blocks[nxt.layer].mlp_norm, cfg.rms_norm_eps, nxt.router)
-    embed = ckpt.tensor("model.embed_tokens.weight")  # stays on the CPU, zero-copy: one row a token is read
+    embed = ckpt.embedding()  # stays on the CPU as stored, zero-copy: the rows a batch needs are read
     report(embed.nbytes)
-    lm_head = embed.to(device=device, dtype=dtype) if cfg.tie_word_embeddings else linear("lm_head")
+    lm_head = dequantize(embed, dtype).to(device) if cfg.tie_word_embeddings else linear("lm_head")
     return Transformer(cfg, embed, blocks, vector("model.norm.weight"), lm_head, rope, dtype)

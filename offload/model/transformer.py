@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.dequant import StoredWeight, dequantize
 from offload.config import ModelConfig
 from offload.model.attention import MLA
 from offload.model.cache import LatentCache
@@ -36,7 +37,7 @@ class Transformer:
     def __init__(
         self,
         cfg: ModelConfig,
-        embed: torch.Tensor,
+        embed: StoredWeight,
         blocks: list[Block],
         norm: torch.Tensor,
         lm_head: torch.Tensor,
@@ -44,12 +45,17 @@ class Transformer:
         dtype: torch.dtype,
     ) -> None:
         self.cfg = cfg
-        self.embed = embed  # [V, D], possibly still bf16 over the mapping; rows are cast when looked up
+        self.embed = embed  # [V, D] as stored, over the mapping: rows are dequantized (or cast) when looked up
         self.blocks = blocks
         self.norm = norm
         self.lm_head = lm_head  # [V, D]
         self.rope = rope
         self.dtype = dtype
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [T] -> their embedding rows [T, D] in float32: only the distinct rows are read and dequantized."""
+        uniq, where = torch.unique(ids.to(self.embed.device), return_inverse=True)
+        return dequantize(self.embed.rows(uniq), torch.float32)[where]
 
     def new_cache(self, max_tokens: int) -> LatentCache:
         return LatentCache(self.cfg, max_tokens, self.dtype, self.norm.device)
@@ -68,7 +74,7 @@ class Transformer:
         device = self.norm.device
         positions = torch.arange(start, start + ids.shape[0], device=device)
         cos, sin = self.rope.cos_sin(positions)  # [T, rope/2] each
-        h = F.embedding(ids.to(self.embed.device), self.embed).to(device=device, dtype=self.dtype)  # [T, D]
+        h = self.lookup(ids).to(device=device, dtype=self.dtype)  # [T, D]
         eps = self.cfg.rms_norm_eps
         for block in self.blocks:
             if stop is not None and stop.is_set():

@@ -6,7 +6,6 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from kernels.formats import FLOAT_FORMATS
 from offload.config import ModelConfig
 from offload.errors import OffloadError
 from offload.experts.config import OffloadConfig
@@ -185,10 +184,8 @@ def make_plan(
     for p in params:
         if p in gpu_parts:
             continue
-        if p == "embed" and storage.float_format in FLOAT_FORMATS:  # rows cast when looked up: zero-copy
+        if p == "embed":  # rows are dequantized (or cast) when looked up: the stored tensor itself, zero-copy
             placements.append(Placement(p, "ram", storage.float_format, stored[p]))
-        elif p == "embed":  # a quantized embedding (GGUF) is dequantized once at load, to float32
-            placements.append(Placement(p, "ram", f"f32 from {storage.float_format}", params[p].nbytes("f32")))
         elif p == "lm_head" and tied:  # the embedding again: no second copy
             placements.append(Placement(p, "ram", "tied to embed", 0))
         else:  # in the CPU compute dtype: zero-copy when stored so, a converted copy otherwise (FP8, f32)
