@@ -91,6 +91,9 @@ def quantize(bin_dir: Path, f32: Path, kind: str, work: Path, threads: int, corp
     if kind.startswith("IQ"):
         imatrix = work / "imatrix.dat"
         if not imatrix.exists():
+            # a reference file larger than RAM pages from disk every chunk: take the Q4_0 file when there is one
+            q4 = work / "model-Q4_0.gguf"
+            source = q4 if q4.exists() and f32.stat().st_size > 8e9 else f32
             run(
                 [
                     str(bin_dir / "llama-imatrix"),
