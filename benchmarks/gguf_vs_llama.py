@@ -98,7 +98,7 @@ def quantize(bin_dir: Path, f32: Path, kind: str, work: Path, threads: int, corp
                 [
                     str(bin_dir / "llama-imatrix"),
                     "-m",
-                    str(f32),
+                    str(source),
                     "-f",
                     str(corpus),
                     "-o",
