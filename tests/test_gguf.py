@@ -381,7 +381,6 @@ def test_a_repo_id_works_as_model_everywhere(src: Path, tmp_path: Path, monkeypa
     assert resolve_model("me/tiny")[1].hidden_size == 256
 
 
-
 def test_older_and_ik_llama_mla_keys_give_the_same_config(f32_file: Path) -> None:
     """Files without key_length_mla (older llama.cpp, ik_llama.cpp: per-head key/value_length, head_count_kv = heads)
     describe the same model; the MQA latent size without the _mla keys is refused."""
@@ -395,3 +394,15 @@ def test_older_and_ik_llama_mla_keys_give_the_same_config(f32_file: Path) -> Non
     mqa = {k: v for k, v in meta.items() if not k.endswith("_mla")}
     with pytest.raises(ConfigError, match=r"old\.gguf: deepseek2\.attention\.key_length = \d+ is the MQA latent size"):
         config_from_gguf(mqa, "old.gguf")
+
+
+def test_mtp_layers_counted_in_block_count_are_left_out(f32_file: Path) -> None:
+    meta = dict(GgufFile(f32_file).metadata)
+    want = config_from_gguf(meta, "x.gguf")
+    meta["deepseek2.block_count"] = want.num_hidden_layers + 1
+    meta["deepseek2.nextn_predict_layers"] = 1
+    got = config_from_gguf(meta, "x.gguf")
+    assert got.num_hidden_layers == want.num_hidden_layers and got.num_nextn_predict_layers == 1
+    meta["deepseek2.nextn_predict_layers"] = 9
+    with pytest.raises(ConfigError, match=r"nextn_predict_layers = 9"):
+        config_from_gguf(meta, "x.gguf")

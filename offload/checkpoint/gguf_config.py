@@ -80,12 +80,17 @@ def config_from_gguf(meta: Mapping[str, Any], source: str = "GGUF") -> ModelConf
             raise ConfigError(f"{source}: neither {ARCH}.vocab_size nor tokenizer.ggml.tokens says the vocabulary size")
         vocab = len(tokens)
     eos = meta.get("tokenizer.ggml.eos_token_id")
+    # multi-token-prediction layers, when a converter kept them, are counted in block_count and come last
+    nextn = k.get("nextn_predict_layers", 0)
+    blocks = k.positive("block_count")
+    if not isinstance(nextn, int) or not 0 <= nextn < blocks:
+        raise ConfigError(f"{source}: {ARCH}.nextn_predict_layers = {nextn!r}; expected 0 .. block_count - 1")
     return ModelConfig(
         vocab_size=vocab,
         hidden_size=k.positive("embedding_length"),
         intermediate_size=k.positive("feed_forward_length"),
         moe_intermediate_size=k.positive("expert_feed_forward_length"),
-        num_hidden_layers=k.positive("block_count"),
+        num_hidden_layers=blocks - nextn,
         num_attention_heads=heads,
         q_lora_rank=q_lora,
         kv_lora_rank=kv_lora,
@@ -109,6 +114,7 @@ def config_from_gguf(meta: Mapping[str, Any], source: str = "GGUF") -> ModelConf
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=() if eos is None else (int(eos),),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        num_nextn_predict_layers=nextn,
     )
 
 
