@@ -406,3 +406,15 @@ def test_mtp_layers_counted_in_block_count_are_left_out(f32_file: Path) -> None:
     meta["deepseek2.nextn_predict_layers"] = 9
     with pytest.raises(ConfigError, match=r"nextn_predict_layers = 9"):
         config_from_gguf(meta, "x.gguf")
+
+
+def test_add_bos_token_starts_a_raw_prompt_with_bos(f32_file: Path, tmp_path: Path) -> None:
+    """A GGUF that asks for BOS (DeepSeek-V3's do) gets it on raw text prompts, as llama.cpp adds it; Kimi's do not."""
+    from offload.engine.gguf_vocab import tokenizer_from_gguf
+
+    kimi = tokenizer_from_gguf(GgufFile(f32_file).metadata, f32_file)
+    assert not kimi.add_bos and kimi.encode_prompt("hello") == kimi.encode("hello")
+    bos_file = _rewrite(f32_file, tmp_path / "bos.gguf", meta={"tokenizer.ggml.add_bos_token": True})
+    tok = tokenizer_from_gguf(GgufFile(bos_file).metadata, bos_file)
+    assert tok.add_bos and tok.encode_prompt("hello") == [tok.bos_id, *tok.encode("hello")]
+    assert tok.encode_prompt("[BOS]hello", specials=True) == [tok.bos_id, *tok.encode("hello")]  # not twice

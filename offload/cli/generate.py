@@ -83,9 +83,10 @@ def generate_cmd(
             assert prompt is not None
             messages = [{"role": "user", "content": prompt}]
             try:
-                ids = (
-                    engine.chat_format.encode(messages, thinking=thinking) if chat else engine.tokenizer.encode(prompt)
-                )
+                if chat:
+                    ids = engine.chat_format.encode(messages, thinking=thinking)
+                else:
+                    ids = engine.tokenizer.encode_prompt(prompt)
             except OffloadError as e:  # ChatFormatError: the checkpoint's template refused the conversation
                 raise fail(str(e)) from None
         try:

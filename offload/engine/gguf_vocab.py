@@ -7,8 +7,9 @@ and merged by `tokenizer.ggml.merges`, lowest rank first, leftmost first among e
 model is that algorithm (tests/test_gguf_vocab.py checks it against a Python transcription of llama.cpp's loop; the
 llama.cpp binary, whose Kimi and GPT-2 splitters are hand-written C++, was not run). Specials (CONTROL and
 USER_DEFINED tokens) come only from trusted text, as in `Tokenizer`, where llama.cpp also matches USER_DEFINED ones in
-plain text; UNUSED ids (the holes a converter names [PAD{i}]) decode to nothing. add_bos_token / add_eos_token are
-not applied: encode never adds a special, the chat template writes them.
+plain text; UNUSED ids (the holes a converter names [PAD{i}]) decode to nothing. `encode` never adds a
+special (the chat template writes them); `tokenizer.ggml.add_bos_token` sets `add_bos`, which `encode_prompt` (raw
+text prompts) honours as llama.cpp does; add_eos_token is not applied.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], source: Path) -> Tokenizer:
         encode_plain=encode_plain,
         encode_trusted=encode_trusted,
         source=source,
+        add_bos=meta.get("tokenizer.ggml.add_bos_token") is True,
     )
 
 

@@ -43,8 +43,10 @@ class Tokenizer:
         encode_plain: Callable[[str], list[int]],
         encode_trusted: Callable[[str], list[int]],
         source: Path,
+        add_bos: bool = False,
     ) -> None:
         self.kind = kind
+        self.add_bos = add_bos  # a raw text prompt starts with BOS (GGUF's tokenizer.ggml.add_bos_token)
         self.vocab_size = len(table)
         self.special_ids = dict(special_ids)
         self._table = tuple(table)  # id -> raw bytes (None: an id the file leaves unused)
@@ -89,6 +91,12 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Ordinary (untrusted) text: special-token strings are encoded as the plain text they are."""
         return self._encode_plain(text)
+
+    def encode_prompt(self, text: str, specials: bool = False) -> list[int]:
+        """A raw text prompt (no chat template): BOS first when the tokenizer asks for one (add_bos), as llama.cpp
+        does; `specials`: the text is the client's own rendering, its special-token text meaning the specials."""
+        ids = self.encode_with_specials(text) if specials else self.encode(text)
+        return [self.bos_id, *ids] if self.add_bos and ids[:1] != [self.bos_id] else ids
 
     def encode_with_specials(self, text: str) -> list[int]:
         """Trusted template text: special-token strings become their ids, the rest is encoded as ordinary text."""

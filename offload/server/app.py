@@ -104,7 +104,7 @@ def create_app(
 
     def prepare_completion(req: CompletionRequest) -> Generation:
         # a raw prompt is the client's own rendering: its special-token text means the special tokens (as in vLLM)
-        ids = engine.tokenizer.encode_with_specials(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+        ids = engine.tokenizer.encode_prompt(req.prompt, True) if isinstance(req.prompt, str) else list(req.prompt)
         try:
             engine.check_prompt(ids)
         except PromptError as e:
