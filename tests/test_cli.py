@@ -235,3 +235,18 @@ def test_generate_offload_flags_and_stats(tiny_k25):
         assert r.exit_code == 2 and "--device cuda, but torch" in r.output
     r = CliRunner().invoke(app, ["generate", "--model", str(tiny_k25), "--prompt-ids", "1", "--ram-budget", "1e-6"])
     assert r.exit_code == 2 and "cannot hold one routed expert" in r.output
+
+
+def test_bad_values_are_one_line_errors_not_tracebacks(tmp_path, tiny_k25):
+    """Issue 19, item 7: each of these once ended in a traceback (the bench --json one after the whole run)."""
+    cases = [
+        (["make-model", "--preset", "tiny", "--out", str(tmp_path / "m"), "--seed", "-1"], "seed = -1"),
+        (["serve", "--model", str(tiny_k25), "--port", "99999"], "--port 99999: a TCP port is 0 to 65535"),
+        (["bench", "--model", str(tiny_k25), "--json", str(tmp_path / "no" / "x.json")], "does not exist"),
+        (["bench", "--prompt-len", "9000", "--gen-len", "2", "--runs", "1"], "exceed the context of 8,192"),  # demo
+    ]
+    for args, words in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert words in r.output and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "m").exists()

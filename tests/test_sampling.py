@@ -96,3 +96,17 @@ def test_tiny_temperature_acts_like_greedy():
 def test_seed_out_of_range_is_refused():
     with pytest.raises(ValueError, match="seed"):
         SamplingParams(seed=2**64)
+
+
+def test_tiny_temperature_and_top_p_do_not_make_nan():
+    """Issue 19: temperature 1e-300 divided the logits to NaN, top_p 5e-324 (0 in float32) dropped every token."""
+    from offload.engine.sampling import GREEDY_BELOW, Sampler, SamplingParams
+
+    logits = torch.tensor([0.5, 2.0, 1.0, 2.0 - 1e-7])
+    for t in (1e-300, 5e-324, GREEDY_BELOW / 2):
+        assert SamplingParams(temperature=t).greedy and Sampler(SamplingParams(temperature=t))(logits) == 1
+    assert not SamplingParams(temperature=GREEDY_BELOW).greedy
+    for top_p in (5e-324, 1e-300, 1e-8):
+        s = Sampler(SamplingParams(temperature=1.0, top_p=top_p, seed=0))
+        probs = s.probs(logits)
+        assert torch.isfinite(probs).all() and probs[1] == 1.0 and s(logits) == 1

@@ -368,6 +368,23 @@ def test_chat_request_errors(server: Served, body: dict[str, Any], status: int, 
     assert err["param"] == param
 
 
+def test_a_lone_surrogate_in_the_model_name_is_still_a_404(server: Served) -> None:
+    """`\\ud800` is valid JSON text but not UTF-8: echoing it in the 404 once failed to encode (a 500)."""
+    body = json.dumps({**CHAT, "model": "x\ud800"}).encode()  # ensure_ascii: the escape travels as text
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    err = assert_error(r, 404, "x\ud800")
+    assert err["code"] == "model_not_found" and r.content.isascii()
+
+
+def test_tiny_temperature_and_top_p_decode_greedily(server: Served) -> None:
+    """temperature 1e-300 and top_p 5e-324 once divided the logits to NaN (a 500); now greedy, as temperature 0."""
+    greedy = httpx.post(f"{server.url}/v1/chat/completions", json={**CHAT, "temperature": 0, "max_tokens": 4})
+    for extra in ({"temperature": 1e-300}, {"temperature": 1.0, "top_p": 5e-324}):
+        r = httpx.post(f"{server.url}/v1/chat/completions", json={**CHAT, **extra, "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+
+
 def test_context_overflow_names_both_numbers(server: Served, engine: Engine) -> None:
     body = {**CHAT, "max_tokens": 4000, "messages": [{"role": "user", "content": "word " * 200}]}
     prompt = len(engine.chat_format.encode(body["messages"]))

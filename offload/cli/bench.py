@@ -49,6 +49,8 @@ def bench_cmd(
         runtime = replace(runtime, context=prompt_len + gen_len + 1)  # a run's context is what it uses
     except OffloadError as e:
         raise fail(str(e)) from None
+    if json_path is not None and not json_path.parent.is_dir():  # checked now, not after minutes of runs
+        raise fail(f"--json {json_path}: the folder {json_path.parent} does not exist")
     run_bench(model_dir=model_dir(model), profile=profile, spec=spec, runtime=runtime, json_path=json_path)
 
 
@@ -72,6 +74,12 @@ def run_bench(
     elif size < psutil.virtual_memory().available * 0.8:
         read_files(shard_files(model_dir))  # the page cache holds the checkpoint: a warm start
     engine = load_engine(model_dir, runtime, profile)
+    if spec.prompt_len + spec.gen_len > engine.max_context:
+        engine.close()
+        raise fail(
+            f"--prompt-len {spec.prompt_len} + --gen-len {spec.gen_len} = {spec.prompt_len + spec.gen_len:,} tokens "
+            f"exceed the context of {engine.max_context:,}; lower them"
+        )
     with engine:
         prompt = bench_prompt(engine, spec.prompt_len)
         if not spec.cold:

@@ -36,9 +36,9 @@ def make_model(
 
     try:
         cfg = preset_config(preset, layout, experts)
-    except ConfigError as e:
+        options = SynthOptions(seed=seed, skew=skew, max_shard_bytes=PRESETS[preset].max_shard_bytes)
+    except (ConfigError, ValueError) as e:  # SynthOptions checks seed and sizes with ValueError
         raise fail(str(e)) from None
-    options = SynthOptions(seed=seed, skew=skew, max_shard_bytes=PRESETS[preset].max_shard_bytes)
     total = data_bytes(cfg)
     t0 = time.perf_counter()
     columns = (TextColumn("writing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())

@@ -60,6 +60,8 @@ def run_server(
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
         raise fail(f"--max-queue {max_queue}: use 0 (no waiting) or more")
+    if not 0 <= port <= 65535:
+        raise fail(f"--port {port}: a TCP port is 0 to 65535 (0: any free one)")
     if api_key is not None and not api_key.strip():
         raise fail("--api-key is empty; give the key clients must send, or leave the option out")
     try:

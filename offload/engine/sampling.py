@@ -9,10 +9,13 @@ import torch
 
 from offload.errors import OffloadError
 
+GREEDY_BELOW = 1e-5  # a temperature under this is greedy (vLLM's rule): dividing by it would overflow to NaN
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """temperature 0 means greedy; the filters apply in the order top-k, top-p, min-p, then one draw."""
+    """temperature 0 (or below GREEDY_BELOW) means greedy; the filters apply in the order top-k, top-p, min-p, then
+    one draw. The likeliest token always survives the filters, however small top_p or large min_p."""
 
     temperature: float = 0.6
     top_p: float = 0.95
@@ -34,7 +37,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 class Sampler:
@@ -61,7 +64,8 @@ class Sampler:
             sorted_p, order = probs.sort(descending=True)
             before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly ahead of each token
             drop = torch.zeros_like(probs, dtype=torch.bool)
-            drop[order] = before >= p.top_p  # keep the smallest prefix reaching top_p (always the best token)
+            drop[order] = before >= p.top_p  # keep the smallest prefix reaching top_p
+            drop[order[0]] = False  # and the best token, even when top_p rounds to 0 in float32 (5e-324)
             probs = probs.masked_fill(drop, 0.0)
         if p.min_p > 0:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)

@@ -6,9 +6,19 @@ The rule for bad requests: every malformed body, wrong type, out-of-range or uns
 
 from __future__ import annotations
 
+import json
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+
+class ErrorJSON(JSONResponse):
+    """JSON with non-ASCII escaped: an error may echo the client's input, and a lone surrogate in it (`\\ud800`, valid
+    in JSON text, invalid in UTF-8) would otherwise fail to encode and turn the error into a 500."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class APIError(Exception):
@@ -29,7 +39,7 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return ErrorJSON(self.body(), status_code=self.status, headers=headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
