@@ -360,6 +360,15 @@ CHAT = {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "hi"}], "
         ({"model": "kimi-k2.5"}, 400, "messages", ["required"]),
         ({"messages": CHAT["messages"]}, 400, "model", ["model"]),
         ({**CHAT, "model": "gpt-4o"}, 404, "model", ["gpt-4o", "tiny-k25"]),
+        ({**CHAT, "logit_bias": {"5": 10}}, 400, "logit_bias", ["not supported"]),  # once silently ignored
+        ({**CHAT, "repetition_penalty": 1.3}, 400, "repetition_penalty", ["not supported"]),
+        ({**CHAT, "parallel_tool_calls": False}, 400, "parallel_tool_calls", ["several tools"]),
+        (
+            {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+            400,
+            "tools",
+            ["parameters must be a JSON Schema object"],
+        ),
         ({**CHAT, "max_tokens": 4090}, 400, "messages", ["4096", "4090"]),
     ],
 )

@@ -90,6 +90,11 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
                 raise bad_request(
                     f"tools[{i}] must be {{'type': 'function', 'function': {{'name': str, ...}}}}", "tools"
                 )
+            if not isinstance(fn.get("parameters", {}), dict):
+                raise bad_request(
+                    f"tools[{i}].function.parameters must be a JSON Schema object; got {_kind(fn['parameters'])}",
+                    "tools",
+                )
     choice = body.get("tool_choice")
     if choice not in (None, "auto", "none"):
         raise bad_request(f"tool_choice {choice!r} is not supported; use 'auto' or 'none'", "tool_choice")
@@ -151,6 +156,18 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     for name in ("presence_penalty", "frequency_penalty"):
         if body.get(name) not in (None, 0, 0.0):
             raise bad_request(f"`{name}` is not supported by this server; leave it out or set it to 0", name)
+    if body.get("logit_bias") not in (None, {}):
+        raise bad_request("`logit_bias` is not supported by this server; leave it out", "logit_bias")
+    if body.get("repetition_penalty") not in (None, 1, 1.0):
+        raise bad_request(
+            "`repetition_penalty` is not supported by this server; leave it out or set it to 1", "repetition_penalty"
+        )
+    if body.get("parallel_tool_calls") not in (None, True):
+        raise bad_request(
+            "parallel_tool_calls = false is not supported: the model may call several tools in one turn; leave it "
+            "out or set it to true",
+            "parallel_tool_calls",
+        )
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         raise bad_request("response_format: only {'type': 'text'} is supported", "response_format")
