@@ -644,3 +644,24 @@ def test_serve_refuses_a_taken_port_before_loading(tmp_path: Path, monkeypatch: 
                 runtime=RuntimeConfig(context=2048, dtype="float32"),
             )
     assert messages and f"cannot listen on 127.0.0.1:{port}" in messages[0]
+
+
+def test_a_client_hanging_up_mid_body_logs_one_line(server: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19, item 6: Starlette's ClientDisconnect once escaped as a ~45-line traceback per connection."""
+    import socket as socketlib
+    import time
+
+    caplog.set_level(logging.INFO)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socketlib.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"model": "kimi-k2.5", '
+        )
+        time.sleep(0.2)
+    deadline = time.time() + 5
+    while time.time() < deadline and not any("hung up after" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    assert any("hung up after 23 bytes" in r.getMessage() for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
+    assert httpx.get(f"{server.url}/health").status_code == 200

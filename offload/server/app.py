@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -60,10 +60,14 @@ def create_app(
         if declared.isdigit() and int(declared) > max_body_bytes:
             raise errors.too_large(max_body_bytes)
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise errors.too_large(max_body_bytes)
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise errors.too_large(max_body_bytes)
+        except ClientDisconnect:  # hung up mid-body: one log line, not Starlette's traceback
+            log.info("a client hung up after %d bytes of its request body", len(body))
+            raise errors.APIError(CLIENT_GONE, "the client hung up before the body ended", code="client_gone") from None
         return parse_json(bytes(body))
 
     def check_model(name: str) -> None:
