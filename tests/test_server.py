@@ -503,6 +503,9 @@ class HeldTurn:
 class HeldEngine:
     max_context = 4096
 
+    class tokenizer:  # noqa: N801 - stands in for engine.tokenizer: what the server's size bound reads
+        max_token_bytes = 16
+
     def __init__(self) -> None:
         self.release = threading.Event()
         self.turns: list[HeldTurn] = []
@@ -665,3 +668,18 @@ def test_a_client_hanging_up_mid_body_logs_one_line(server: Served, caplog: pyte
     assert any("hung up after 23 bytes" in r.getMessage() for r in caplog.records)
     assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_huge_prompt_is_refused_before_rendering(server: Served, engine: Engine) -> None:
+    """Issue 19, item 3: a prompt far over the context is refused by its size (bytes / the longest token), before
+    the template renders it and the tokenizer encodes it (seconds of CPU for a 4 MB prompt)."""
+    longest = engine.tokenizer.max_token_bytes
+    text = "word " * (engine.max_context * longest // 5 + 10)
+    body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=body), 400, "bytes of text", "at least")
+    assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
+    raw = {"model": "kimi-k2.5", "prompt": text, "max_tokens": 4}
+    err = assert_error(httpx.post(f"{server.url}/v1/completions", json=raw), 400, "bytes of text")
+    assert err["param"] == "prompt"
+    short = {**CHAT, "messages": [{"role": "user", "content": "word " * 200}], "max_tokens": 4}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=short).status_code == 200  # the bound is a floor

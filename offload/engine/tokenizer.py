@@ -54,6 +54,8 @@ class Tokenizer:
         self._encode_plain = encode_plain
         self._encode_trusted = encode_trusted
         self.source = source
+        # the longest token's bytes: a text of n bytes is at least n / max_token_bytes tokens (a cheap bound)
+        self.max_token_bytes = max((len(b) for b in self._table if b), default=1)
         self.bos_id = self.special_id(bos)
         self.eos_id = self.special_id(eos)
         im_end = self.special_ids.get("<|im_end|>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ALIAS = "kimi-k2.5"  # the name Kimi's own examples use, accepted besides the served name
 MAX_BODY_BYTES = 4 << 20
+RENDERS = 2  # concurrent prompt renders: more would only slow each other and the running generation
 CLIENT_GONE = 499  # nginx's status for a request whose client hung up; nobody receives it
 
 
@@ -90,9 +92,29 @@ def create_app(
                 "context_length_exceeded",
             )
 
+    renders = threading.BoundedSemaphore(RENDERS)  # prompt renders and tokenizations at once (CPU-bound)
+
+    def check_size(text_bytes: int, max_tokens: int | None, param: str) -> None:
+        """Refuse, before rendering or tokenizing, a prompt that cannot fit: a text of n UTF-8 bytes is at least
+        n / (the longest token's bytes) tokens."""
+        least = text_bytes // engine.tokenizer.max_token_bytes
+        if least + (max_tokens or 1) > engine.max_context:
+            raise errors.bad_request(
+                f"the {param} hold {text_bytes:,} bytes of text, at least {least:,} tokens, and this model's context "
+                f"holds {engine.max_context:,}; shorten the {param}",
+                param,
+                "context_length_exceeded",
+            )
+
     def prepare_chat(req: ChatRequest) -> ChatTurn:
-        """The rendered prompt, checked against the context (on a thread: a long prompt takes a while)."""
+        """The rendered prompt, checked against the context (on a thread: a long prompt takes a while). At most
+        RENDERS run at once, each after a cheap size bound."""
         messages, tools = list(req.messages), None if req.tools is None else list(req.tools)
+        check_size(_text_bytes(messages), req.max_tokens, "messages")
+        with renders:
+            return _render(req, messages, tools)
+
+    def _render(req: ChatRequest, messages: list[Any], tools: list[Any] | None) -> ChatTurn:
         options: dict[str, Any] = {"tools": tools, "thinking": req.thinking, "sampling": req.sampling, "stop": req.stop}
         try:
             turn = engine.chat(messages, max_tokens=req.max_tokens or engine.max_context, **options)
@@ -108,7 +130,12 @@ def create_app(
 
     def prepare_completion(req: CompletionRequest) -> Generation:
         # a raw prompt is the client's own rendering: its special-token text means the special tokens (as in vLLM)
-        ids = engine.tokenizer.encode_prompt(req.prompt, True) if isinstance(req.prompt, str) else list(req.prompt)
+        if isinstance(req.prompt, str):
+            check_size(_text_bytes(req.prompt), req.max_tokens, "prompt")
+            with renders:
+                ids = engine.tokenizer.encode_prompt(req.prompt, True)
+        else:
+            ids = list(req.prompt)
         try:
             engine.check_prompt(ids)
         except PromptError as e:
@@ -261,3 +288,14 @@ def _stream_error(event: Failed) -> dict[str, Any]:
     """A generation that failed after the stream began: the error as one event (the status was already sent)."""
     err = errors.APIError(500, f"generation failed: {type(event.error).__name__}; see the server log", "server_error")
     return err.body()
+
+
+def _text_bytes(value: Any) -> int:
+    """UTF-8 bytes of every string in a request's messages (contents, names, tool call arguments), recursively."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, dict):
+        return sum(_text_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_bytes(v) for v in value)
+    return 0
