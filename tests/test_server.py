@@ -553,7 +553,7 @@ def test_scheduler_runs_in_order_and_bounds_the_wait() -> None:
         def __init__(self, i: int) -> None:
             self.i, self.cancelled = i, False
 
-        def run(self) -> None:
+        def run(self, delivered: Any) -> None:
             gate.wait(10)
             done.append(self.i)
 
@@ -683,3 +683,34 @@ def test_a_huge_prompt_is_refused_before_rendering(server: Served, engine: Engin
     assert err["param"] == "prompt"
     short = {**CHAT, "messages": [{"role": "user", "content": "word " * 200}], "max_tokens": 4}
     assert httpx.post(f"{server.url}/v1/chat/completions", json=short).status_code == 200  # the bound is a floor
+
+
+def test_a_delivered_job_no_longer_holds_the_only_place() -> None:
+    """Issue 19, item 2: the finished job counted as running after its [DONE] was sent (until the generator's own
+    cleanup returned), so a client resubmitting at once got 503 queue_full about 1 time in 6 with --max-queue 0."""
+    from offload.engine.generate import GenerationResult
+    from offload.server.jobs import EngineJob, Finished, Piece
+
+    delivered_then, order, cleanup = threading.Event(), [], threading.Event()
+
+    class Recorder:
+        def put(self, event: Any) -> None:
+            order.append(type(event).__name__)
+            if isinstance(event, Finished):
+                delivered_then.set()
+
+    def events() -> Any:
+        yield Piece("", "hi")
+        yield Finished(GenerationResult(), None)
+        cleanup.wait(10)  # the generation's bookkeeping after its last event, while the client already has [DONE]
+
+    sched = Scheduler(max_queue=0)
+    sched.start()
+    first = EngineJob("first", events(), lambda: None, Recorder())  # type: ignore[arg-type]
+    sched.submit(first)
+    assert delivered_then.wait(10) and order == ["Piece", "Finished"]
+    assert not sched.full and sched.running == 0  # the client's next request is accepted now
+    second = EngineJob("second", iter(()), lambda: None, Recorder())  # type: ignore[arg-type]
+    sched.submit(second)  # raised QueueFull before the fix
+    cleanup.set()
+    sched.close()

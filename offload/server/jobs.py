@@ -73,14 +73,17 @@ class EngineJob:
         self._cancelled = threading.Event()
         self.relay = relay
 
-    def run(self) -> None:
+    def run(self, delivered: Callable[[], None] = lambda: None) -> None:
         if self._cancelled.is_set():
             return
         try:
             for event in self._events:
+                if isinstance(event, Finished):
+                    delivered()  # before the client can see [DONE] and send its next request
                 self.relay.put(event)
         except Exception as e:
             log.exception("%s: generation failed", self.name)
+            delivered()
             self.relay.put(Failed(e))
 
     def cancel(self) -> None:

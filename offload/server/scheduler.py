@@ -8,17 +8,20 @@ after its current token, so the next job starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
 class Job(Protocol):
-    def run(self) -> None:
-        """The work, on the worker thread."""
+    def run(self, delivered: Callable[[], None]) -> None:
+        """The work, on the worker thread. Call `delivered()` just before handing the client its last event: from
+        then on the job no longer counts as running, so a client that answers at once is not refused a place."""
 
     def cancel(self) -> None:
         """Stop soon (any thread); a job cancelled before it starts must not start."""
@@ -91,6 +94,11 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def _delivered(self, job: Job) -> None:
+        with self._cond:
+            if self._running is job:
+                self._running = None
+
     def _work(self) -> None:
         while True:
             with self._cond:
@@ -100,7 +108,7 @@ class Scheduler:
                     return
                 job = self._running = self._waiting.popleft()
             try:
-                job.run()
+                job.run(functools.partial(self._delivered, job))
             except Exception:  # a job reports its own errors; this keeps the worker alive if one does not
                 log.exception("a job failed on the engine thread")
             finally:
