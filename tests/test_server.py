@@ -460,7 +460,7 @@ def test_body_too_large(server: Served) -> None:
         for i in range(0, len(big), 1 << 16):
             yield big[i : i + (1 << 16)]
 
-    assert_error(httpx.post(url, content=chunked()), 413)
+    assert_error(httpx.post(url, content=chunked(), headers={"content-type": "application/json"}), 413)
 
 
 def test_api_key(engine: Engine) -> None:
@@ -658,7 +658,7 @@ def test_a_client_hanging_up_mid_body_logs_one_line(server: Served, caplog: pyte
     host, port = server.url.removeprefix("http://").split(":")
     with socketlib.create_connection((host, int(port))) as s:
         s.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n" + b'{"model": "kimi-k2.5", '
         )
         time.sleep(0.2)
@@ -714,3 +714,38 @@ def test_a_delivered_job_no_longer_holds_the_only_place() -> None:
     sched.submit(second)  # raised QueueFull before the fix
     cleanup.set()
     sched.close()
+
+
+def test_without_a_key_other_hosts_and_origins_are_refused(engine: Engine) -> None:
+    """Issue 19, item 8: with no API key, any web page could make the server generate (a text/plain "simple" POST)
+    and, by DNS rebinding, read the answer. Now Host and Origin must be this server, and bodies application/json."""
+    with Served(create_app(engine, "tiny-k25")) as s:
+        url = f"{s.url}/v1/chat/completions"
+        port = s.url.rsplit(":", 1)[1]
+        ok = httpx.post(url, json={**CHAT, "max_tokens": 1}, headers={"origin": f"http://localhost:{port}"})
+        assert ok.status_code == 200, ok.text
+        err = assert_error(httpx.post(url, json=CHAT, headers={"host": f"evil.example:{port}"}), 403, "DNS rebinding")
+        assert err["code"] == "host_not_allowed"
+        assert_error(httpx.get(f"{s.url}/v1/models", headers={"host": "evil.example"}), 403, "evil.example")
+        err = assert_error(httpx.post(url, json=CHAT, headers={"origin": "https://evil.example"}), 403, "--allow-origin")
+        assert err["code"] == "origin_not_allowed"
+        text = json.dumps({**CHAT, "max_tokens": 1})
+        plain = httpx.post(url, content=text, headers={"content-type": "text/plain"})
+        assert_error(plain, 415, "application/json")
+    with Served(create_app(engine, "tiny-k25", api_key="sekret")) as s:  # a key protects it: no Host check
+        r = httpx.get(f"{s.url}/v1/models", headers={"host": "my.lan", "authorization": "Bearer sekret"})
+        assert r.status_code == 200
+
+
+def test_allow_origin_lets_a_browser_ui_in_with_cors(engine: Engine) -> None:
+    ui = "http://localhost:3000"
+    with Served(create_app(engine, "tiny-k25", allow_origins=(ui, "https://ui.example"))) as s:
+        url = f"{s.url}/v1/chat/completions"
+        pre = httpx.options(
+            url, headers={"origin": "https://ui.example", "access-control-request-method": "POST",
+                          "access-control-request-headers": "content-type"},
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://ui.example"
+        r = httpx.post(url, json={**CHAT, "max_tokens": 1}, headers={"origin": "https://ui.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://ui.example"
+        assert_error(httpx.post(url, json=CHAT, headers={"origin": "https://other.example"}), 403)

@@ -30,6 +30,13 @@ def serve_cmd(
     api_key: Annotated[str | None, typer.Option(help="Require `Authorization: Bearer KEY`.")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name in /v1/models (default: the folder's name).")] = None,
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond the running one before 503.")] = 16,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web origin (e.g. http://localhost:3000) whose pages may call this server: CORS for it, and the "
+            "no-key guard lets it through (repeatable)."
+        ),
+    ] = None,
     *,
     runtime: RuntimeConfig,
 ) -> None:
@@ -43,6 +50,7 @@ def serve_cmd(
         profile=profile,
         max_queue=max_queue,
         runtime=runtime,
+        allow_origins=tuple(allow_origin or ()),
     )
 
 
@@ -56,6 +64,7 @@ def run_server(
     profile: str,
     max_queue: int,
     runtime: RuntimeConfig,
+    allow_origins: tuple[str, ...] = (),
 ) -> None:
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
@@ -92,7 +101,7 @@ def run_server(
         server_log = logging.getLogger("offload.server")
         if server_log.level == logging.NOTSET:
             server_log.setLevel(logging.INFO)  # one line per request, beside uvicorn's access log
-        app = create_app(engine, name, api_key, max_queue)
+        app = create_app(engine, name, api_key, max_queue, host=host, allow_origins=allow_origins)
         config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=10)
         uvicorn.Server(config).run(sockets=[sock])
 

@@ -7,21 +7,24 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormatError
 from offload.engine.engine import Engine, PromptError
 from offload.engine.generate import Generation
 from offload.server import errors, responses
+from offload.server.guard import HostGuard
 from offload.server.jobs import EngineJob, Failed, Finished, Piece, Relay, chat_job, completion_job
 from offload.server.requests import ChatRequest, CompletionRequest, parse_chat, parse_completion, parse_json
 from offload.server.scheduler import QueueFull, Scheduler
@@ -41,8 +44,12 @@ def create_app(
     api_key: str | None = None,
     max_queue: int = 16,
     max_body_bytes: int = MAX_BODY_BYTES,
-) -> Starlette:
-    """An ASGI app serving `engine` under `model_name` (and ALIAS); the scheduler's thread lives with the app."""
+    host: str = "127.0.0.1",
+    allow_origins: Sequence[str] = (),
+) -> ASGIApp:
+    """An ASGI app serving `engine` under `model_name` (and ALIAS); the scheduler's thread lives with the app.
+    Without `api_key`, HostGuard refuses other hosts' and origins' requests (offload/server/guard.py);
+    `allow_origins` also enables CORS for those origins (a browser UI)."""
     scheduler = Scheduler(max_queue)
     names = [model_name] + ([ALIAS] if model_name != ALIAS else [])
     created = int(time.time())
@@ -239,7 +246,14 @@ def create_app(
         Route("/v1/completions", completions, methods=["POST"]),
     ]
     handlers = {errors.APIError: errors.api_error, HTTPException: errors.http_exception, 500: errors.server_error}
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    if api_key is None:
+        app = HostGuard(app, host, allow_origins)
+    if allow_origins:
+        app = CORSMiddleware(
+            app, allow_origins=list(allow_origins), allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"]
+        )
+    return app
 
 
 async def chat_stream(env: responses.Envelope, relay: Relay, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
