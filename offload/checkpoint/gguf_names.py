@@ -4,6 +4,11 @@ converter writes arch `deepseek2` (../shared/reference/GGUF.md, section 3)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from offload.config import ModelConfig
+from offload.parts import Module, model_modules
 
 # per-layer: the part of the HF name after "model.layers.N." -> the GGUF name after "blk.N."
 LAYER = {
@@ -35,6 +40,7 @@ STACKED = {"gate_proj": "ffn_gate_exps.weight", "up_proj": "ffn_up_exps.weight",
 FUSED_GATE_UP = "ffn_gate_up_exps.weight"  # gate rows, then up rows
 K_B, V_B = "attn_k_b.weight", "attn_v_b.weight"  # kv_b_proj split per head and transposed (llama.cpp since 2025)
 
+F32_KINDS = ("norm", "router", "router_bias")  # module kinds llama.cpp keeps in F32
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _EXPERT_RE = re.compile(r"mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)")
 
@@ -58,3 +64,43 @@ def expert_of(name: str) -> tuple[int, int, str] | None:
         return None
     e = _EXPERT_RE.fullmatch(m.group(2))
     return None if e is None else (int(m.group(1)), int(e.group(1)), e.group(2))
+
+
+def module_gguf_name(m: Module) -> str:
+    """The GGUF tensor holding a module's weight (not a routed expert: those are stacked)."""
+    if m.kind == "linear":
+        name = m.name
+    else:
+        name = f"{m.name}.e_score_correction_bias" if m.kind == "router_bias" else f"{m.name}.weight"
+    g = gguf_name(name)
+    if g is None:
+        raise KeyError(f"{m.name} has no GGUF tensor name")
+    return g
+
+
+class GgufSpec(NamedTuple):
+    name: str
+    shape: tuple[int, ...]  # NumPy order (slowest axis first)
+    part: str  # one of offload.config.PARTS
+    role: str  # the part (Linears, the embedding); "f32" (norms, router, bias); "kv_b"; "gate_up_exps"; "down_exps"
+
+
+def gguf_tensors(cfg: ModelConfig, split_kv_b: bool = True, fused_gate_up: bool = False) -> Iterator[GgufSpec]:
+    """Every tensor of `cfg` as llama.cpp lays out deepseek2: kv_b_proj split per head into attn_k_b (transposed)
+    and attn_v_b, or one attn_kv_b; routed experts stacked per layer, gate and up fused or not."""
+    n, nope, v, lora = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    for m in model_modules(cfg, routed=False):  # lm_head is left out when tied
+        if m.name.endswith("self_attn.kv_b_proj") and split_kv_b:
+            yield GgufSpec(f"blk.{m.layer}.{K_B}", (n, lora, nope), m.part, "kv_b")
+            yield GgufSpec(f"blk.{m.layer}.{V_B}", (n, v, lora), m.part, "kv_b")
+        else:
+            role = "f32" if m.kind in F32_KINDS else m.part
+            yield GgufSpec(module_gguf_name(m), m.shape, m.part, role)
+    e, inter, h = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    for layer in cfg.moe_layers:
+        if fused_gate_up:
+            yield GgufSpec(f"blk.{layer}.{FUSED_GATE_UP}", (e, 2 * inter, h), "routed_experts", "gate_up_exps")
+        else:
+            yield GgufSpec(f"blk.{layer}.{STACKED['gate_proj']}", (e, inter, h), "routed_experts", "gate_up_exps")
+            yield GgufSpec(f"blk.{layer}.{STACKED['up_proj']}", (e, inter, h), "routed_experts", "gate_up_exps")
+        yield GgufSpec(f"blk.{layer}.{STACKED['down_proj']}", (e, h, inter), "routed_experts", "down_exps")

@@ -14,7 +14,6 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from kernels.formats import FLOAT_FORMATS, FORMATS
 from offload.checkpoint.base import ByteRange, MappedFile, TypeUse, merge_ranges
 from offload.checkpoint.gguf_config import config_from_gguf
 from offload.checkpoint.gguf_file import GgufFile, GgufTensor
-from offload.checkpoint.gguf_names import FUSED_GATE_UP, K_B, STACKED, V_B, expert_of, gguf_name
+from offload.checkpoint.gguf_names import FUSED_GATE_UP, K_B, STACKED, V_B, expert_of, gguf_name, gguf_tensors
 from offload.checkpoint.safetensors_file import CheckpointError, TensorInfo
 from offload.config import PARTS, ModelConfig
-from offload.parts import Module, model_modules
 from offload.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -117,32 +115,12 @@ class GgufCheckpoint:
                 f"{self.shards[0].path}: split.tensors.count = {want} but the {len(self.shards)} parts hold {total}"
             )
 
-    def _expected(self) -> Iterator[tuple[str, tuple[int, ...], str]]:
-        """(GGUF name, NumPy-order shape, model part) of every tensor the metadata implies."""
-        cfg = self.config
-        n, nope, v, lora = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
-        for m in model_modules(cfg, routed=False):  # lm_head is left out when tied
-            if m.name.endswith("self_attn.kv_b_proj") and f"blk.{m.layer}.{K_B}" in self._where:
-                yield f"blk.{m.layer}.{K_B}", (n, lora, nope), m.part
-                yield f"blk.{m.layer}.{V_B}", (n, v, lora), m.part
-                continue
-            gname = gguf_name(m.name if m.kind == "linear" else _tensor_name(m))
-            assert gname is not None, m.name
-            yield gname, m.shape, m.part
-        e, inter, h = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
-        for layer in cfg.moe_layers:
-            if self._fused:
-                yield f"blk.{layer}.{FUSED_GATE_UP}", (e, 2 * inter, h), "routed_experts"
-            else:
-                yield f"blk.{layer}.{STACKED['gate_proj']}", (e, inter, h), "routed_experts"
-                yield f"blk.{layer}.{STACKED['up_proj']}", (e, inter, h), "routed_experts"
-            yield f"blk.{layer}.{STACKED['down_proj']}", (e, h, inter), "routed_experts"
-
     def _validate(self) -> None:
         """Every tensor the metadata implies is present, with its shape and a type this runtime reads."""
         first = self.shards[0].path
         self._part: dict[str, str] = {}
-        for name, shape, part in self._expected():
+        split_kv_b = f"blk.0.{K_B}" in self._where  # llama.cpp's per-head form (files since 2025), else attn_kv_b
+        for name, shape, part, _ in gguf_tensors(self.config, split_kv_b, self._fused):
             self._part[name] = part
             found = self._where.get(name)
             if found is None:
@@ -315,13 +293,6 @@ class GgufCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _tensor_name(m: Module) -> str:
-    """The tensor name a non-Linear module's weight has (as the loader asks for it)."""
-    if m.kind == "router_bias":
-        return f"{m.name}.e_score_correction_bias"
-    return f"{m.name}.weight"
 
 
 def _tag(t: GgufTensor) -> str:

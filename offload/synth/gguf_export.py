@@ -23,34 +23,16 @@ from kernels.formats import GGML_BLOCKS
 from kernels.ggml import dequantize_ggml_ref
 from kernels.ggml_random import random_ggml_blocks
 from offload.checkpoint import Checkpoint, open_checkpoint
+from offload.checkpoint.gguf_names import F32_KINDS, gguf_tensors, module_gguf_name
 from offload.config import ModelConfig
 from offload.parts import Module, expert_module, model_modules
 from offload.synth.gguf_tokenizer import add_tokenizer
 
 log = logging.getLogger(__name__)
 
-ALWAYS_F32 = ("norm", "router", "router_bias")  # module kinds llama.cpp keeps in F32
 GGUF_QUANTIZES = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "tq1_0", "tq2_0", "mxfp4"}  # gguf.quants.quantize
 PROJS = ("gate_proj", "up_proj", "down_proj")
 SHORT = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
-LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.q_a_proj": "attn_q_a",
-    "self_attn.q_a_layernorm": "attn_q_a_norm",
-    "self_attn.q_b_proj": "attn_q_b",
-    "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa",
-    "self_attn.kv_a_layernorm": "attn_kv_a_norm",
-    "self_attn.kv_b_proj": "attn_kv_b",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
-    "mlp.shared_experts.up_proj": "ffn_up_shexp",
-    "mlp.shared_experts.down_proj": "ffn_down_shexp",
-}
 
 
 def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
@@ -93,21 +75,6 @@ def write_metadata(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
     w.add_expert_group_used_count(cfg.topk_group)
 
 
-def _gguf_name(m: Module) -> str:
-    if m.kind == "embed":
-        return "token_embd.weight"
-    if m.name == "model.norm":
-        return "output_norm.weight"
-    if m.name == "lm_head":
-        return "output.weight"
-    rest = m.name.split(".", 3)[3]  # after "model.layers.N."
-    if m.kind == "router":
-        return f"blk.{m.layer}.ffn_gate_inp.weight"
-    if m.kind == "router_bias":
-        return f"blk.{m.layer}.exp_probs_b.bias"
-    return f"blk.{m.layer}.{LAYER_NAMES[rest]}.weight"
-
-
 class _Encoder:
     """Float32 [..., in] -> the stored array of one ggml type (and, with dequantized, its F32 values)."""
 
@@ -124,12 +91,11 @@ class _Encoder:
         else:  # gguf cannot quantize K and i-quants: random valid blocks in their place
             rows = int(np.prod(x.shape[:-1]))
             data = random_ggml_blocks(tag, rows, x.shape[-1], self.rng).reshape(*x.shape[:-1], -1)
-        if self.dequantized and tag not in ("f32",):
-            flat = data.reshape(-1, data.shape[-1]).view(np.uint8) if tag not in ("f16", "bf16") else None
-            if flat is None:
-                back = gguf.quants.dequantize(data, qtype)
-            else:
-                back = dequantize_ggml_ref(flat, tag, x.shape[-1]).reshape(x.shape)
+        if self.dequantized and tag in ("f16", "bf16"):
+            return gguf.quants.dequantize(data, qtype).astype(np.float32), gguf.GGMLQuantizationType.F32
+        if self.dequantized and tag != "f32":  # our reference decodes the blocks (bit-exact with gguf's)
+            blocks = data.reshape(-1, data.shape[-1]).view(np.uint8)
+            back = dequantize_ggml_ref(blocks, tag, x.shape[-1]).reshape(x.shape)
             return np.ascontiguousarray(back, dtype=np.float32), gguf.GGMLQuantizationType.F32
         return data, qtype
 
@@ -186,7 +152,7 @@ def _add_module(
     w: gguf.GGUFWriter, ck: Checkpoint, m: Module, types: Mapping[str, str], enc: _Encoder, split_kv_b: bool
 ) -> None:
     x = np.ascontiguousarray(_dense(ck, m), dtype=np.float32)
-    tag = "f32" if m.kind in ALWAYS_F32 else types.get(m.part, "f32")
+    tag = "f32" if m.kind in F32_KINDS else types.get(m.part, "f32")
     if m.name.endswith("self_attn.kv_b_proj") and split_kv_b:
         cfg = ck.config
         n, nope, v = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
@@ -199,7 +165,7 @@ def _add_module(
             w.add_tensor(name, data, raw_dtype=qtype)
         return
     data, qtype = enc(x, tag)
-    w.add_tensor(_gguf_name(m), data, raw_dtype=qtype)
+    w.add_tensor(module_gguf_name(m), data, raw_dtype=qtype)
 
 
 def _add_experts(
@@ -237,21 +203,7 @@ def write_gguf_headers(
     w = gguf.GGUFWriter(out, "deepseek2", split_max_size=max_part_bytes)
     w.add_name(out.stem)
     write_metadata(w, cfg)
-    specs: list[tuple[str, tuple[int, ...], str]] = []  # (name, NumPy-order shape, tag)
-    for m in model_modules(cfg, routed=False):
-        if m.kind in ALWAYS_F32:
-            specs.append((_gguf_name(m), m.shape, "f32"))
-        elif m.name.endswith("self_attn.kv_b_proj"):
-            n, lora = cfg.num_attention_heads, cfg.kv_lora_rank
-            specs.append((f"blk.{m.layer}.attn_k_b.weight", (n, lora, cfg.qk_nope_head_dim), types["kv_b"]))
-            specs.append((f"blk.{m.layer}.attn_v_b.weight", (n, cfg.v_head_dim, lora), types["kv_b"]))
-        else:
-            specs.append((_gguf_name(m), m.shape, types.get(m.part, "f32")))
-    e, inter, h = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
-    for layer in cfg.moe_layers:
-        specs.append((f"blk.{layer}.ffn_gate_exps.weight", (e, inter, h), types["gate_up_exps"]))
-        specs.append((f"blk.{layer}.ffn_up_exps.weight", (e, inter, h), types["gate_up_exps"]))
-        specs.append((f"blk.{layer}.ffn_down_exps.weight", (e, h, inter), types["down_exps"]))
+    specs = [(t.name, t.shape, "f32" if t.role == "f32" else types.get(t.role, "f32")) for t in gguf_tensors(cfg)]
     sizes: dict[str, int] = {}
     for name, shape, tag in specs:
         qtype = gguf.GGMLQuantizationType[tag.upper()]
