@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from kernels.dequant import StoredWeight
+from kernels.formats import label
 from offload.checkpoint.base import ByteRange, MappedFile, TypeUse, merge_ranges
 from offload.checkpoint.layout import FLOAT_TAGS, expert_tensors, layout_storage, model_tensors
 from offload.checkpoint.safetensors_file import CheckpointError, SafetensorsFile, TensorInfo
@@ -215,25 +216,20 @@ class SafetensorsCheckpoint:
     def types_by_part(self) -> dict[str, dict[str, TypeUse]]:
         """Per model part and stored format ("int4 g32", "fp8 128x128", "bf16", ...): tensors, bytes, weights."""
         out: dict[str, dict[str, TypeUse]] = defaultdict(dict)
-        fmt = {
-            "weight_packed": f"int4 g{self.hf.quant.group_size}",
-            "weight_scale_inv": "fp8 {}x{}".format(*self.hf.quant.block),
-        }
+        q = self.hf.quant
+        int4, fp8 = label("int4", (q.group_size,)), label("fp8", q.block)
         for spec in model_tensors(self.hf):
             info = self._where[spec.name][1]
-            module_fmt = None
             if spec.role in ("weight_packed", "weight_scale", "weight_shape"):
-                module_fmt = fmt["weight_packed"]
-            elif (
-                spec.role in ("weight", "weight_scale_inv")
-                and f"{spec.name.rsplit('.', 1)[0]}.weight_scale_inv" in self._where
-            ):
-                module_fmt = fmt["weight_scale_inv"]
-            label = module_fmt or FLOAT_TAGS.get(info.dtype, info.dtype.lower())
+                fmt = int4
+            elif spec.role == "weight_scale_inv" or (spec.role == "weight" and info.dtype == "F8_E4M3"):
+                fmt = fp8
+            else:
+                fmt = FLOAT_TAGS.get(info.dtype, info.dtype.lower())
             counts = spec.role in ("weight", "weight_packed", "norm", "bias", "embed")
             weights = spec.fan_in * spec.fan_out if spec.role == "weight_packed" else math.prod(spec.shape)
-            was = out[spec.part].get(label, TypeUse())
-            out[spec.part][label] = was.add(info.nbytes, weights if counts else 0, 1)
+            was = out[spec.part].get(fmt, TypeUse())
+            out[spec.part][fmt] = was.add(info.nbytes, weights if counts else 0, 1)
         return dict(out)
 
     def close(self) -> None:
