@@ -42,6 +42,9 @@ class Scripted:
         logits[0, self.script[len(self.calls) - 1]] = 1.0
         return logits
 
+    def prefill(self, ids: torch.Tensor, cache: int, chunk: int, stop=None) -> torch.Tensor:
+        return self.forward(ids, 0, cache, last_only=True, stop=stop)
+
 
 @pytest.fixture(scope="module")
 def tok(tiny_k25) -> Tokenizer:
@@ -193,6 +196,7 @@ def test_cancel_during_prefill_stops_between_layers(tiny_k25):
         gen.cancel()  # as a server does when the client leaves while the prompt is being read
         r = gen.run()
         assert r.finish_reason == "cancelled" and r.token_ids == [] and r.text == ""
+        assert r.prefill_tok_s == 0.0  # the prompt was not read: no rate
         model, cache = engine.model, engine.model.new_cache(4)
         stop = threading.Event()
         stop.set()

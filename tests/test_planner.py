@@ -225,6 +225,25 @@ def test_prefill_estimate_by_hand():
     assert cpu.prefill_tok_s == pytest.approx(4096 / ((2 * active * 4096 + attn) / 1000e9))
 
 
+def test_full_context_prefill_counts_attention_squared_and_every_chunk():
+    fast_disk = Profile(**{**_fields(BOX), "nvme_gbs": 1e4, "pcie_gbs": 1e4, "dram_gbs": 1e4})
+    plan = plan_for("kimi-k2.5", K25, fast_disk, RuntimeConfig(context=32768, prefill_chunk=4096))
+    active = sum(v // 2 for v in BF16.values()) - 60 * 384 + 8 * 60 * 3 * 7168 * 2048
+    attn = 2 * 61 * 64 * (192 + 128) * 32768 * 32768 // 2  # the whole prompt's causal pairs, however chunked
+    assert plan.prefill_full_tok_s == pytest.approx(32768 / ((2 * active * 32768 + attn) / 100e12))
+    assert plan.prefill_attention_share == pytest.approx(attn / (2 * active * 32768 + attn))
+    assert plan.prefill_full_tok_s < plan.prefill_tok_s  # 8x the tokens, 64x the attention
+    slow = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=32768, prefill_chunk=4096))
+    used = 1 - (1 - 8 / 384) ** 4096
+    d = 1 - SLOTS_BOX * EXPERT / ROUTED - PAGE_CACHE_BOX / ROUTED
+    # eight chunks, each reads the experts it uses again: the disk-bound rate is the one-chunk rate
+    assert slow.prefill_full_tok_s == pytest.approx(32768 / (8 * d * ROUTED * used / 5e9))
+    odd = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=10000, prefill_chunk=4096))
+    used_odd = 2 * used + 1 - (1 - 8 / 384) ** (10000 - 2 * 4096)  # two full chunks and one of 1808 tokens
+    d_odd = odd.shares["disk"]  # a shorter context's smaller cache leaves more page cache (tested above)
+    assert odd.prefill_full_tok_s == pytest.approx(10000 / (d_odd * ROUTED * used_odd / 5e9))
+
+
 def test_expert_bpw_what_if():
     plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(expert_bpw=2.5))
     assert plan.expert_bytes == math.ceil(3 * 7168 * 2048 * 2.5 / 8)

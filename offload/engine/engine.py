@@ -71,6 +71,7 @@ class Engine:
             self.ckpt.close()
             raise PlanError(self.plan.refusal())
         self.dtype = torch.float32 if rt.dtype == "float32" else torch.bfloat16
+        self.prefill_chunk = rt.prefill_chunk  # prompt tokens per pass through the layers
         try:
             meta = self.ckpt.metadata
             if "tokenizer.ggml.model" in meta:  # a GGUF carries its tokenizer and template in its header
@@ -136,6 +137,7 @@ class Engine:
             stop,
             self.max_context,
             vocab_limit=self.vocab_size,
+            prefill_chunk=self.prefill_chunk,
         )
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:

@@ -12,7 +12,8 @@ import torch
 
 from offload.engine.sampling import Sampler, SamplingParams
 from offload.errors import OffloadError
-from offload.model.transformer import Cancelled, Transformer
+from offload.model.cancel import Cancelled
+from offload.model.transformer import Transformer
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -59,7 +60,8 @@ class GenerationResult:
 
     @property
     def prefill_tok_s(self) -> float:
-        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+        """0 when the prefill did not finish (cancelled before the first token)."""
+        return self.prompt_tokens / self.prefill_s if self.prefill_s and self.token_ids else 0.0
 
     @property
     def decode_tok_s(self) -> float:
@@ -102,6 +104,7 @@ class Generation:
         stop: StopConditions,
         max_context: int | None = None,
         vocab_limit: int | None = None,
+        prefill_chunk: int = 4096,
     ) -> None:
         if not prompt_ids:
             raise PromptError("the prompt is empty; give at least one token")
@@ -115,6 +118,7 @@ class Generation:
         self.stop = stop
         self.max_new = min(stop.max_tokens, limit - len(prompt_ids))
         self.vocab_limit = vocab_limit  # ids past the tokenizer's (a padded embedding) are never sampled
+        self.prefill_chunk = prefill_chunk  # prompt tokens per pass through the layers
         self.result = GenerationResult(prompt_tokens=len(prompt_ids))
         self._started = False
         self._cancel = threading.Event()
@@ -139,7 +143,7 @@ class Generation:
         special: list[tuple[int, int]] = []  # character spans of special tokens in r.text
         t0 = time.perf_counter()
         try:
-            logits = self.model.forward(self.prompt, 0, cache, last_only=True, stop=self._cancel)[0]
+            logits = self.model.prefill(self.prompt, cache, self.prefill_chunk, stop=self._cancel)[0]
         except Cancelled:  # the client left during prefill: no token was made
             r.finish_reason = "cancelled"
             r.prefill_s = time.perf_counter() - t0

@@ -12,13 +12,12 @@ from kernels.dequant import StoredWeight, dequantize
 from offload.config import ModelConfig
 from offload.model.attention import MLA
 from offload.model.cache import LatentCache
+from offload.model.cancel import Cancelled, check
 from offload.model.mlp import MLP, MoE
 from offload.model.norm import rms_norm
 from offload.model.rope import Rope
 
-
-class Cancelled(Exception):
-    """A forward pass stopped on request."""
+__all__ = ["Block", "Cancelled", "Transformer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +69,39 @@ class Transformer:
         stop: threading.Event | None = None,
     ) -> torch.Tensor:
         """ids [T] at positions start .. start + T - 1 -> float32 logits [T, V] (or [1, V] with last_only) on the CPU.
-        `stop`, when set by another thread, ends the pass between layers with Cancelled (a long prefill)."""
+        `stop`, when set by another thread, ends the pass between layers (and a prefill between attention blocks)
+        with Cancelled."""
+        h = self._layers(ids, start, cache, stop)
+        if last_only:
+            h = h[-1:]
+        return F.linear(rms_norm(h, self.norm, self.cfg.rms_norm_eps), self.lm_head).float().cpu()
+
+    @torch.inference_mode()
+    def prefill(
+        self, ids: torch.Tensor, cache: LatentCache, chunk: int, stop: threading.Event | None = None
+    ) -> torch.Tensor:
+        """A prompt ids [P] from position 0, `chunk` tokens per pass through the layers (activations and expert
+        batches bounded by the chunk, not the prompt) -> float32 logits of its last token [1, V]."""
+        if chunk < 1:
+            raise ValueError(f"chunk = {chunk}; prefill at least one token per pass")
+        P = ids.shape[0]
+        for a in range(0, P - chunk, chunk):  # every chunk but the last only fills the cache
+            self._layers(ids[a : a + chunk], a, cache, stop)
+        last = (P - 1) // chunk * chunk
+        return self.forward(ids[last:], last, cache, last_only=True, stop=stop)
+
+    def _layers(
+        self, ids: torch.Tensor, start: int, cache: LatentCache, stop: threading.Event | None
+    ) -> torch.Tensor:
+        """ids [T] -> the last layer's hidden states [T, D], in the compute dtype on the model's device."""
         device = self.norm.device
         positions = torch.arange(start, start + ids.shape[0], device=device)
         cos, sin = self.rope.cos_sin(positions)  # [T, rope/2] each
         h = self.lookup(ids).to(device=device, dtype=self.dtype)  # [T, D]
         eps = self.cfg.rms_norm_eps
         for block in self.blocks:
-            if stop is not None and stop.is_set():
-                raise Cancelled(f"forward pass stopped before layer {block.attn.layer}")
-            h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin)
+            check(stop, f"layer {block.attn.layer}")
+            h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin, stop)
             x = rms_norm(h, block.mlp_norm, eps)
             h = h + (block.mlp(x, h) if isinstance(block.mlp, MoE) else block.mlp(x))
-        if last_only:
-            h = h[-1:]
-        return F.linear(rms_norm(h, self.norm, eps), self.lm_head).float().cpu()
+        return h

@@ -106,8 +106,10 @@ class Plan:
     decode_tok_s_ceiling: float
     decode_tok_s_serial: float  # with no overlap between resources
     limited_by: str
-    prefill_tok_s: float
+    prefill_tok_s: float  # a prompt of one chunk (prefill_chunk tokens, or the context if shorter)
     prefill_limited_by: str
+    prefill_full_tok_s: float  # a prompt that fills the context, in chunks
+    prefill_attention_share: float  # attention's fraction of that prompt's FLOPs (it grows with the square)
     max_context: int  # the longest context that fits with everything else unchanged
     fits: bool
     offload: OffloadConfig  # what the expert runtime may use, as planned
@@ -262,20 +264,32 @@ def make_plan(
     serial = 1.0 / sum(secs.values())
 
     # ---- prefill: a chunk uses nearly every expert of a layer; on a GPU they are copied and run there ----------
+    # A prompt of n tokens runs in chunks of rt.prefill_chunk: each chunk reads the experts it uses (and, on the
+    # CPU, the other weights) again, and attention's FLOPs grow with n squared whatever the chunking.
+    def prefill(n: int) -> tuple[dict[str, float], float]:
+        """Each resource's seconds for an n-token prompt, and attention's share of its FLOPs."""
+        chunk = min(rt.prefill_chunk, n)
+        sizes = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+        used = sum(1.0 - (1.0 - k / cfg.n_routed_experts) ** c for c in sizes)  # expert reads, in layers' worth
+        attn = prefill_attention_flops(cfg, n)
+        flops = 2.0 * (active_nonexpert + k * n_moe * expert_params(cfg)) * n + attn
+        pre = {
+            "NVMe": d * routed * used / (profile.nvme_gbs * 1e9),
+            "DRAM": ((r + d) * routed * used + (0 if on_gpu else cpu_read * len(sizes))) / (profile.dram_gbs * 1e9),
+        }
+        if on_gpu:
+            pre["PCIe"] = (1.0 - g) * routed * used / (profile.pcie_gbs * 1e9)
+            pre["GPU"] = flops / (profile.gpu_tflops * 1e12)
+        else:
+            pre["CPU"] = flops / (profile.cpu_gflops * 1e9)
+        return pre, attn / flops
+
     p_tok = min(rt.prefill_chunk, rt.context)
-    used = 1.0 - (1.0 - k / cfg.n_routed_experts) ** p_tok
-    flops = 2.0 * (active_nonexpert + k * n_moe * expert_params(cfg)) * p_tok + prefill_attention_flops(cfg, p_tok)
-    pre = {
-        "NVMe": d * routed * used / (profile.nvme_gbs * 1e9),
-        "DRAM": ((r + d) * routed * used + (0 if on_gpu else cpu_read)) / (profile.dram_gbs * 1e9),
-    }
-    if on_gpu:
-        pre["PCIe"] = (1.0 - g) * routed * used / (profile.pcie_gbs * 1e9)
-        pre["GPU"] = flops / (profile.gpu_tflops * 1e12)
-    else:
-        pre["CPU"] = flops / (profile.cpu_gflops * 1e9)
+    pre, _ = prefill(p_tok)
     prefill_limited_by = max(pre, key=lambda key: pre[key])
     prefill_tok_s = p_tok / pre[prefill_limited_by]
+    full, prefill_attention_share = prefill(rt.context)
+    prefill_full_tok_s = rt.context / max(full.values())
 
     # ---- does it fit ------------------------------------------------------------------------------------------
     problems: list[str] = []
@@ -394,6 +408,8 @@ def make_plan(
         limited_by=limited_by,
         prefill_tok_s=prefill_tok_s,
         prefill_limited_by=prefill_limited_by,
+        prefill_full_tok_s=prefill_full_tok_s,
+        prefill_attention_share=prefill_attention_share,
         max_context=max_context,
         fits=not problems,
         offload=offload,

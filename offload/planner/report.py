@@ -65,11 +65,16 @@ def plan_sections(plan: Plan) -> list[tuple[str, Rows]]:
             "prefill",
             [
                 (
-                    "estimate",
-                    f"{plan.prefill_tok_s:,.0f} tok/s in chunks of "
-                    f"{min(rt.prefill_chunk, rt.context):,}, limited by "
-                    f"{plan.prefill_limited_by}",
-                )
+                    "ceiling",
+                    f"{plan.prefill_tok_s:,.0f} tok/s for a {min(rt.prefill_chunk, rt.context):,}-token prompt, "
+                    f"limited by {plan.prefill_limited_by}",
+                ),
+                (
+                    "full context",
+                    f"{plan.prefill_full_tok_s:,.0f} tok/s for {rt.context:,} tokens in chunks of "
+                    f"{min(rt.prefill_chunk, rt.context):,}; attention, quadratic in the prompt, is "
+                    f"{plan.prefill_attention_share:.0%} of its FLOPs",
+                ),
             ],
         )
     )
@@ -98,7 +103,8 @@ def summary_lines(plan: Plan) -> list[str]:
     )
     lines.append(
         f"  decode ceiling {plan.decode_tok_s_ceiling:,.1f} tok/s ({plan.limited_by}); "
-        f"prefill ~{plan.prefill_tok_s:,.0f} tok/s ({plan.prefill_limited_by})"
+        f"prefill ceiling {plan.prefill_tok_s:,.0f} tok/s ({plan.prefill_limited_by}), "
+        f"{plan.prefill_full_tok_s:,.0f} at the full context (attention grows with the prompt's square)"
     )
     lines += [f"  warning: {w}" for w in plan.warnings]
     return lines
