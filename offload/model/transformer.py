@@ -90,9 +90,7 @@ class Transformer:
         last = (P - 1) // chunk * chunk
         return self.forward(ids[last:], last, cache, last_only=True, stop=stop)
 
-    def _layers(
-        self, ids: torch.Tensor, start: int, cache: LatentCache, stop: threading.Event | None
-    ) -> torch.Tensor:
+    def _layers(self, ids: torch.Tensor, start: int, cache: LatentCache, stop: threading.Event | None) -> torch.Tensor:
         """ids [T] -> the last layer's hidden states [T, D], in the compute dtype on the model's device."""
         device = self.norm.device
         positions = torch.arange(start, start + ids.shape[0], device=device)

@@ -113,7 +113,7 @@ def completion_job(name: str, gen: Generation, relay: Relay) -> EngineJob:
 
 def _log_end(name: str, r: GenerationResult) -> None:
     if not r.token_ids:  # cancelled during the prefill: no rate means anything
-        log.info("%s: cancelled during the prefill of %d prompt tokens, after %.1f s", name, r.prompt_tokens, r.prefill_s)
+        log.info("%s: cancelled in the prefill of %d prompt tokens, after %.1f s", name, r.prompt_tokens, r.prefill_s)
         return
     log.info(
         "%s: %s after %d prompt + %d generated tokens (prefill %.1f tok/s, decode %.1f tok/s)",
