@@ -76,6 +76,10 @@ def test_generate_json_is_greedy_and_reproducible(tiny_k25):
         want = engine.generate([5, 6, 7, 8], SamplingParams(temperature=0), max_tokens=6).run()
     assert out["token_ids"] == want.token_ids and out["text"] == want.text
     assert json.loads(_generate(*args).stdout)["token_ids"] == out["token_ids"]
+    # a prompt in passes of one token gives the same tokens; a pass of none is a one-line error
+    assert json.loads(_generate(*args, "--prefill-chunk", "1").stdout)["token_ids"] == out["token_ids"]
+    r = _generate(*args, "--prefill-chunk", "0")
+    assert r.exit_code == 2 and "--prefill-chunk 0: a prefill pass takes at least 1 token" in r.output
 
 
 def test_generate_chat_streams_and_splits_reasoning(tiny_k25):

@@ -506,6 +506,11 @@ class HeldEngine:
     class tokenizer:  # noqa: N801 - stands in for engine.tokenizer: what the server's size bound reads
         max_token_bytes = 16
 
+    class chat_format:  # noqa: N801 - stands in for engine.chat_format: the server renders once, then checks
+        @staticmethod
+        def encode(messages: Any, tools: Any = None, thinking: bool = True) -> list[int]:
+            return [1, 2, 3]
+
     def __init__(self) -> None:
         self.release = threading.Event()
         self.turns: list[HeldTurn] = []
@@ -683,6 +688,34 @@ def test_a_huge_prompt_is_refused_before_rendering(server: Served, engine: Engin
     assert err["param"] == "prompt"
     short = {**CHAT, "messages": [{"role": "user", "content": "word " * 200}], "max_tokens": 4}
     assert httpx.post(f"{server.url}/v1/chat/completions", json=short).status_code == 200  # the bound is a floor
+
+
+def test_an_over_long_prompt_is_rendered_once(server: Served, engine: Engine, monkeypatch) -> None:
+    """Issue 19, item 3: a prompt over the context that passes the size bound was encoded a second time for the
+    error message; now the one rendering's ids name the excess."""
+    renders: list[int] = []
+    encode = engine.chat_format.encode
+
+    def counted(*args: Any, **kwargs: Any) -> list[int]:
+        ids = encode(*args, **kwargs)
+        renders.append(len(ids))
+        return ids
+
+    monkeypatch.setattr(engine.chat_format, "encode", counted)
+    text = "word " * (engine.max_context + 50)  # a token or more a word: over the context, under the byte bound
+    body = {**CHAT, "messages": [{"role": "user", "content": text}]}
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=body), 400, "context holds")
+    assert err["code"] == "context_length_exceeded" and len(renders) == 1
+    assert f"needs {renders[0]} prompt tokens" in err["message"]
+    renders.clear()
+    short = [{"role": "user", "content": "word " * 100}]  # 504 bytes of text: under 40 tokens by the size bound
+    assert 504 // engine.tokenizer.max_token_bytes < 40
+    body = {**CHAT, "messages": short, "max_tokens": engine.max_context - 40}
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=body), 400, "max_tokens")
+    assert len(renders) == 1 and f"{renders[0]} prompt tokens" in err["message"]  # past the bound: rendered once
+    body["max_tokens"] = engine.max_context
+    err = assert_error(httpx.post(f"{server.url}/v1/chat/completions", json=body), 400, "or lower max_tokens")
+    assert len(renders) == 1 and f"+ max_tokens {engine.max_context:,}" in err["message"]  # refused unrendered
 
 
 def test_a_delivered_job_no_longer_holds_the_only_place() -> None:

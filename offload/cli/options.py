@@ -42,11 +42,24 @@ GpuSlotsOpt = Annotated[int | None, typer.Option(help="Routed experts kept on th
 PrefetchOpt = Annotated[
     bool, typer.Option("--prefetch/--no-prefetch", help="Read the next layer's predicted experts ahead of use.")
 ]
+PrefillChunkOpt = Annotated[
+    int,
+    typer.Option(
+        help="Prompt tokens per pass through the layers (llama.cpp's batch): bounds a long prompt's activations; "
+        "larger reads each expert fewer times."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def runtime_config(
-    context: int, dtype: str, device: str, ram_budget: float | None, gpu_slots: int | None, prefetch: bool
+    context: int,
+    dtype: str,
+    device: str,
+    ram_budget: float | None,
+    gpu_slots: int | None,
+    prefetch: bool,
+    prefill_chunk: int = RUNTIME.prefill_chunk,
 ) -> RuntimeConfig:
     """The run's RuntimeConfig from the shared options (it checks the strings itself, naming the choices)."""
     return RuntimeConfig(
@@ -56,6 +69,7 @@ def runtime_config(
         ram_budget_gb=ram_budget,
         gpu_slots=gpu_slots,
         prefetch=prefetch,
+        prefill_chunk=prefill_chunk,
     )
 
 
@@ -67,12 +81,13 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("ram_budget", RamBudgetOpt, RUNTIME.ram_budget_gb),
     ("gpu_slots", GpuSlotsOpt, RUNTIME.gpu_slots),
     ("prefetch", PrefetchOpt, RUNTIME.prefetch),
+    ("prefill_chunk", PrefillChunkOpt, RUNTIME.prefill_chunk),
 )
 
 
 def run_options(context: bool = True) -> Callable[[F], F]:
     """Give a command the shared run options (--context unless `context=False`, --dtype, --device, --ram-budget,
-    --gpu-slots, --prefetch) and call it with one checked `runtime: RuntimeConfig` instead. The options are listed
+    --gpu-slots, --prefetch, --prefill-chunk) and call it with one checked `runtime: RuntimeConfig` instead. The options are listed
     after --profile (or last); a bad value is a one-line error, exit code 2."""
     names = [o for o in RUN_OPTIONS if context or o[0] != "context"]
 

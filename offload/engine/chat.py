@@ -40,8 +40,13 @@ class ChatTurn:
         sampling: SamplingParams | None = None,
         max_tokens: int = 1024,
         stop: Sequence[str] = (),
+        prompt_ids: Sequence[int] | None = None,
     ) -> None:
-        self.prompt_ids = engine.chat_format.encode(messages, tools, thinking=thinking)
+        """`prompt_ids`: the conversation already rendered (chat_format.encode of the same messages, tools and
+        thinking), when the caller has checked it; otherwise it is rendered here."""
+        if prompt_ids is None:
+            prompt_ids = engine.chat_format.encode(messages, tools, thinking=thinking)
+        self.prompt_ids = list(prompt_ids)
         self.generation: Generation = engine.generate(self.prompt_ids, sampling, max_tokens, stop)
         self._split = ReasoningStream(engine.chat_format.prompt_ends_in_thinking(self.prompt_ids))
         self._done = False

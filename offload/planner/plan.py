@@ -61,8 +61,10 @@ class RuntimeConfig:
             raise OffloadError(f"dtype {self.dtype!r} is not supported; choose one of bfloat16, float32")
         if self.prefetch_mode not in ("advise", "read"):
             raise OffloadError(f"prefetch_mode = {self.prefetch_mode!r}; choose advise or read")
-        if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0 or self.prefill_chunk < 1:
-            raise OffloadError("reserves and workspace must be >= 0 and prefill_chunk >= 1")
+        if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0:
+            raise OffloadError("reserves and workspace must be >= 0")
+        if self.prefill_chunk < 1:
+            raise OffloadError(f"--prefill-chunk {self.prefill_chunk}: a prefill pass takes at least 1 token")
         if self.expert_bpw is not None and not 1 <= self.expert_bpw <= 16:
             raise OffloadError(f"expert_bpw = {self.expert_bpw}; expected bits per weight between 1 and 16")
 

@@ -106,9 +106,10 @@ def create_app(
         n / (the longest token's bytes) tokens."""
         least = text_bytes // engine.tokenizer.max_token_bytes
         if least + (max_tokens or 1) > engine.max_context:
+            plus = f" + max_tokens {max_tokens:,}" if max_tokens else ""
             raise errors.bad_request(
-                f"the {param} hold {text_bytes:,} bytes of text, at least {least:,} tokens, and this model's context "
-                f"holds {engine.max_context:,}; shorten the {param}",
+                f"the {param} hold {text_bytes:,} bytes of text, at least {least:,} tokens{plus}, and this model's "
+                f"context holds {engine.max_context:,}; shorten the {param}{' or lower max_tokens' if plus else ''}",
                 param,
                 "context_length_exceeded",
             )
@@ -122,18 +123,15 @@ def create_app(
             return _render(req, messages, tools)
 
     def _render(req: ChatRequest, messages: list[Any], tools: list[Any] | None) -> ChatTurn:
-        options: dict[str, Any] = {"tools": tools, "thinking": req.thinking, "sampling": req.sampling, "stop": req.stop}
         try:
-            turn = engine.chat(messages, max_tokens=req.max_tokens or engine.max_context, **options)
+            ids = engine.chat_format.encode(messages, tools, thinking=req.thinking)
         except ChatFormatError as e:
             raise errors.bad_request(str(e), "tools" if str(e).startswith("tools") else "messages") from None
         except RecursionError:
             raise errors.bad_request("the messages or tools nest too deeply to render", "messages") from None
-        except ValueError:  # the generation refused a prompt that fills the context: say by how much
-            check_context(len(engine.chat_format.encode(messages, tools, thinking=req.thinking)), None, "messages")
-            raise
-        check_context(len(turn.prompt_ids), req.max_tokens, "messages")
-        return turn
+        check_context(len(ids), req.max_tokens, "messages")  # the same ids, rendered once, name the excess
+        options: dict[str, Any] = {"tools": tools, "thinking": req.thinking, "sampling": req.sampling, "stop": req.stop}
+        return engine.chat(messages, max_tokens=req.max_tokens or engine.max_context, prompt_ids=ids, **options)
 
     def prepare_completion(req: CompletionRequest) -> Generation:
         # a raw prompt is the client's own rendering: its special-token text means the special tokens (as in vLLM)
