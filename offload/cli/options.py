@@ -87,8 +87,8 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
 
 def run_options(context: bool = True) -> Callable[[F], F]:
     """Give a command the shared run options (--context unless `context=False`, --dtype, --device, --ram-budget,
-    --gpu-slots, --prefetch, --prefill-chunk) and call it with one checked `runtime: RuntimeConfig` instead. The options are listed
-    after --profile (or last); a bad value is a one-line error, exit code 2."""
+    --gpu-slots, --prefetch, --prefill-chunk) and call it with one checked `runtime: RuntimeConfig` instead. The
+    options are listed after --profile (or last); a bad value is a one-line error, exit code 2."""
     names = [o for o in RUN_OPTIONS if context or o[0] != "context"]
 
     def wrap(command: F) -> F:
