@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -86,6 +88,7 @@ def run_server(
 
     from offload.planner.report import summary_lines
     from offload.server.app import ALIAS, create_app
+    from offload.server.shutdown import GRACE_S, Shutdown, StoppingServer
 
     name = model_name or model_dir.resolve().name
     bound_port = sock.getsockname()[1]
@@ -101,9 +104,27 @@ def run_server(
         server_log = logging.getLogger("offload.server")
         if server_log.level == logging.NOTSET:
             server_log.setLevel(logging.INFO)  # one line per request, beside uvicorn's access log
-        app = create_app(engine, name, api_key, max_queue, host=host, allow_origins=allow_origins)
-        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run(sockets=[sock])
+        shutdown = Shutdown()
+        app = create_app(engine, name, api_key, max_queue, host=host, allow_origins=allow_origins, shutdown=shutdown)
+        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACE_S)
+        # uvicorn raises the signal again once it has shut down; SIGTERM's default would end the process there,
+        # before the engine closes, so it becomes an exception, as Ctrl-C is
+        previous = signal.signal(signal.SIGTERM, _terminated)
+        try:
+            StoppingServer(config, shutdown).run(sockets=[sock])
+        except (KeyboardInterrupt, Terminated):  # the stop asked for, done
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        err.print("stopped")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived after uvicorn's own shutdown."""
+
+
+def _terminated(sig: int, frame: FrameType | None) -> None:
+    raise Terminated()
 
 
 def _bind(host: str, port: int) -> socket.socket:

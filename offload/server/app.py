@@ -25,9 +25,20 @@ from offload.engine.engine import Engine, PromptError
 from offload.engine.generate import Generation
 from offload.server import errors, responses
 from offload.server.guard import HostGuard
-from offload.server.jobs import EngineJob, Failed, Finished, Piece, Relay, chat_job, completion_job
+from offload.server.jobs import (
+    EngineJob,
+    Failed,
+    Finished,
+    Piece,
+    Relay,
+    ServerStopping,
+    Stopped,
+    chat_job,
+    completion_job,
+)
 from offload.server.requests import ChatRequest, CompletionRequest, parse_chat, parse_completion, parse_json
-from offload.server.scheduler import QueueFull, Scheduler
+from offload.server.scheduler import Closed, QueueFull, Scheduler
+from offload.server.shutdown import Shutdown
 from offload.server.streaming import EventStream, unless_disconnected
 
 log = logging.getLogger(__name__)
@@ -46,11 +57,15 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     host: str = "127.0.0.1",
     allow_origins: Sequence[str] = (),
+    shutdown: Shutdown | None = None,
 ) -> ASGIApp:
     """An ASGI app serving `engine` under `model_name` (and ALIAS); the scheduler's thread lives with the app.
     Without `api_key`, HostGuard refuses other hosts' and origins' requests (offload/server/guard.py);
-    `allow_origins` also enables CORS for those origins (a browser UI)."""
+    `allow_origins` also enables CORS for those origins (a browser UI). When `shutdown` begins, every running and
+    waiting generation stops at once (offload/server/shutdown.py)."""
     scheduler = Scheduler(max_queue)
+    if shutdown is not None:
+        shutdown.on_begin(scheduler.stop_all)
     names = [model_name] + ([ALIAS] if model_name != ALIAS else [])
     created = int(time.time())
 
@@ -154,6 +169,8 @@ def create_app(
 
     def check_room() -> None:
         """Before rendering a prompt that could not be queued anyway (submit checks again, under its lock)."""
+        if scheduler.closed:
+            raise errors.shutting_down()
         if scheduler.full:
             raise busy()
 
@@ -162,11 +179,15 @@ def create_app(
             scheduler.submit(job)
         except QueueFull:
             raise busy() from None
+        except Closed:
+            raise errors.shutting_down() from None
 
     async def answer(request: Request, job: EngineJob) -> Finished | None:
         """Wait for a non-streamed job; a client that hangs up first withdraws it."""
         try:
             return await unless_disconnected(job.relay.finished, request.receive)
+        except ServerStopping:
+            raise errors.shutting_down() from None
         finally:
             scheduler.withdraw(job)
 
@@ -296,8 +317,11 @@ async def completion_stream(
             return
 
 
-def _stream_error(event: Failed) -> dict[str, Any]:
-    """A generation that failed after the stream began: the error as one event (the status was already sent)."""
+def _stream_error(event: Failed | Stopped) -> dict[str, Any]:
+    """A generation that failed or was stopped by the shutdown after the stream began: the error as one event (the
+    status was already sent)."""
+    if isinstance(event, Stopped):
+        return errors.shutting_down().body()
     err = errors.APIError(500, f"generation failed: {type(event.error).__name__}; see the server log", "server_error")
     return err.body()
 

@@ -74,6 +74,15 @@ def queue_full(max_queue: int) -> APIError:
     )
 
 
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "the server is shutting down; retry against another server or once it is back",
+        "server_error",
+        code="server_shutting_down",
+    )
+
+
 async def http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown path, wrong method) in the same shape."""
     assert isinstance(exc, HTTPException)

@@ -35,7 +35,16 @@ class Failed:
     error: Exception
 
 
-Event = Piece | Finished | Failed
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The server is shutting down: the generation was stopped, or never started."""
+
+
+class ServerStopping(Exception):
+    """A non-streamed request's job was stopped by the shutdown."""
+
+
+Event = Piece | Finished | Failed | Stopped
 
 
 class Relay:
@@ -61,6 +70,8 @@ class Relay:
                 return event
             if isinstance(event, Failed):
                 raise RuntimeError("generation failed") from event.error
+            if isinstance(event, Stopped):
+                raise ServerStopping()
 
 
 class EngineJob:
@@ -71,6 +82,7 @@ class EngineJob:
         self._events = events
         self._cancel = cancel
         self._cancelled = threading.Event()
+        self._stopped = threading.Event()  # the client has been told; nothing more goes to it
         self.relay = relay
 
     def run(self, delivered: Callable[[], None] = lambda: None) -> None:
@@ -78,6 +90,9 @@ class EngineJob:
             return
         try:
             for event in self._events:
+                if self._stopped.is_set():
+                    log.info("%s: stopped by the shutdown", self.name)
+                    return
                 if isinstance(event, Finished):
                     delivered()  # before the client can see [DONE] and send its next request
                 self.relay.put(event)
@@ -89,6 +104,13 @@ class EngineJob:
     def cancel(self) -> None:
         self._cancelled.set()
         self._cancel()
+
+    def stop(self) -> None:
+        """Shutdown: cancel the generation and end the client's stream (or answer it 503) now."""
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self.cancel()
+            self.relay.put(Stopped())
 
 
 def chat_job(name: str, turn: ChatTurn, relay: Relay) -> EngineJob:

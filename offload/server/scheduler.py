@@ -3,7 +3,7 @@
 The engine computes on its calling thread and is not thread-safe, so every job runs on the one worker. A request
 that cannot wait (max_queue jobs already wait behind the running one) is refused at once rather than left to time
 out. A client that goes away withdraws its job: a waiting job leaves the list, a running one is cancelled and stops
-after its current token, so the next job starts.
+after its current token, so the next job starts. On shutdown (`stop_all`) every job is stopped at once and told so.
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ class Job(Protocol):
     def cancel(self) -> None:
         """Stop soon (any thread); a job cancelled before it starts must not start."""
 
+    def stop(self) -> None:
+        """The server stops: cancel, and tell the client now rather than when the current step ends."""
+
 
 class QueueFull(Exception):
     """max_queue jobs already wait behind the running one."""
+
+
+class Closed(Exception):
+    """The server is shutting down: no job is taken any more."""
 
 
 class Scheduler:
@@ -64,11 +71,26 @@ class Scheduler:
         """Queue a job; QueueFull when the wait list is full."""
         with self._cond:
             if self._closed:
-                raise RuntimeError("the scheduler is closed; the server is stopping")
+                raise Closed()
             if self.full:
                 raise QueueFull()
             self._waiting.append(job)
             self._cond.notify()
+
+    def stop_all(self) -> None:
+        """Shutdown: take no more jobs, and stop the running and the waiting ones at once (any thread)."""
+        with self._cond:
+            self._closed = True
+            waiting, running = list(self._waiting), self._running
+            self._waiting.clear()
+            self._cond.notify_all()
+        for job in ([running] if running is not None else []) + waiting:
+            job.stop()
+        log.info("shutting down: %d running and %d waiting requests stopped", running is not None, len(waiting))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def withdraw(self, job: Job) -> None:
         """The client is gone: drop the job if it waits, cancel it if it runs; nothing once it has finished."""
