@@ -31,6 +31,7 @@ from offload.engine.sampling import SamplingParams
 from offload.planner.profile import detect_profile
 from offload.server import responses
 from offload.server.app import create_app
+from offload.server.connections import guarded_protocol
 from offload.server.scheduler import QueueFull, Scheduler
 
 SYSTEM = "You are Kimi, an AI assistant created by Moonshot AI."
@@ -41,11 +42,14 @@ SEED_MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "conten
 class Served:
     """A uvicorn server on a free local port, in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **protocol: Any) -> None:
+        """`protocol`: guarded_protocol's read_timeout and max_connections (the serve command's protocol)."""
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, http=guarded_protocol(**protocol), log_config=None, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> Served:
@@ -760,7 +764,9 @@ def test_without_a_key_other_hosts_and_origins_are_refused(engine: Engine) -> No
         err = assert_error(httpx.post(url, json=CHAT, headers={"host": f"evil.example:{port}"}), 403, "DNS rebinding")
         assert err["code"] == "host_not_allowed"
         assert_error(httpx.get(f"{s.url}/v1/models", headers={"host": "evil.example"}), 403, "evil.example")
-        err = assert_error(httpx.post(url, json=CHAT, headers={"origin": "https://evil.example"}), 403, "--allow-origin")
+        err = assert_error(
+            httpx.post(url, json=CHAT, headers={"origin": "https://evil.example"}), 403, "--allow-origin"
+        )
         assert err["code"] == "origin_not_allowed"
         text = json.dumps({**CHAT, "max_tokens": 1})
         plain = httpx.post(url, content=text, headers={"content-type": "text/plain"})
@@ -775,8 +781,12 @@ def test_allow_origin_lets_a_browser_ui_in_with_cors(engine: Engine) -> None:
     with Served(create_app(engine, "tiny-k25", allow_origins=(ui, "https://ui.example"))) as s:
         url = f"{s.url}/v1/chat/completions"
         pre = httpx.options(
-            url, headers={"origin": "https://ui.example", "access-control-request-method": "POST",
-                          "access-control-request-headers": "content-type"},
+            url,
+            headers={
+                "origin": "https://ui.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            },
         )
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://ui.example"
         r = httpx.post(url, json={**CHAT, "max_tokens": 1}, headers={"origin": "https://ui.example"})

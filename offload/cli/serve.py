@@ -39,6 +39,12 @@ def serve_cmd(
             "no-key guard lets it through (repeatable)."
         ),
     ] = None,
+    read_timeout: Annotated[
+        float, typer.Option(help="Seconds a request's headers, and then its body, may take to arrive (408 after).")
+    ] = 30.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at once, idle keep-alive ones included (503 past it).")
+    ] = 128,
     *,
     runtime: RuntimeConfig,
 ) -> None:
@@ -53,6 +59,8 @@ def serve_cmd(
         max_queue=max_queue,
         runtime=runtime,
         allow_origins=tuple(allow_origin or ()),
+        read_timeout=read_timeout,
+        max_connections=max_connections,
     )
 
 
@@ -67,10 +75,16 @@ def run_server(
     max_queue: int,
     runtime: RuntimeConfig,
     allow_origins: tuple[str, ...] = (),
+    read_timeout: float = 30.0,
+    max_connections: int = 128,
 ) -> None:
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
         raise fail(f"--max-queue {max_queue}: use 0 (no waiting) or more")
+    if not read_timeout > 0:
+        raise fail(f"--read-timeout {read_timeout}: give the seconds a request may take to arrive (more than 0)")
+    if max_connections < 1:
+        raise fail(f"--max-connections {max_connections}: allow at least 1")
     if not 0 <= port <= 65535:
         raise fail(f"--port {port}: a TCP port is 0 to 65535 (0: any free one)")
     if api_key is not None and not api_key.strip():
@@ -88,6 +102,7 @@ def run_server(
 
     from offload.planner.report import summary_lines
     from offload.server.app import ALIAS, create_app
+    from offload.server.connections import guarded_protocol
     from offload.server.shutdown import GRACE_S, Shutdown, StoppingServer
 
     name = model_name or model_dir.resolve().name
@@ -105,8 +120,18 @@ def run_server(
         if server_log.level == logging.NOTSET:
             server_log.setLevel(logging.INFO)  # one line per request, beside uvicorn's access log
         shutdown = Shutdown()
-        app = create_app(engine, name, api_key, max_queue, host=host, allow_origins=allow_origins, shutdown=shutdown)
-        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACE_S)
+        app = create_app(
+            engine,
+            name,
+            api_key,
+            max_queue,
+            host=host,
+            allow_origins=allow_origins,
+            shutdown=shutdown,
+            read_timeout=read_timeout,
+        )
+        protocol = guarded_protocol(read_timeout, max_connections)
+        config = uvicorn.Config(app, http=protocol, log_level="info", timeout_graceful_shutdown=GRACE_S)
         # uvicorn raises the signal again once it has shut down; SIGTERM's default would end the process there,
         # before the engine closes, so it becomes an exception, as Ctrl-C is
         previous = signal.signal(signal.SIGTERM, _terminated)

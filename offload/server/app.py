@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -24,6 +25,7 @@ from offload.engine.chat_format import ChatFormatError
 from offload.engine.engine import Engine, PromptError
 from offload.engine.generate import Generation
 from offload.server import errors, responses
+from offload.server.connections import READ_TIMEOUT_S
 from offload.server.guard import HostGuard
 from offload.server.jobs import (
     EngineJob,
@@ -58,11 +60,13 @@ def create_app(
     host: str = "127.0.0.1",
     allow_origins: Sequence[str] = (),
     shutdown: Shutdown | None = None,
+    read_timeout: float = READ_TIMEOUT_S,
 ) -> ASGIApp:
     """An ASGI app serving `engine` under `model_name` (and ALIAS); the scheduler's thread lives with the app.
     Without `api_key`, HostGuard refuses other hosts' and origins' requests (offload/server/guard.py);
     `allow_origins` also enables CORS for those origins (a browser UI). When `shutdown` begins, every running and
-    waiting generation stops at once (offload/server/shutdown.py)."""
+    waiting generation stops at once (offload/server/shutdown.py). A body must arrive within `read_timeout` seconds
+    (408 otherwise; the headers' deadline is the protocol's, offload/server/connections.py)."""
     scheduler = Scheduler(max_queue)
     if shutdown is not None:
         shutdown.on_begin(scheduler.stop_all)
@@ -85,10 +89,16 @@ def create_app(
             raise errors.too_large(max_body_bytes)
         body = bytearray()
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_body_bytes:
-                    raise errors.too_large(max_body_bytes)
+            with anyio.fail_after(read_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > max_body_bytes:
+                        raise errors.too_large(max_body_bytes)
+        except TimeoutError:
+            log.info("a request body was still incomplete after %g s (%d bytes): answered 408", read_timeout, len(body))
+            raise errors.APIError(
+                408, f"the request body did not arrive within {read_timeout:g} s", code="request_timeout"
+            ) from None
         except ClientDisconnect:  # hung up mid-body: one log line, not Starlette's traceback
             log.info("a client hung up after %d bytes of its request body", len(body))
             raise errors.APIError(CLIENT_GONE, "the client hung up before the body ended", code="client_gone") from None
