@@ -42,7 +42,7 @@ class Scripted:
         logits[0, self.script[len(self.calls) - 1]] = 1.0
         return logits
 
-    def prefill(self, ids: torch.Tensor, cache: int, chunk: int, stop=None) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, cache: int, chunk: int, stop=None, start: int = 0) -> torch.Tensor:
         return self.forward(ids, 0, cache, last_only=True, stop=stop)
 
 

@@ -15,6 +15,8 @@ from offload.engine.chat import ChatTurn
 from offload.engine.chat_format import ChatFormat
 from offload.engine.generate import Generation, PromptError, StopConditions
 from offload.engine.gguf_vocab import chat_template_from_gguf, tokenizer_from_gguf
+from offload.engine.kv_disk import KVDiskStore, model_identity
+from offload.engine.prefix_cache import PrefixCache
 from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
 from offload.errors import OffloadError
@@ -25,6 +27,8 @@ from offload.planner.plan import Plan, RuntimeConfig, make_plan
 from offload.planner.profile import Profile, detect_profile
 
 log = logging.getLogger(__name__)
+
+DISK_KV_BYTES = 20 * 10**9  # default disk budget for --kv-cache-dir
 
 
 class PlanError(OffloadError):
@@ -72,6 +76,7 @@ class Engine:
             raise PlanError(self.plan.refusal())
         self.dtype = torch.float32 if rt.dtype == "float32" else torch.bfloat16
         self.prefill_chunk = rt.prefill_chunk  # prompt tokens per pass through the layers
+        self.prefix_cache: PrefixCache | None = None  # off until enable_prefix_cache (chat, serve)
         try:
             meta = self.ckpt.metadata
             if "tokenizer.ggml.model" in meta:  # a GGUF carries its tokenizer and template in its header
@@ -138,15 +143,33 @@ class Engine:
             self.max_context,
             vocab_limit=self.vocab_size,
             prefill_chunk=self.prefill_chunk,
+            prefix=self.prefix_cache,
         )
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatTurn:
         """One assistant reply (see ChatTurn for the options: tools, thinking, sampling, max_tokens, stop)."""
         return ChatTurn(self, messages, **kwargs)
 
+    def enable_prefix_cache(
+        self, budget_bytes: int | None = None, disk_dir: Path | None = None, disk_bytes: int = DISK_KV_BYTES
+    ) -> PrefixCache:
+        """Keep finished sequences' caches (in RAM, `budget_bytes`, default the plan's kv_reuse_bytes) so that a
+        prompt sharing their start prefills only the rest; with `disk_dir`, also on disk across restarts."""
+        disk = None
+        if disk_dir is not None:
+            identity = model_identity(self.ckpt.config, [f.path for f in self.ckpt.files.values()])
+            disk = KVDiskStore(disk_dir, disk_bytes, identity, self.dtype)
+        budget = self.plan.kv_reuse_bytes if budget_bytes is None else budget_bytes
+        self.prefix_cache = PrefixCache(budget, disk)
+        log.info("prefix cache: up to %.2f GB in RAM%s", budget / 1e9, f", {disk_dir} on disk" if disk_dir else "")
+        return self.prefix_cache
+
     def close(self) -> None:
-        """Stop the expert runtime's workers, then unmap the checkpoint; a worker's unreported error is raised."""
+        """Stop the expert runtime's workers (and the KV writer), then unmap the checkpoint; a worker's unreported
+        error is raised."""
         try:
+            if self.prefix_cache is not None:
+                self.prefix_cache.close()
             self.experts.close()
         finally:
             self.ckpt.close()

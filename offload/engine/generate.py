@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -10,10 +11,14 @@ from typing import Literal, Protocol
 
 import torch
 
+from offload.engine.prefix_cache import PrefixCache
 from offload.engine.sampling import Sampler, SamplingParams
 from offload.errors import OffloadError
+from offload.model.cache import LatentCache
 from offload.model.cancel import Cancelled
 from offload.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -55,13 +60,15 @@ class GenerationResult:
     text: str = ""  # the decoded text, without the stop token or stop string
     finish_reason: FinishReason = "length"
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose cache came from an earlier sequence (not prefilled)
     prefill_s: float = 0.0  # prompt forward + first token
     decode_s: float = 0.0  # every later token
 
     @property
     def prefill_tok_s(self) -> float:
-        """0 when the prefill did not finish (cancelled before the first token)."""
-        return self.prompt_tokens / self.prefill_s if self.prefill_s and self.token_ids else 0.0
+        """Prompt tokens computed (not reused) per second; 0 when the prefill did not finish (cancelled)."""
+        done = self.prompt_tokens - self.cached_tokens
+        return done / self.prefill_s if self.prefill_s and self.token_ids else 0.0
 
     @property
     def decode_tok_s(self) -> float:
@@ -105,7 +112,10 @@ class Generation:
         max_context: int | None = None,
         vocab_limit: int | None = None,
         prefill_chunk: int = 4096,
+        prefix: PrefixCache | None = None,
     ) -> None:
+        """`prefix`: finished sequences' caches to start from (the longest shared prefix is not prefilled), and
+        where this one's is kept when it ends."""
         if not prompt_ids:
             raise PromptError("the prompt is empty; give at least one token")
         limit = max_context or model.cfg.max_position_embeddings
@@ -113,12 +123,14 @@ class Generation:
             raise PromptError(f"the prompt has {len(prompt_ids)} tokens; the context holds {limit}")
         self.model = model
         self.detok = detok
-        self.prompt = torch.tensor(list(prompt_ids), dtype=torch.long)
+        self.prompt_ids = list(prompt_ids)
+        self.prompt = torch.tensor(self.prompt_ids, dtype=torch.long)
         self.sampler = Sampler(sampling)
         self.stop = stop
         self.max_new = min(stop.max_tokens, limit - len(prompt_ids))
         self.vocab_limit = vocab_limit  # ids past the tokenizer's (a padded embedding) are never sampled
         self.prefill_chunk = prefill_chunk  # prompt tokens per pass through the layers
+        self.prefix = prefix
         self.result = GenerationResult(prompt_tokens=len(prompt_ids))
         self._started = False
         self._cancel = threading.Event()
@@ -134,16 +146,38 @@ class Generation:
         if self._started:
             raise RuntimeError("a Generation runs once; call Engine.generate again for another run")
         self._started = True
+        t0 = time.perf_counter()
+        cache = self.model.new_cache(len(self.prompt) + self.max_new)
+        if self.prefix is not None:
+            seq, n = self.prefix.match(self.prompt_ids)
+            if seq is not None:
+                cache.load(seq.latent[:, :n], seq.k_pe[:, :n])
+                self.result.cached_tokens = n
+        try:
+            yield from self._steps(cache, t0)
+        finally:
+            if self.prefix is not None and cache.filled:
+                self._keep(cache)
+
+    def _keep(self, cache: LatentCache) -> None:
+        """Hand the positions this generation completed to the prefix cache (finished or cancelled alike)."""
+        ids = self.prompt_ids + self.result.token_ids
+        try:
+            assert self.prefix is not None
+            self.prefix.store(ids[: cache.filled], *cache.prefix(cache.filled))
+        except Exception:  # keeping the cache is an optimisation: the answer stands
+            log.exception("keeping a finished sequence's cache failed")
+
+    def _steps(self, cache: LatentCache, t0: float) -> Iterator[str]:
         r, stop = self.result, self.stop
         longest_stop = max((len(s) for s in stop.stop_strings), default=0)
-        cache = self.model.new_cache(len(self.prompt) + self.max_new)
         text_stream = self.detok.stream()
         emitted = 0  # characters of r.text already yielded
         cut = False  # a stop string ended the text; what the detokenizer holds back is past it
         special: list[tuple[int, int]] = []  # character spans of special tokens in r.text
-        t0 = time.perf_counter()
+        start = r.cached_tokens
         try:
-            logits = self.model.prefill(self.prompt, cache, self.prefill_chunk, stop=self._cancel)[0]
+            logits = self.model.prefill(self.prompt, cache, self.prefill_chunk, stop=self._cancel, start=start)[0]
         except Cancelled:  # the client left during prefill: no token was made
             r.finish_reason = "cancelled"
             r.prefill_s = time.perf_counter() - t0

@@ -22,6 +22,7 @@ class LatentCache:
         # empty, not zeros: positions are written before they are read, and untouched pages cost no RAM
         self.latent = torch.empty(n, max_tokens, cfg.kv_lora_rank, dtype=dtype, device=device)  # [L, S, 512]
         self.k_pe = torch.empty(n, max_tokens, cfg.qk_rope_head_dim, dtype=dtype, device=device)  # [L, S, 64]
+        self.filled = 0  # leading positions written in every layer (a pass that ran through all of them)
 
     @property
     def nbytes(self) -> int:
@@ -37,6 +38,26 @@ class LatentCache:
             )
         self.latent[layer, start:end] = latent
         self.k_pe[layer, start:end] = k_pe
+
+    def passed(self, start: int, tokens: int) -> None:
+        """A pass through every layer wrote positions start .. start + tokens - 1."""
+        if start <= self.filled:
+            self.filled = max(self.filled, start + tokens)
+
+    def load(self, latent: torch.Tensor, k_pe: torch.Tensor) -> None:
+        """Positions 0 .. n - 1 of every layer from a saved prefix: latent [L, n, 512], k_pe [L, n, 64]."""
+        n = latent.shape[1]
+        if n > self.max_tokens:
+            raise CacheFullError(f"a saved prefix of {n} tokens does not fit a cache of {self.max_tokens}")
+        self.latent[:, :n] = latent
+        self.k_pe[:, :n] = k_pe
+        self.filled = n
+
+    def prefix(self, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of positions 0 .. n - 1 of every layer (n <= filled): latent [L, n, 512], k_pe [L, n, 64]."""
+        if n > self.filled:
+            raise ValueError(f"only {self.filled} positions are complete; asked for {n}")
+        return self.latent[:, :n].to(device, copy=True), self.k_pe[:, :n].to(device, copy=True)
 
     def read(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens 0 .. length - 1 of one layer: latent [S, 512], k_pe [S, 64] (views)."""

@@ -78,16 +78,24 @@ class Transformer:
 
     @torch.inference_mode()
     def prefill(
-        self, ids: torch.Tensor, cache: LatentCache, chunk: int, stop: threading.Event | None = None
+        self,
+        ids: torch.Tensor,
+        cache: LatentCache,
+        chunk: int,
+        stop: threading.Event | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
-        """A prompt ids [P] from position 0, `chunk` tokens per pass through the layers (activations and expert
-        batches bounded by the chunk, not the prompt) -> float32 logits of its last token [1, V]."""
+        """A prompt ids [P] whose first `start` positions the cache already holds: the rest from position `start`,
+        `chunk` tokens per pass through the layers (activations and expert batches bounded by the chunk, not the
+        prompt) -> float32 logits of its last token [1, V]."""
         if chunk < 1:
             raise ValueError(f"chunk = {chunk}; prefill at least one token per pass")
         P = ids.shape[0]
-        for a in range(0, P - chunk, chunk):  # every chunk but the last only fills the cache
+        if not 0 <= start < P or start > cache.filled:
+            raise ValueError(f"start = {start}: the cache holds {cache.filled} positions of a {P}-token prompt")
+        last = start + (P - 1 - start) // chunk * chunk
+        for a in range(start, last, chunk):  # every chunk but the last only fills the cache
             self._layers(ids[a : a + chunk], a, cache, stop)
-        last = (P - 1) // chunk * chunk
         return self.forward(ids[last:], last, cache, last_only=True, stop=stop)
 
     def _layers(self, ids: torch.Tensor, start: int, cache: LatentCache, stop: threading.Event | None) -> torch.Tensor:
@@ -102,4 +110,5 @@ class Transformer:
             h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin, stop)
             x = rms_norm(h, block.mlp_norm, eps)
             h = h + (block.mlp(x, h) if isinstance(block.mlp, MoE) else block.mlp(x))
+        cache.passed(start, ids.shape[0])
         return h

@@ -112,6 +112,7 @@ class Plan:
     prefill_limited_by: str
     prefill_full_tok_s: float  # a prompt that fills the context, in chunks
     prefill_attention_share: float  # attention's fraction of that prompt's FLOPs (it grows with the square)
+    kv_reuse_bytes: int  # default RAM for finished sequences' caches (prefix reuse): one context, or what is left
     max_context: int  # the longest context that fits with everything else unchanged
     fits: bool
     offload: OffloadConfig  # what the expert runtime may use, as planned
@@ -232,6 +233,8 @@ def make_plan(
     r = min(1.0 - g, page_cache / routed)
     d = max(0.0, 1.0 - g - r)
     shares = {"gpu": g, "ram": r, "disk": d}
+    # finished sequences' caches live in RAM: what the experts leave of the page cache, and at least one context
+    kv_reuse_bytes = max(kv, page_cache - round(r * routed))
 
     # ---- decode: bytes per token on each link, and the time each resource needs for them ------------------------
     h = cfg.hidden_size
@@ -412,6 +415,7 @@ def make_plan(
         prefill_limited_by=prefill_limited_by,
         prefill_full_tok_s=prefill_full_tok_s,
         prefill_attention_share=prefill_attention_share,
+        kv_reuse_bytes=kv_reuse_bytes,
         max_context=max_context,
         fits=not problems,
         offload=offload,
