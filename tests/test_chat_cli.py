@@ -81,8 +81,13 @@ def test_a_session(tiny_k25, tmp_path):
     child.expect(PROMPT)
 
     stats = say(child, "/stats")
-    assert re.search(r"last answer: \d+ prompt tokens, 8 generated \(length\); prefill [\d,.]+ tok/s", stats)
-    assert re.search(r"session: 4 answers, [\d,]+ prompt tokens, 32 generated; .*decode [\d,.]+ tok/s", stats)
+    assert re.search(
+        r"last answer: \d+ prompt tokens \([\d,]+ cached, [\d,]+ new\), 8 generated \(length\); prefill [\d,.]+ tok/s",
+        stats,
+    )
+    assert re.search(
+        r"session: 4 answers, [\d,]+ prompt tokens \([\d,]+ cached\), 32 generated; .*decode [\d,.]+ tok/s", stats
+    )
     assert "experts since loading, decode:" in stats and "experts since loading, experts in RAM:" in stats
     assert re.search(r"disk reads (during the last answer: [\d.]+ [MG]B in [\d.]+ s, [\d.]+ [MG]B/s|: n/a)", stats)
     out = say(child, "/stats please")
@@ -116,6 +121,29 @@ def test_a_session(tiny_k25, tmp_path):
     assert [t["thinking"] for t in turns] == [True, False, False, True] and [t["seed"] for t in turns] == [1, 2, 3, 4]
     assert [t["temperature"] for t in turns] == [1.0, 0.6, 0.6, 1.0]
     assert all(t["generated_tokens"] == 8 and t["prompt_tokens"] > 0 and t["expert_runs"] > 0 for t in turns)
+
+
+def test_a_second_turn_prefills_only_what_the_conversation_added(tiny_k25, tmp_path):
+    """Issue 17: the chat keeps its conversation's cache; /stats shows cached vs new prompt tokens; /reset drops
+    it. With thinking off the history renders as it was generated, so the match runs through the whole answer.
+    (With thinking on, the template drops the history's reasoning: the match ends where the reasoning began.)"""
+    demo = ROOT / "offload" / "demo_model"  # trained: its answers re-tokenize as they were generated
+    child = spawn(tmp_path, demo, "--max-tokens", "12", "--seed", "1", "--no-think", "--temperature", "0")
+    child.expect(PROMPT)
+    say(child, "Tell me about the os module in Python, please.")
+    first = re.search(r"(\d+) prompt tokens \((\d+) cached, (\d+) new\)", say(child, "/stats"))
+    assert first is not None and first.group(2) == "0"
+    say(child, "And sys?")
+    second = re.search(r"(\d+) prompt tokens \((\d+) cached, (\d+) new\)", say(child, "/stats"))
+    assert second is not None
+    prompt, cached, new = (int(g) for g in second.groups())
+    # the first prompt and the 11 answer tokens that were fed back (the 12th never was) are reused
+    assert cached == int(first.group(1)) + 12 - 1 and new == prompt - cached and new < 30
+    say(child, "/reset")
+    say(child, "Tell me about the os module in Python, please.")
+    third = re.search(r"(\d+) prompt tokens \((\d+) cached, (\d+) new\)", say(child, "/stats"))
+    assert third is not None and third.group(2) == "0"  # /reset dropped the cache
+    leave(child)
 
 
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(tiny_k25, tmp_path):
@@ -179,20 +207,26 @@ def test_multi_line_blocks():
     assert not ml.open and ml.feed("fresh") == "fresh"
 
 
-def _turn(prompt: int, generated: int, prefill_s: float, decode_s: float, read: int | None = 0) -> TurnStats:
-    return TurnStats(prompt, generated, "stop", prefill_s, decode_s, prefill_s + decode_s, read, 3, 24, True, 1.0, 0)
+def _turn(
+    prompt: int, generated: int, prefill_s: float, decode_s: float, read: int | None = 0, cached: int = 0
+) -> TurnStats:
+    args = (prefill_s, decode_s, prefill_s + decode_s, read, 3, 24, True, 1.0, 0)
+    return TurnStats(prompt, cached, generated, "stop", *args)
 
 
 def test_stats_lines():
     lines = stats_lines([], 0, 4096, 0, 0)
     assert lines[0] == "no answers yet" and "context: 0 of 4,096 tokens" in lines
     assert not any("disk" in line for line in lines)
-    turns = [_turn(100, 11, 0.5, 2.0), _turn(300, 1, 0.5, 0.0, read=2_000_000_000)]
+    turns = [_turn(100, 11, 0.5, 2.0), _turn(300, 1, 0.5, 0.0, read=2_000_000_000, cached=200)]
     lines = stats_lines(turns, 412, 4096, 6, 48)
     assert lines[0] == (
-        "last answer: 300 prompt tokens, 1 generated (stop); prefill 600.0 tok/s (0.50 s), decode n/a (0.00 s)"
+        "last answer: 300 prompt tokens (200 cached, 100 new), 1 generated (stop); prefill 200.0 tok/s (0.50 s), "
+        "decode n/a (0.00 s)"
     )
-    assert lines[1] == "session: 2 answers, 400 prompt tokens, 12 generated; prefill 400.0 tok/s, decode 5.0 tok/s"
+    assert lines[1] == (
+        "session: 2 answers, 400 prompt tokens (200 cached), 12 generated; prefill 200.0 tok/s, decode 5.0 tok/s"
+    )
     assert "context: 412 of 4,096 tokens" in lines
     assert any("last answer 3 MoE layer calls, 24 runs; since loading 6 calls, 48 runs" in line for line in lines)
     assert lines[-1].startswith("disk reads during the last answer: 2.00 GB in 0.50 s, 4.00 GB/s")

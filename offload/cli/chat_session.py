@@ -100,6 +100,7 @@ class TurnStats:
     """What one answer took; /stats sums these and /save writes them."""
 
     prompt_tokens: int
+    cached_tokens: int  # of the prompt, reused from the conversation's cache (not prefilled)
     generated_tokens: int  # the stop token included
     finish_reason: str  # stop, length, cancelled
     prefill_s: float  # prompt forward + first token
@@ -136,12 +137,16 @@ def stats_lines(
         prompt, generated = sum(u.prompt_tokens for u in turns), sum(u.generated_tokens for u in turns)
         prefill_s, decode_s = sum(u.prefill_s for u in turns), sum(u.decode_s for u in turns)
         decoded = sum(u.generated_tokens - 1 for u in turns if u.generated_tokens > 1)
+        new = t.prompt_tokens - t.cached_tokens
+        cached = sum(u.cached_tokens for u in turns)
         lines = [
-            f"last answer: {t.prompt_tokens:,} prompt tokens, {t.generated_tokens:,} generated ({t.finish_reason}); "
-            f"prefill {_rate(t.prompt_tokens, t.prefill_s)} ({t.prefill_s:.2f} s), "
+            f"last answer: {t.prompt_tokens:,} prompt tokens ({t.cached_tokens:,} cached, {new:,} new), "
+            f"{t.generated_tokens:,} generated ({t.finish_reason}); "
+            f"prefill {_rate(new, t.prefill_s)} ({t.prefill_s:.2f} s), "
             f"decode {_rate(t.generated_tokens - 1, t.decode_s)} ({t.decode_s:.2f} s)",
-            f"session: {len(turns)} answer{'s' if len(turns) > 1 else ''}, {prompt:,} prompt tokens, "
-            f"{generated:,} generated; prefill {_rate(prompt, prefill_s)}, decode {_rate(decoded, decode_s)}",
+            f"session: {len(turns)} answer{'s' if len(turns) > 1 else ''}, {prompt:,} prompt tokens "
+            f"({cached:,} cached), {generated:,} generated; prefill {_rate(prompt - cached, prefill_s)}, "
+            f"decode {_rate(decoded, decode_s)}",
         ]
     last = f"last answer {turns[-1].moe_calls:,} MoE layer calls, {turns[-1].expert_runs:,} runs; " if turns else ""
     lines += [
@@ -280,6 +285,7 @@ class ChatSession:
             self.note("commands:\n" + "\n".join(help_lines()), style="")
         elif name == "/reset":
             self.history.clear()
+            self._drop_cache()
             self.note("conversation cleared")
         elif name == "/system":
             if not arg:
@@ -288,6 +294,7 @@ class ChatSession:
             else:
                 self.system = arg
                 self.history.clear()
+                self._drop_cache()
                 self.note("system prompt set; conversation cleared")
         elif name == "/think":
             if arg not in ("on", "off"):
@@ -432,6 +439,7 @@ class ChatSession:
         self.turns.append(
             TurnStats(
                 result.prompt_tokens,
+                result.cached_tokens,
                 len(result.token_ids),
                 finish,
                 result.prefill_s,
@@ -450,6 +458,11 @@ class ChatSession:
             reply["interrupted"] = True
         self.history.append(reply)
         self._footer(self.turns[-1], finished_thinking, n_calls)
+
+    def _drop_cache(self) -> None:
+        """The conversation's kept cache goes with it."""
+        if self.engine.prefix_cache is not None:
+            self.engine.prefix_cache.clear()
 
     def _calls_since(self, before: ExpertStats) -> tuple[int, int]:
         used = self.engine.stats() - before
@@ -501,6 +514,7 @@ def run_chat(
         err.print("interrupted while loading", style="dim")
         raise typer.Exit(130) from None
     err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
+    engine.enable_prefix_cache()  # the conversation's cache: a new turn prefills only what changed or was added
     settings = {"profile": profile, "dtype": runtime.dtype, "temperature_option": temperature}
     session = ChatSession(
         engine,
