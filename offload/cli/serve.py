@@ -45,6 +45,15 @@ def serve_cmd(
     max_connections: Annotated[
         int, typer.Option(help="Open connections at once, idle keep-alive ones included (503 past it).")
     ] = 128,
+    kv_cache_gb: Annotated[
+        float | None,
+        typer.Option(
+            help="GB of RAM for finished requests' caches, shared by all (a shared system prompt is prefilled "
+            "once); 0 turns reuse off. Default: the plan's (the RAM the experts leave, at least one context)."
+        ),
+    ] = None,
+    kv_cache_dir: Annotated[Path | None, typer.Option(help="Also keep them in this folder, across restarts.")] = None,
+    kv_cache_disk_gb: Annotated[float, typer.Option(help="GB of --kv-cache-dir they may use.")] = 20.0,
     *,
     runtime: RuntimeConfig,
 ) -> None:
@@ -61,6 +70,9 @@ def serve_cmd(
         allow_origins=tuple(allow_origin or ()),
         read_timeout=read_timeout,
         max_connections=max_connections,
+        kv_cache_gb=kv_cache_gb,
+        kv_cache_dir=kv_cache_dir,
+        kv_cache_disk_gb=kv_cache_disk_gb,
     )
 
 
@@ -77,6 +89,9 @@ def run_server(
     allow_origins: tuple[str, ...] = (),
     read_timeout: float = 30.0,
     max_connections: int = 128,
+    kv_cache_gb: float | None = None,
+    kv_cache_dir: Path | None = None,
+    kv_cache_disk_gb: float = 20.0,
 ) -> None:
     """Serve until Ctrl-C. The port is taken first, so a busy one fails before minutes of loading."""
     if max_queue < 0:
@@ -85,6 +100,10 @@ def run_server(
         raise fail(f"--read-timeout {read_timeout}: give the seconds a request may take to arrive (more than 0)")
     if max_connections < 1:
         raise fail(f"--max-connections {max_connections}: allow at least 1")
+    if (kv_cache_gb is not None and kv_cache_gb < 0) or kv_cache_disk_gb < 0:
+        raise fail("--kv-cache-gb and --kv-cache-disk-gb take 0 or more GB")
+    if kv_cache_dir is not None and kv_cache_dir.exists() and not kv_cache_dir.is_dir():
+        raise fail(f"--kv-cache-dir {kv_cache_dir} is a file; give a folder (it is created if missing)")
     if not 0 <= port <= 65535:
         raise fail(f"--port {port}: a TCP port is 0 to 65535 (0: any free one)")
     if api_key is not None and not api_key.strip():
@@ -110,6 +129,16 @@ def run_server(
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/v1"
     with engine:
         err.print("\n".join(summary_lines(engine.plan)), style="dim", markup=False, highlight=False)
+        if kv_cache_gb != 0:
+            try:
+                budget = None if kv_cache_gb is None else int(kv_cache_gb * 1e9)
+                kv = engine.enable_prefix_cache(budget, kv_cache_dir, int(kv_cache_disk_gb * 1e9))
+            except OSError as e:
+                raise fail(f"--kv-cache-dir: {e}") from None
+            where = f", and up to {kv_cache_disk_gb:g} GB in {kv_cache_dir}" if kv_cache_dir else ""
+            err.print(
+                f"[dim]prefix cache: up to {kv.budget / 1e9:.2f} GB of finished requests' caches in RAM{where}[/]"
+            )
         err.print(
             f"serving [bold]{name}[/] (also as {ALIAS}) at [bold]{url}[/], context {engine.max_context:,} "
             f"tokens, one request at a time, {max_queue} more may wait; Ctrl-C stops"

@@ -32,9 +32,15 @@ class Envelope:
 
 
 def usage(result: GenerationResult) -> Json:
-    """Token counts as the engine made them: the prompt, and every generated id (a stop token included)."""
+    """Token counts as the engine made them: the prompt (with the part reused from cached sequences, OpenAI's
+    prompt_tokens_details.cached_tokens), and every generated id (a stop token included)."""
     n = len(result.token_ids)
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": n, "total_tokens": result.prompt_tokens + n}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": n,
+        "total_tokens": result.prompt_tokens + n,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }
 
 
 def finish_reason(result: GenerationResult, output: AssistantOutput | None = None) -> str:
