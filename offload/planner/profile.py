@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from offload.errors import OffloadError
+from offload.planner.cgroup import memory_limit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,6 +63,7 @@ class Profile:
     cpu_gflops: float  # peak dense bf16/fp32 matmul GFLOPS of all cores (cores x GHz x FLOPs/cycle)
     source: str = "preset"  # "preset", the TOML path, or "auto"
     measured: tuple[str, ...] = ()  # fields auto detection took from this machine; the rest are spec or assumed
+    ram_limit: str = ""  # auto: where ram_gib came from when a cgroup's memory limit is below the machine's RAM
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -80,7 +82,7 @@ class Profile:
 
 
 # the keys of a profile TOML: every field but the two that say where the values came from
-TOML_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Profile) if f.name not in ("source", "measured"))
+TOML_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Profile) if f.name not in ("source", "measured", "ram_limit"))
 _TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Profile)}
 
 
@@ -318,7 +320,7 @@ def detect_profile(probe: bool = True, nvme_gbs: float | None = None) -> Profile
     start = time.perf_counter()
     gpu, measured, gpu_phrase = _detect_gpu()
     measured += ("ram_gib", "cpu_cores")
-    ram_gib = psutil.virtual_memory().total / GIB
+    ram_gib, ram_limit = _usable_ram()
     cores = _physical_cores()
     if probe:
         dram, gflops, how = probe_dram_gbs(), probe_cpu_gflops(), "timed"
@@ -327,7 +329,8 @@ def detect_profile(probe: bool = True, nvme_gbs: float | None = None) -> Profile
         dram, gflops, how = DEFAULT_DRAM_GBS, cores * DEFAULT_GFLOPS_PER_CORE, "assumed"
     nvme, nvme_how = _nvme_gbs(nvme_gbs)
     description = (
-        f"detected: {gpu_phrase}, {ram_gib:.1f} GiB RAM, {cores} cores, DRAM {dram:.1f} GB/s ({how}), "
+        f"detected: {gpu_phrase}, {ram_gib:.1f} GiB RAM{' (a cgroup limit)' if ram_limit else ''}, "
+        f"{cores} cores, DRAM {dram:.1f} GB/s ({how}), "
         f"CPU {gflops:.0f} GFLOPS ({how}), NVMe {nvme:.1f} GB/s ({nvme_how})"
     )
     log.info("%s [%.2f s]", description, time.perf_counter() - start)
@@ -342,4 +345,18 @@ def detect_profile(probe: bool = True, nvme_gbs: float | None = None) -> Profile
         cpu_gflops=gflops,
         source=AUTO,
         measured=tuple(f.name for f in fields(Profile) if f.name in measured),
+        ram_limit=ram_limit,
+    )
+
+
+def _usable_ram() -> tuple[float, str]:
+    """GiB of RAM this process may use: the machine's, or its cgroup's memory limit (page cache included) when
+    that is smaller, with a sentence saying so."""
+    machine = psutil.virtual_memory().total
+    limit = memory_limit()
+    if limit is None or limit.bytes >= machine:
+        return machine / GIB, ""
+    return limit.bytes / GIB, (
+        f"the cgroup's memory limit, {limit.bytes / GIB:.2f} GiB from {limit.source}; the machine has "
+        f"{machine / GIB:.2f} GiB"
     )

@@ -46,7 +46,7 @@ def plan_sections(plan: Plan) -> list[tuple[str, Rows]]:
     ram: Rows = [(k, gib(v)) for k, v in plan.ram_budget.items()]
     ram.append(("total", f"{gib(plan.ram_bytes)} of {gib(p.ram_bytes)}"))
     ram.append(("experts resident", f"{plan.shares['ram']:.1%} in RAM, {plan.shares['disk']:.1%} only on disk"))
-    sections.append((f"RAM ({p.ram_gib:g} GiB)", ram))
+    sections.append((f"RAM ({p.ram_gib:g} GiB{': ' + p.ram_limit if p.ram_limit else ''})", ram))
     rates = {"GPU": p.gpu_bandwidth_gbs, "DRAM": p.dram_gbs, "NVMe": p.nvme_gbs, "PCIe": p.pcie_gbs}
     link = {"GPU": "gpu", "DRAM": "dram", "NVMe": "nvme", "PCIe": "pcie"}
     decode: Rows = []
