@@ -330,7 +330,12 @@ def test_tool_calls_in_the_openai_shape() -> None:
             {"id": "functions.lookup:1", "type": "function", "function": {"name": "lookup", "arguments": "{not json"}},
         ],
     }
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert body["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert [c["index"] for c in responses.tool_calls(calls, streaming=True)] == [0, 1]
     cut = GenerationResult(token_ids=[1], finish_reason="length", prompt_tokens=1)
     assert responses.finish_reason(cut, output) == "length"
