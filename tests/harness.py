@@ -5,6 +5,7 @@ Nothing here imports Triton (tests/test_triton_kernels.py must be the first to i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,19 @@ def loaded(
         finally:
             if isinstance(runtime, OffloadedExperts):
                 runtime.close()
+
+
+# ---- cancelling --------------------------------------------------------------------------------------------------
+class SetAfter(threading.Event):
+    """An event that reads as set from its n-th check on: a cancel arriving in the middle of a pass."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n
 
 
 # ---- random INT4 weights ------------------------------------------------------------------------------------------

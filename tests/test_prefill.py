@@ -3,8 +3,6 @@ scores bounded whatever the prompt's length, and a cancel seen inside a layer.""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +13,7 @@ from offload.model import attention
 from offload.model.attention import MAX_QUERY_ROWS, SCORES_BYTES, query_rows
 from offload.model.cancel import Cancelled
 from offload.model.loader import load_transformer
+from tests.harness import SetAfter
 
 
 def test_query_rows_by_hand():
@@ -81,22 +80,10 @@ def test_prefill_refuses_an_empty_chunk(model):
         model.prefill(torch.tensor([1, 2]), model.new_cache(2), 0)
 
 
-class _SetAfter(threading.Event):
-    """An event that reads as set from its n-th check on: a cancel arriving in the middle of a layer."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.checks = n, 0
-
-    def is_set(self) -> bool:
-        self.checks += 1
-        return self.checks >= self.n
-
-
 def test_a_cancel_is_seen_between_attention_blocks(model, monkeypatch):
     monkeypatch.setattr(attention, "query_rows", lambda heads, keys: 16)
     ids = torch.arange(64) % 200
-    stop = _SetAfter(3)  # check 1: before layer 0; checks 2, 3: before layer 0's first and second block
+    stop = SetAfter(3)  # check 1: before layer 0; checks 2, 3: before layer 0's first and second block
     with pytest.raises(Cancelled, match=r"layer 0's attention rows 16\.\.63"):
         model.prefill(ids, model.new_cache(64), 4096, stop=stop)
     assert stop.checks == 3

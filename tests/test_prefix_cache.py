@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from offload.engine.kv_disk import SUFFIX, KVDiskStore, model_identity
 from offload.engine.prefix_cache import PrefixCache, common_prefix
 from offload.engine.sampling import SamplingParams
 from offload.planner.plan import RuntimeConfig
+from tests.harness import SetAfter
 
 GREEDY = SamplingParams(temperature=0)
 PROMPT = [(11 * i + 5) % 700 for i in range(30)]
@@ -84,16 +84,6 @@ def test_reuse_after_a_cancelled_generation(engines):
     assert again.cached_tokens == kept and again.token_ids == _run(fresh, follow).token_ids
 
 
-class _SetAfter(threading.Event):
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.checks = n, 0
-
-    def is_set(self) -> bool:
-        self.checks += 1
-        return self.checks >= self.n
-
-
 def test_a_prefill_cancelled_between_chunks_keeps_the_chunks_it_finished(engines):
     cached, fresh = engines
     assert cached.prefix_cache is not None
@@ -101,7 +91,7 @@ def test_a_prefill_cancelled_between_chunks_keeps_the_chunks_it_finished(engines
     gen = cached.generate(PROMPT, GREEDY, 4)
     layers = cached.ckpt.config.num_hidden_layers
     # checks per 7-token chunk: one before each layer + one per attention block (one block each): cancel in chunk 3
-    gen._cancel = _SetAfter(2 * 2 * layers + 3)  # type: ignore[assignment]
+    gen._cancel = SetAfter(2 * 2 * layers + 3)  # type: ignore[assignment]
     r = gen.run()
     assert r.finish_reason == "cancelled" and r.token_ids == []
     stats = cached.prefix_cache.stats()

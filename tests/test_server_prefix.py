@@ -18,12 +18,14 @@ from openai import OpenAI
 
 from offload.engine.engine import Engine
 from offload.engine.kv_disk import SUFFIX
+from offload.engine.sampling import SamplingParams
 from offload.planner.plan import RuntimeConfig
 from offload.server.app import create_app
 from tests.test_server import Served
 
 DEMO = Path(__file__).resolve().parents[1] / "offload" / "demo_model"  # trained: answers are text, not one EOS
 SYSTEM = "You are a careful assistant for Python's standard library. " * 30  # a long shared system prompt
+GREEDY = SamplingParams(temperature=0)
 QUESTIONS = ["What does os.path.join do?", "How do I read a file?", "What is a dict?", "Explain zip."]
 
 
@@ -39,14 +41,8 @@ def fresh() -> Iterator[Engine]:
 
 
 def _reference(engine: Engine, question: str) -> str:
-    turn = engine.chat(_messages(question), sampling=_greedy(), max_tokens=8, thinking=False)
+    turn = engine.chat(_messages(question), sampling=GREEDY, max_tokens=8, thinking=False)
     return turn.run().content
-
-
-def _greedy():
-    from offload.engine.sampling import SamplingParams
-
-    return SamplingParams(temperature=0)
 
 
 def _ask(client: OpenAI, question: str):

@@ -157,14 +157,13 @@ class Generation:
             yield from self._steps(cache, t0)
         finally:
             if self.prefix is not None and cache.filled:
-                self._keep(cache)
+                self._keep(self.prefix, cache)
 
-    def _keep(self, cache: LatentCache) -> None:
+    def _keep(self, prefix: PrefixCache, cache: LatentCache) -> None:
         """Hand the positions this generation completed to the prefix cache (finished or cancelled alike)."""
         ids = self.prompt_ids + self.result.token_ids
         try:
-            assert self.prefix is not None
-            self.prefix.store(ids[: cache.filled], *cache.prefix(cache.filled))
+            prefix.store(ids[: cache.filled], *cache.prefix(cache.filled))
         except Exception:  # keeping the cache is an optimisation: the answer stands
             log.exception("keeping a finished sequence's cache failed")
 

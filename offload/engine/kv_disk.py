@@ -82,6 +82,7 @@ class KVDiskStore:
         self._index: dict[Path, _Indexed] = {}
         self.skipped = 0
         self.writes = 0
+        self._last = 0  # the latest eviction-order stamp handed out
         self._scan()
         self._queue: queue.Queue[CachedSequence | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="kimi-offload-kv-writer", daemon=True)
@@ -149,17 +150,16 @@ class KVDiskStore:
             problem = f"unreadable ({type(e).__name__}: {e})"
         if not problem and _crc(tensors["ids"], tensors["latent"], tensors["k_pe"]) != int(meta.get("crc32", -1)):
             problem = "its bytes do not match their CRC-32 (corrupt)"
-        if problem:
+        seq = None
+        if not problem:
+            try:
+                seq = CachedSequence(tensors["ids"].numpy(), tensors["latent"], tensors["k_pe"])
+            except ValueError as e:
+                problem = str(e)
+        if seq is None:
             with self._lock:
                 self._index.pop(entry.path, None)
             self._skip(entry.path, problem)
-            return None
-        try:
-            seq = CachedSequence(tensors["ids"].numpy(), tensors["latent"], tensors["k_pe"])
-        except ValueError as e:
-            with self._lock:
-                self._index.pop(entry.path, None)
-            self._skip(entry.path, str(e))
             return None
         os.utime(entry.path)  # recently used: last to be evicted, this run and the next
         with self._lock:
@@ -168,7 +168,7 @@ class KVDiskStore:
 
     def _now(self) -> int:
         """A strictly increasing time stamp (ns), for the eviction order (caller holds the lock)."""
-        self._last = max(time.time_ns(), getattr(self, "_last", 0) + 1)
+        self._last = max(time.time_ns(), self._last + 1)
         return self._last
 
     # ---- writing -----------------------------------------------------------------------------------------------

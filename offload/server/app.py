@@ -256,8 +256,7 @@ def create_app(
         """The expert runtime's counters since the server started (the same object `generate --stats` prints)."""
         check_key(request)
         stats = await run_in_threadpool(engine.stats)
-        prefix = getattr(engine, "prefix_cache", None)
-        kv = None if prefix is None else prefix.stats().to_dict()
+        kv = None if engine.prefix_cache is None else engine.prefix_cache.stats().to_dict()
         return JSONResponse({"model": model_name, "experts": stats.to_dict(), "prefix_cache": kv})
 
     @contextlib.asynccontextmanager
