@@ -2,8 +2,8 @@
 
 A Linear [out, in] is `weight_packed` int32 [out, in/8] and `weight_scale` bf16 [out, in/32] (kernels/int4.py);
 both are read in place, so they may be zero-copy views over an mmap of the safetensors shard. The fast path is a
-small C++ kernel (csrc/int4_cpu.cpp: AVX2 + FMA, OpenMP over rows) compiled once per machine with the system C++
-compiler and called through ctypes, which releases the GIL while it runs. Without a compiler or without AVX2/FMA,
+small C++ kernel (csrc/int4_cpu.cpp: AVX2 + FMA, OpenMP over rows) compiled once per machine (kernels/native.py)
+and called through ctypes, which releases the GIL while it runs. Without a compiler or without AVX2/FMA,
 the same functions run a pure-torch path (dequantize, then matmul) after one logged warning.
 
 Candidates kept for tests and `kernels.bench`: the NumPy reference, the torch-ops path, torch's own int4 kernel
@@ -14,23 +14,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
 import platform
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kernels.ffn import expert_ffn
+from kernels.ffn import expert_ffn, sorted_pairs
 from kernels.int4 import dequantize_int4, dequantize_int4_ref, unpack_int4
+from kernels.native import NativeBuild, build
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +33,7 @@ Int4Linear = tuple[torch.Tensor, torch.Tensor]  # (weight_packed int32 [out, in/
 Int4Expert = tuple[Int4Linear, Int4Linear, Int4Linear]  # gate [I, D], up [I, D], down [D, I]
 
 SOURCE = Path(__file__).parent / "csrc" / "int4_cpu.cpp"
-CXXFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+CXXFLAGS = ("-mavx2", "-mfma")
 
 
 # ---- checks ---------------------------------------------------------------------------------------------------
@@ -102,54 +96,13 @@ def _check_expert(x: object, gate: Int4Linear, up: Int4Linear, down: Int4Linear)
 
 
 # ---- the native kernel: built once per machine, loaded once per process --------------------------------------------
-@dataclass(frozen=True, slots=True)
-class NativeBuild:
-    """Where the compiled kernel lives; `compile_s` is 0.0 when it came from the cache."""
-
-    path: Path
-    compile_s: float
-
-
-def cache_dir() -> Path:
-    """Next to torch's JIT extensions: $TORCH_EXTENSIONS_DIR, else $XDG_CACHE_HOME (or ~/.cache)/torch_extensions."""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
-
-
-def _compiler() -> str | None:
-    """$CXX when set (and it must exist), else g++ or c++ from PATH."""
-    if os.environ.get("CXX"):
-        return shutil.which(os.environ["CXX"])
-    return shutil.which("g++") or shutil.which("c++")
-
-
 def build_native(force: bool = False) -> NativeBuild:
     """Compile csrc/int4_cpu.cpp into the cache (keyed by source, flags and compiler) unless it is there already.
     Raises RuntimeError saying why when it cannot."""
     cap = torch.backends.cpu.get_cpu_capability()
     if platform.machine().lower() not in ("x86_64", "amd64") or cap not in ("AVX2", "AVX512"):
         raise RuntimeError(f"the INT4 CPU kernel needs an x86-64 CPU with AVX2 and FMA (torch sees {cap})")
-    cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}; set CXX or install g++)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((cxx, *CXXFLAGS)).encode()).hexdigest()[:16]
-    path = cache_dir() / f"kimi_int4_cpu_{key}.so"
-    if path.exists() and not force:
-        return NativeBuild(path, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # compile to a private name, then rename: concurrent builders (test workers, two processes) never see half a file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    t0 = time.perf_counter()
-    proc = subprocess.run([cxx, *CXXFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        Path(tmp).unlink(missing_ok=True)
-        raise RuntimeError(f"{cxx} failed ({proc.returncode}) on {SOURCE}:\n{proc.stderr[-2000:]}")
-    os.replace(tmp, path)
-    return NativeBuild(path, seconds)
+    return build(SOURCE, "kimi_int4_cpu", CXXFLAGS, force=force)
 
 
 class _Native:
@@ -307,24 +260,10 @@ def int4_grouped_ffn_cpu(
     once on the tokens routed to it. The native kernel takes the whole layer in one call."""
     xt = _check_tensor("x", x, torch.float32, None, None)
     n_tok, d = xt.shape
-    ids_t = _check_tensor("ids", ids, torch.int64, n_tok, None)
-    w_t = _check_tensor("weights", weights, torch.float32, n_tok, ids_t.shape[1])
     if out is not None and out.untyped_storage().data_ptr() == xt.untyped_storage().data_ptr():
         raise ValueError("out shares memory with x; the output is zeroed before x is read: pass another buffer")
-    if ids_t.shape[1] > 1 and bool((ids_t.sort(dim=1).values.diff(dim=1) == 0).any()):
-        raise ValueError("ids lists an expert twice for one token; top-k routing picks k distinct experts")
     y = _check_out(out, (n_tok, d))
-    # (token, k) pairs sorted by expert: expert e's are order[begin:end]; one host sync for the set of experts
-    flat = ids_t.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    uniq, counts = torch.unique_consecutive(flat[order], return_counts=True)
-    runs, begin = [], 0
-    for e, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-        if e in experts:
-            runs.append((e, begin, begin + c))
-        begin += c
-    tokens = order.div(ids_t.shape[1], rounding_mode="floor")  # [T*k] token of each sorted pair
-    wts = w_t.reshape(-1)[order]
+    runs, tokens, wts = sorted_pairs(ids, weights, n_tok, experts)
     i = _check_expert(xt, *experts[runs[0][0]])[2] if runs else 0
     for e, _, _ in runs[1:]:
         if _check_expert(xt, *experts[e])[2] != i:

@@ -91,3 +91,34 @@ def grouped_ffn(
         y = expert_ffn(x[tok], *fetch(expert))  # [n, D]
         out.index_add_(0, tok, y.float() * weights[tok, slot, None])
     return out
+
+
+def sorted_pairs(
+    ids: torch.Tensor, weights: torch.Tensor, n_tok: int, present: Collection[int]
+) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]:
+    """The (token, k) pairs routed to the experts in `present`, sorted by expert, for the fused CPU kernels:
+    runs [(expert, begin, end)] into tokens [P] int64 (each pair's token) and wts [P] float32 (its weight). One host
+    sync for the set of experts; pairs of absent experts (they run elsewhere) are left out."""
+    for name, t, dtype in (("ids", ids, torch.int64), ("weights", weights, torch.float32)):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.ndim != 2 or not t.is_cpu:
+            got = f"{t.dtype} {list(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: expected a {dtype} CPU tensor [{n_tok}, k], got {got}")
+    if ids.shape[0] != n_tok:
+        raise ValueError(f"ids: expected shape [{n_tok}, *], got {list(ids.shape)}")
+    if tuple(weights.shape) != tuple(ids.shape):
+        raise ValueError(f"weights: expected shape {list(ids.shape)}, got {list(weights.shape)}")
+    if ids.shape[1] > 1 and bool((ids.sort(dim=1).values.diff(dim=1) == 0).any()):
+        raise ValueError("ids lists an expert twice for one token; top-k routing picks k distinct experts")
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    uniq, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    keep, runs, begin, at = [], [], 0, 0
+    for e, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        if e in present:
+            keep.append(order[begin : begin + c])
+            runs.append((e, at, at + c))
+            at += c
+        begin += c
+    picked = torch.cat(keep) if keep else order[:0]
+    tokens = picked.div(ids.shape[1], rounding_mode="floor")  # [P] token of each kept pair
+    return runs, tokens, weights.reshape(-1)[picked].contiguous()

@@ -195,7 +195,7 @@ def test_grouped_ffn(native: None) -> None:
     _close(int4_grouped_ffn_cpu(x, ids, weights, experts, out=torch.full((n_tok, d), float("nan"))), ref)
     _close(int4_grouped_ffn_cpu(x[:1], ids[:1], weights[:1], experts), ref[:1])
     assert int4_grouped_ffn_cpu(x[:0], ids[:0], weights[:0], experts).shape == (0, d)
-    with pytest.raises(ValueError, match=r"ids: expected dtype torch\.int64, got torch\.int32"):
+    with pytest.raises(ValueError, match=r"ids: expected a torch\.int64 CPU tensor \[9, k\], got torch\.int32"):
         int4_grouped_ffn_cpu(x, ids.int(), weights, experts)
     with pytest.raises(ValueError, match=r"weights: expected shape \[9, 3\], got \[9, 2\]"):
         int4_grouped_ffn_cpu(x, ids, weights[:, :2].contiguous(), experts)

@@ -1,0 +1,278 @@
+"""ggml-quantized Linears and MoE layers on the CPU, on a GGUF file's mapped bytes in place, with int8 activations.
+
+The native kernel (csrc/ggml_cpu.cpp) decodes each weight row into int8 codes with per-16 scales (and minimums),
+quantizes activations per 32 to int8 (as ggml's Q8_0) and takes integer dot products: AVX2, or AVX-512 VNNI where
+the CPU has it (the build is picked at run time, `kernels.native.best_isa`). One call computes a whole MoE layer's CPU
+experts: gate, up, SiLU times up, down and the weighted sum, no Python per expert.
+
+Accuracy: the only difference from the float computation is the activations' rounding. Quantizing a block of 32
+with scale s = amax / 127 moves each value by at most s / 2, so an output moves by at most
+sum_i |w_i| * s_block(i) / 2 (`activation_error_bound`), and the tests hold the kernel to that bound. The float path
+(dequantize, matmul: `kernels.ggml`) stays for `--dtype float32`, where results must match the reference exactly.
+
+Without a compiler or without AVX2/FMA/F16C the functions here fall back to dequantize + matmul after one warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels.dequant import StoredWeight, dequantize
+from kernels.ffn import expert_ffn, sorted_pairs
+from kernels.formats import GGML_BLOCKS
+from kernels.ggml import dequantize_ggml_ref
+from kernels.ggml_tables import gguf_tables
+from kernels.native import AVX2_FLAGS, AVX512_FLAGS, NativeBuild, best_isa, build
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "ggml_cpu.cpp"
+FLAGS = {"avx2": AVX2_FLAGS, "avx512vnni": AVX512_FLAGS}
+# the types the native kernel reads (every ggml type with blocks of 32 or 256 weights)
+NATIVE_TYPES = tuple(GGML_BLOCKS)
+GgmlExpert = tuple[StoredWeight, StoredWeight, StoredWeight]  # gate [I, D], up [I, D], down [D, I]
+
+
+# ---- the native library --------------------------------------------------------------------------------------------
+class _Native:
+    """ctypes bindings of csrc/ggml_cpu.cpp, its tables set."""
+
+    def __init__(self, nb: NativeBuild) -> None:
+        self.build = nb
+        lib = ctypes.CDLL(str(nb.path))
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.kimi_ggml_type_id.argtypes = [ctypes.c_char_p]
+        lib.kimi_ggml_type_id.restype = i32
+        lib.kimi_ggml_isa.restype = i32
+        lib.kimi_ggml_set_tables.argtypes = [p] * 9
+        lib.kimi_ggml_set_tables.restype = None
+        lib.kimi_ggml_decode.argtypes = [p, i32, i64, i64, p]
+        lib.kimi_ggml_decode.restype = i32
+        lib.kimi_ggml_linear.argtypes = [p, i64, i64, p, i32, i64, p, i32]
+        lib.kimi_ggml_linear.restype = i32
+        lib.kimi_ggml_moe.argtypes = [p, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
+        lib.kimi_ggml_moe.restype = i32
+        self.lib = lib
+        self.type_ids = {fmt: int(lib.kimi_ggml_type_id(fmt.encode())) for fmt in NATIVE_TYPES}
+        missing = [f for f, i in self.type_ids.items() if i < 0]
+        if missing:
+            raise RuntimeError(f"{nb.path} does not know the types {missing}: rebuild it (delete the file)")
+        t = gguf_tables()
+        arrays = [
+            np.ascontiguousarray(a, dtype=np.int8)
+            for a in (t.iq1s_grid, t.iq2xxs_grid, t.iq2xs_grid, t.iq2s_grid, t.iq3xxs_grid, t.iq3s_grid)
+        ]
+        arrays.append(np.ascontiguousarray(t.ksigns, dtype=np.uint8))
+        arrays += [np.ascontiguousarray(t.iq4nl_values, dtype=np.int8), np.ascontiguousarray(t.mxfp4_values, np.int8)]
+        lib.kimi_ggml_set_tables(*(a.ctypes.data for a in arrays))  # copied into the library
+
+    def type_id(self, fmt: str) -> int:
+        if fmt not in self.type_ids:
+            raise ValueError(f"the native ggml kernel does not read {fmt!r}; it reads {', '.join(NATIVE_TYPES)}")
+        return self.type_ids[fmt]
+
+
+@functools.cache
+def _native(isa: str | None = None) -> _Native | None:
+    """The loaded library for `isa` (None: the best this CPU runs), or None after a logged warning."""
+    try:
+        chosen = isa or best_isa()
+        if chosen is None:
+            raise RuntimeError("it needs an x86-64 CPU with AVX2, FMA and F16C")
+        nb = build(SOURCE, f"kimi_ggml_cpu_{chosen}", FLAGS[chosen], chosen)
+        lib = _Native(nb)
+    except (RuntimeError, OSError) as e:
+        log.warning("ggml CPU kernel unavailable, using the slower torch path (dequantize + matmul): %s", e)
+        return None
+    log.info("ggml CPU kernel %s (%s, compiled in %.1f s)", nb.path, chosen, nb.compile_s)
+    return lib
+
+
+def native_build(isa: str | None = None) -> NativeBuild | None:
+    """The loaded native kernel's build, or None when the torch fallback is in use (the reason was logged)."""
+    lib = _native(isa)
+    return None if lib is None else lib.build
+
+
+def _lib(isa: str | None) -> _Native:
+    lib = _native(isa)
+    if lib is None:
+        raise RuntimeError("the ggml CPU kernel is not available here (see the logged warning)")
+    return lib
+
+
+def _raise_rc(rc: int, what: str) -> None:
+    if rc == 1:
+        raise MemoryError(f"{what}: the ggml CPU kernel could not allocate its scratch")
+    if rc != 0:
+        raise RuntimeError(f"{what}: the ggml CPU kernel refused its arguments (rc {rc}); this is a bug")
+
+
+# ---- checks ---------------------------------------------------------------------------------------------------------
+def _check_x(x: object, width: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32 or x.ndim != 2 or x.shape[1] != width or not x.is_cpu or not x.is_contiguous():
+        raise ValueError(
+            f"x: expected a contiguous float32 CPU tensor [*, {width}], got {x.dtype} {list(x.shape)} on {x.device}"
+            f"{'' if x.is_contiguous() else ' (not contiguous)'}"
+        )
+    return x
+
+
+def _check_weight(name: str, w: StoredWeight, in_features: int | None = None) -> tuple[int, int]:
+    """(out, in) of a ggml weight whose bytes the kernel can read in place."""
+    if w.fmt not in GGML_BLOCKS:
+        raise ValueError(f"{name}: the ggml kernel reads ggml types; this weight is {w.fmt}")
+    out_f, in_f = w.shape
+    if in_features is not None and in_f != in_features:
+        raise ValueError(f"{name}: expected {in_features} input features, got a {w.fmt} weight of shape {w.shape}")
+    block, size = GGML_BLOCKS[w.fmt]
+    data = w.parts["data"]
+    if in_f % block or in_f % 32:
+        raise ValueError(f"{name}: {w.fmt} rows of {in_f} weights are not whole blocks of {block}")
+    want = (out_f, in_f // block * size)
+    if data.dtype != torch.uint8 or tuple(data.shape) != want or not data.is_cpu:
+        raise ValueError(
+            f"{name}: {w.fmt} data must be uint8 {list(want)} on the CPU, got {data.dtype} "
+            f"{list(data.shape)} on {data.device}"
+        )
+    if data.stride() != (want[1], 1):
+        raise ValueError(f"{name}: {w.fmt} rows must be contiguous, got strides {data.stride()}")
+    return out_f, in_f
+
+
+# ---- NumPy references -----------------------------------------------------------------------------------------------
+def ggml_linear_ref(x: np.ndarray, data: np.ndarray, fmt: str, in_features: int) -> np.ndarray:
+    """x [T, in] @ W.T in float64 with W the reference dequantization, -> [T, out] float32."""
+    w = dequantize_ggml_ref(data, fmt, in_features).astype(np.float64)
+    return (x.astype(np.float64) @ w.T).astype(np.float32)
+
+
+def activation_error_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The most int8 activations per 32 can move x @ w.T: [T, out], sum_i |w[o, i]| * (amax of i's block / 254)."""
+    t, width = x.shape
+    step = np.abs(x.astype(np.float64)).reshape(t, width // 32, 32).max(axis=-1) / 254.0  # [T, blocks]
+    half = np.repeat(step, 32, axis=1)  # [T, in]
+    return half @ np.abs(w.astype(np.float64)).T
+
+
+# ---- one Linear -----------------------------------------------------------------------------------------------------
+def ggml_decode_native(w: StoredWeight, isa: str | None = None) -> torch.Tensor:
+    """The kernel's own decoding of `w` as float32 [out, in] (scale * q - min per weight): checked against the
+    reference dequantization in the tests."""
+    out_f, in_f = _check_weight("w", w)
+    lib = _lib(isa)
+    y = torch.empty(out_f, in_f, dtype=torch.float32)
+    rc = lib.lib.kimi_ggml_decode(w.parts["data"].data_ptr(), lib.type_id(w.fmt), out_f, in_f, y.data_ptr())
+    _raise_rc(rc, "ggml_decode_native")
+    return y
+
+
+def ggml_linear_cpu(
+    x: torch.Tensor, w: StoredWeight, out: torch.Tensor | None = None, isa: str | None = None
+) -> torch.Tensor:
+    """x [T, in] float32 @ W.T -> [T, out] float32, W read in place from its ggml bytes; torch's thread count.
+    The native kernel (int8 activations) when it is available, else dequantize + matmul."""
+    out_f, in_f = _check_weight("w", w)
+    xt = _check_x(x, in_f)
+    y = torch.empty(xt.shape[0], out_f, dtype=torch.float32) if out is None else out
+    if tuple(y.shape) != (xt.shape[0], out_f) or y.dtype != torch.float32 or not y.is_contiguous():
+        raise ValueError(f"out: expected a contiguous float32 [{xt.shape[0]}, {out_f}], got {y.dtype} {list(y.shape)}")
+    lib = _native(isa)
+    if lib is None:
+        return torch.matmul(xt, dequantize(w, torch.float32).t(), out=y)
+    if xt.shape[0] and out_f:
+        rc = lib.lib.kimi_ggml_linear(
+            xt.data_ptr(),
+            xt.shape[0],
+            in_f,
+            w.parts["data"].data_ptr(),
+            lib.type_id(w.fmt),
+            out_f,
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+        _raise_rc(rc, "ggml_linear_cpu")
+    return y
+
+
+# ---- experts --------------------------------------------------------------------------------------------------------
+def _check_experts(x: torch.Tensor, experts: Mapping[int, GgmlExpert], present: list[int]) -> tuple[int, list[str]]:
+    """I and the (gate, up, down) formats, the same for every present expert."""
+    d = x.shape[1]
+    first = experts[present[0]]
+    i = _check_weight(f"experts[{present[0]}] gate", first[0], d)[0]
+    fmts = [w.fmt for w in first]
+    for e in present:
+        gate, up, down = experts[e]
+        for name, w, out_f, in_f in (("gate", gate, i, d), ("up", up, i, d), ("down", down, d, i)):
+            got = _check_weight(f"experts[{e}] {name}", w, in_f)
+            if got[0] != out_f:
+                raise ValueError(f"experts[{e}] {name}: expected shape {(out_f, in_f)}, got {w.shape}")
+        if [w.fmt for w in experts[e]] != fmts:
+            raise ValueError(
+                f"experts[{e}]: types {[w.fmt for w in experts[e]]} differ from experts[{present[0]}]'s "
+                f"{fmts}; one call takes one layer, whose experts share their types"
+            )
+    return i, fmts
+
+
+def ggml_grouped_ffn_cpu(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    experts: Mapping[int, GgmlExpert],
+    out: torch.Tensor | None = None,
+    isa: str | None = None,
+) -> torch.Tensor:
+    """sum_k weights[t, k] * expert_{ids[t, k]}(x[t]) over the (t, k) whose expert is in `experts`: [T, D] float32;
+    experts absent from the mapping run elsewhere. The native kernel takes the whole layer in one call."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ValueError(f"x: expected [tokens, hidden], got {getattr(x, 'shape', type(x).__name__)}")
+    xt = _check_x(x, x.shape[1])
+    n_tok, d = xt.shape
+    runs, tokens, wts = sorted_pairs(ids, weights, n_tok, experts)
+    if out is not None and out.untyped_storage().data_ptr() == xt.untyped_storage().data_ptr():
+        raise ValueError("out shares memory with x; the output is zeroed before x is read: pass another buffer")
+    y = torch.empty(n_tok, d, dtype=torch.float32) if out is None else out
+    if tuple(y.shape) != (n_tok, d) or y.dtype != torch.float32 or not y.is_contiguous():
+        raise ValueError(f"out: expected a contiguous float32 [{n_tok}, {d}], got {y.dtype} {list(y.shape)}")
+    if not runs:
+        return y.zero_()
+    i, fmts = _check_experts(xt, experts, [e for e, _, _ in runs])
+    lib = _native(isa)
+    if lib is None:
+        y.zero_()
+        for e, b, end in runs:
+            dense = [dequantize(w, torch.float32) for w in experts[e]]
+            h = expert_ffn(xt.index_select(0, tokens[b:end]), *dense)
+            y.index_add_(0, tokens[b:end], h.mul_(wts[b:end, None]))
+        return y
+    ptrs = torch.tensor([[w.parts["data"].data_ptr() for w in experts[e]] for e, _, _ in runs], dtype=torch.int64)
+    types = (ctypes.c_int * 3)(*(lib.type_id(f) for f in fmts))
+    bounds = torch.tensor([[b for _, b, _ in runs], [end for _, _, end in runs]], dtype=torch.int64)
+    rc = lib.lib.kimi_ggml_moe(
+        xt.data_ptr(),
+        n_tok,
+        d,
+        i,
+        len(runs),
+        ptrs.data_ptr(),
+        ctypes.addressof(types),
+        bounds[0].data_ptr(),
+        bounds[1].data_ptr(),
+        tokens.data_ptr(),
+        wts.data_ptr(),
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
+    _raise_rc(rc, "ggml_grouped_ffn_cpu")
+    return y

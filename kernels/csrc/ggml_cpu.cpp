@@ -1,0 +1,769 @@
+// ggml-quantized matmul and MoE layer on the CPU, on a GGUF file's mapped bytes in place, with int8 activations.
+//
+// Every supported type decodes a row into one common form: int8 codes q, a float scale per 16 weights and, for the
+// types with minimums, a float minimum per 16, so that w = scale * q - min exactly (IQ1's +-1/8 offset becomes an
+// integer: q = 8 * grid +- 1 with the scale divided by 8). Activations are quantized per 32 to int8 with a float
+// scale (amax / 127, as ggml's Q8_0), and their per-16 sums kept for the minimum term. One output is then
+//   sum_b  a_scale_b * sum_{g in b} scale_g * <q_g, a_g>   -   sum_g min_g * a_scale_{g/2} * sum(a_g)
+// with the inner products in int32: AVX2 (maddubs/madd), or AVX-512 VNNI (dpbusd on 512-bit vectors) in the build
+// compiled with those flags; kernels/cpu_ggml.py picks the build the CPU can run.
+//
+// Rows are decoded R at a time into a per-thread buffer (L1-sized for K2.5's rows) and each decoded tile is used by
+// every token of the call, so the mapped bytes are read once per call whatever the token count. One output element
+// is computed by one thread in a fixed order: results do not depend on the thread count.
+// Called through ctypes (the GIL is released while it runs); built and bound by kernels/cpu_ggml.py.
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+#define KI inline __attribute__((always_inline))
+
+enum Type : int {
+  Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4,
+  Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ1_0, TQ2_0,
+  IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS,
+  NTYPES
+};
+
+struct TypeInfo {
+  const char* name;
+  int block;      // weights per block
+  int bytes;      // bytes per block
+  bool has_min;   // w = scale * q - min with a non-zero min
+};
+
+const TypeInfo kTypes[NTYPES] = {
+    {"q4_0", 32, 18, false},     {"q4_1", 32, 20, true},     {"q5_0", 32, 22, false},
+    {"q5_1", 32, 24, true},      {"q8_0", 32, 34, false},    {"iq4_nl", 32, 18, false},
+    {"mxfp4", 32, 17, false},    {"q2_k", 256, 84, true},    {"q3_k", 256, 110, false},
+    {"q4_k", 256, 144, true},    {"q5_k", 256, 176, true},   {"q6_k", 256, 210, false},
+    {"tq1_0", 256, 54, false},   {"tq2_0", 256, 66, false},  {"iq1_s", 256, 50, false},
+    {"iq1_m", 256, 56, false},   {"iq2_xxs", 256, 66, false}, {"iq2_xs", 256, 74, false},
+    {"iq2_s", 256, 82, false},   {"iq3_xxs", 256, 98, false}, {"iq3_s", 256, 110, false},
+    {"iq4_xs", 256, 136, false},
+};
+
+// Format constants (ggml-common.h), handed over once by kimi_ggml_set_tables from gguf-py's copies.
+struct Tables {
+  int8_t iq1s[2048][8];
+  int8_t iq2xxs[256][8];
+  int8_t iq2xs[512][8];
+  int8_t iq2s[1024][8];
+  int8_t iq3xxs[256][4];
+  int8_t iq3s[512][4];
+  uint8_t ksigns[128];
+  int8_t iq4nl[16];
+  int8_t mxfp4[16];
+};
+Tables g_tab;
+int8_t g_iq1s8[2048][8];         // 8 * iq1s grid: IQ1's codes are 8 * grid +- 1
+int8_t g_sign_factors[256][8];   // bit j of the index set: factor j is -1, else +1
+bool g_tables_set = false;
+
+KI float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+KI uint16_t u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+KI uint32_t u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ---- decoders: one block -> q [block], scale and min per 16 weights ------------------------------------------------
+// (sc, mn hold block / 16 entries; mn is only written for has_min types.)
+
+KI __m128i lo_nib(__m128i v) { return _mm_and_si128(v, _mm_set1_epi8(15)); }
+KI __m128i hi_nib(__m128i v) { return _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(15)); }
+KI __m256i lo_nib(__m256i v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
+KI __m256i hi_nib(__m256i v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
+KI __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+KI __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+KI void store16(int8_t* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+KI void store32(int8_t* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+
+KI void nibbles32(const uint8_t* qs, int8_t* q, int off) {  // planes: low nibbles are 0..15, high ones 16..31
+  const __m128i v = load16(qs), o = _mm_set1_epi8(static_cast<char>(off));
+  store16(q, _mm_sub_epi8(lo_nib(v), o));
+  store16(q + 16, _mm_sub_epi8(hi_nib(v), o));
+}
+KI void lookup32(const uint8_t* qs, const int8_t* table, int8_t* q) {  // nibble planes -> table values
+  const __m128i v = load16(qs), t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(table));
+  store16(q, _mm_shuffle_epi8(t, lo_nib(v)));
+  store16(q + 16, _mm_shuffle_epi8(t, hi_nib(v)));
+}
+
+KI void dec_q4_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  nibbles32(b + 2, q, 8);
+  sc[0] = sc[1] = f16(b);
+}
+KI void dec_q4_1(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  nibbles32(b + 4, q, 0);
+  sc[0] = sc[1] = f16(b);
+  mn[0] = mn[1] = -f16(b + 2);
+}
+KI void q5(const uint8_t* qh4, const uint8_t* qs, int8_t* q, int off) {
+  const uint32_t qh = u32(qh4);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = static_cast<int8_t>(((qs[j] & 15) | ((qh >> j) & 1) << 4) - off);
+    q[j + 16] = static_cast<int8_t>(((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - off);
+  }
+}
+KI void dec_q5_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  q5(b + 2, b + 6, q, 16);
+  sc[0] = sc[1] = f16(b);
+}
+KI void dec_q5_1(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  q5(b + 4, b + 8, q, 0);
+  sc[0] = sc[1] = f16(b);
+  mn[0] = mn[1] = -f16(b + 2);
+}
+KI void dec_q8_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  std::memcpy(q, b + 2, 32);
+  sc[0] = sc[1] = f16(b);
+}
+KI void dec_iq4_nl(const uint8_t* b, int8_t* q, float* sc, float*) {
+  lookup32(b + 2, g_tab.iq4nl, q);
+  sc[0] = sc[1] = f16(b);
+}
+KI void dec_mxfp4(const uint8_t* b, int8_t* q, float* sc, float*) {
+  lookup32(b + 1, g_tab.mxfp4, q);
+  sc[0] = sc[1] = std::ldexp(1.0f, static_cast<int>(b[0]) - 128);
+}
+
+// 2-bit planes per 128: weight 128h + 32s + l is bits 2s, 2s+1 of byte 32h + l.
+KI void planes2(const uint8_t* qs, int8_t* q, int off) {
+  const __m256i three = _mm256_set1_epi8(3), o = _mm256_set1_epi8(static_cast<char>(off));
+  for (int h = 0; h < 2; ++h) {
+    const __m256i v = load32(qs + 32 * h);
+    store32(q + 128 * h, _mm256_sub_epi8(_mm256_and_si256(v, three), o));
+    store32(q + 128 * h + 32, _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 2), three), o));
+    store32(q + 128 * h + 64, _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), three), o));
+    store32(q + 128 * h + 96, _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 6), three), o));
+  }
+}
+// 0xFF in the bytes of v whose bit `bit` is set
+KI __m256i bit_set(__m256i v, int bit) {
+  const __m256i m = _mm256_set1_epi8(static_cast<char>(1 << bit));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
+}
+
+KI void dec_q2_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  planes2(b + 16, q, 0);
+  const float d = f16(b + 80), dmin = f16(b + 82);
+  for (int g = 0; g < 16; ++g) {
+    sc[g] = d * static_cast<float>(b[g] & 15);
+    mn[g] = dmin * static_cast<float>(b[g] >> 4);
+  }
+}
+KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float*) {
+  planes2(b + 32, q, 0);
+  const __m256i hm = load32(b), four = _mm256_set1_epi8(4);
+  for (int s = 0; s < 8; ++s) {
+    int8_t* p = q + 32 * s;
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    store32(p, _mm256_sub_epi8(v, _mm256_andnot_si256(bit_set(hm, s), four)));
+  }
+  const uint8_t* s = b + 96;
+  const float d = f16(b + 108);
+  for (int g = 0; g < 16; ++g) {
+    const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
+    const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
+    sc[g] = d * static_cast<float>((lo | hi << 4) - 32);
+  }
+}
+KI void k4_scales(const uint8_t* s, int j, int* scale, int* mn) {
+  if (j < 4) {
+    *scale = s[j] & 63;
+    *mn = s[4 + j] & 63;
+  } else {
+    *scale = (s[4 + j] & 15) | (s[j - 4] >> 6) << 4;
+    *mn = (s[4 + j] >> 4) | (s[j] >> 6) << 4;
+  }
+}
+// nibble planes per 64: weight 64c + l is the low nibble of byte 32c + l, 64c + 32 + l the high one
+KI void nibbles64(const uint8_t* qs, int8_t* q) {
+  for (int c = 0; c < 4; ++c) {
+    const __m256i v = load32(qs + 32 * c);
+    store32(q + 64 * c, lo_nib(v));
+    store32(q + 64 * c + 32, hi_nib(v));
+  }
+}
+KI void k4_scales_all(const uint8_t* b, float* sc, float* mn) {
+  const float d = f16(b), dmin = f16(b + 2);
+  for (int j = 0; j < 8; ++j) {
+    int s, m;
+    k4_scales(b + 4, j, &s, &m);
+    sc[2 * j] = sc[2 * j + 1] = d * static_cast<float>(s);
+    mn[2 * j] = mn[2 * j + 1] = dmin * static_cast<float>(m);
+  }
+}
+KI void dec_q4_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  nibbles64(b + 16, q);
+  k4_scales_all(b, sc, mn);
+}
+KI void dec_q5_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  nibbles64(b + 48, q);
+  const __m256i qh = load32(b + 16), sixteen = _mm256_set1_epi8(16);
+  for (int s = 0; s < 8; ++s) {
+    int8_t* p = q + 32 * s;
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    store32(p, _mm256_or_si256(v, _mm256_and_si256(bit_set(qh, s), sixteen)));
+  }
+  k4_scales_all(b, sc, mn);
+}
+KI void dec_q6_k(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const __m256i three = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i l0 = load32(ql + 64 * h), l1 = load32(ql + 64 * h + 32), hv = load32(qh + 32 * h);
+    const __m256i low[4] = {lo_nib(l0), lo_nib(l1), hi_nib(l0), hi_nib(l1)};
+    for (int s = 0; s < 4; ++s) {
+      const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hv, 2 * s), three);
+      store32(q + 128 * h + 32 * s, _mm256_sub_epi8(_mm256_or_si256(low[s], _mm256_slli_epi16(hb, 4)), off));
+    }
+  }
+  const float d = f16(b + 208);
+  for (int g = 0; g < 16; ++g) sc[g] = d * static_cast<float>(static_cast<int8_t>(b[192 + g]));
+}
+KI int trit(int x, int k) {
+  static const int pow3[5] = {1, 3, 9, 27, 81};
+  return (((x * pow3[k]) & 255) * 3) >> 8;
+}
+KI void dec_tq1_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  for (int k = 0; k < 5; ++k) {
+    for (int i = 0; i < 32; ++i) q[32 * k + i] = static_cast<int8_t>(trit(b[i], k) - 1);
+    for (int i = 0; i < 16; ++i) q[160 + 16 * k + i] = static_cast<int8_t>(trit(b[32 + i], k) - 1);
+  }
+  for (int k = 0; k < 4; ++k)
+    for (int i = 0; i < 4; ++i) q[240 + 4 * k + i] = static_cast<int8_t>(trit(b[48 + i], k) - 1);
+  const float d = f16(b + 52);
+  for (int g = 0; g < 16; ++g) sc[g] = d;
+}
+KI void dec_tq2_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  planes2(b, q, 1);
+  const float d = f16(b + 64);
+  for (int g = 0; g < 16; ++g) sc[g] = d;
+}
+// 8 grid values with sign bits applied (bit j set: weight j negated), `mul` and `add` applied: mul * v + add
+KI void grid8(const int8_t* grid, unsigned signs, int8_t* q) {
+  const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(grid));
+  const __m128i f = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(g_sign_factors[signs & 255]));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_sign_epi8(v, f));
+}
+KI void grid8_iq1(const int8_t* grid8x, int add, int8_t* q) {  // 8 * grid + add (grid8x holds 8 * grid)
+  const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(grid8x));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_add_epi8(v, _mm_set1_epi8(static_cast<char>(add))));
+}
+KI void dec_iq1_s(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  for (int l = 0; l < 8; ++l) {
+    const unsigned qh = u16(b + 34 + 2 * l);
+    const int add = (qh & 0x8000) ? -1 : 1;
+    for (int k = 0; k < 4; ++k) {
+      const int index = b[2 + 4 * l + k] | ((qh >> (3 * k)) & 7) << 8;
+      grid8_iq1(g_iq1s8[index], add, q + 32 * l + 8 * k);
+    }
+    sc[2 * l] = sc[2 * l + 1] = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+  }
+}
+KI void dec_iq1_m(const uint8_t* b, int8_t* q, float* sc, float*) {
+  unsigned s4[4];
+  unsigned dbits = 0;
+  for (int k = 0; k < 4; ++k) {
+    s4[k] = u16(b + 48 + 2 * k);
+    dbits |= (s4[k] >> 12) << (4 * k);
+  }
+  const float d = _cvtsh_ss(static_cast<uint16_t>(dbits));
+  for (int e = 0; e < 32; ++e) {
+    const int nib = (b[32 + e / 2] >> (4 * (e % 2))) & 15;
+    grid8_iq1(g_iq1s8[b[e] | (nib & 7) << 8], (nib & 8) ? -1 : 1, q + 8 * e);
+  }
+  for (int g = 0; g < 16; ++g) {
+    const int s = (s4[g / 4] >> (3 * (g % 4))) & 7;
+    sc[g] = d * static_cast<float>(2 * s + 1) * 0.125f;
+  }
+}
+KI void dec_iq2_xxs(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  for (int l = 0; l < 8; ++l) {
+    const uint8_t* g = b + 2 + 8 * l;
+    const uint32_t aux = u32(g + 4);
+    for (int k = 0; k < 4; ++k) grid8(g_tab.iq2xxs[g[k]], g_tab.ksigns[(aux >> (7 * k)) & 127], q + 32 * l + 8 * k);
+    sc[2 * l] = sc[2 * l + 1] = d * (0.5f + static_cast<float>(aux >> 28)) * 0.25f;
+  }
+}
+KI void dec_iq2_xs(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  for (int e = 0; e < 32; ++e) {
+    const unsigned v = u16(b + 2 + 2 * e);
+    grid8(g_tab.iq2xs[v & 511], g_tab.ksigns[v >> 9], q + 8 * e);
+  }
+  for (int g = 0; g < 16; ++g) sc[g] = d * (0.5f + static_cast<float>((b[66 + g / 2] >> (4 * (g % 2))) & 15)) * 0.25f;
+}
+KI void dec_iq2_s(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  for (int e = 0; e < 32; ++e) {
+    const int index = b[2 + e] | ((b[66 + e / 4] >> (2 * (e % 4))) & 3) << 8;
+    grid8(g_tab.iq2s[index], b[34 + e], q + 8 * e);
+  }
+  for (int g = 0; g < 16; ++g) sc[g] = d * (0.5f + static_cast<float>((b[74 + g / 2] >> (4 * (g % 2))) & 15)) * 0.25f;
+}
+KI void grid4x2(const int8_t* a, const int8_t* c, unsigned signs, int8_t* q) {
+  int8_t g[8];
+  std::memcpy(g, a, 4);
+  std::memcpy(g + 4, c, 4);
+  grid8(g, signs, q);
+}
+KI void dec_iq3_xxs(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  for (int l = 0; l < 8; ++l) {
+    const uint32_t aux = u32(b + 66 + 4 * l);
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t* idx = b + 2 + 8 * l + 2 * k;
+      grid4x2(g_tab.iq3xxs[idx[0]], g_tab.iq3xxs[idx[1]], g_tab.ksigns[(aux >> (7 * k)) & 127], q + 32 * l + 8 * k);
+    }
+    sc[2 * l] = sc[2 * l + 1] = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+  }
+}
+KI void dec_iq3_s(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  for (int p = 0; p < 32; ++p) {  // 8 weights: entries 2p, 2p + 1
+    const int e0 = 2 * p, e1 = 2 * p + 1;
+    const int i0 = b[2 + e0] | ((b[66 + e0 / 8] >> (e0 % 8)) & 1) << 8;
+    const int i1 = b[2 + e1] | ((b[66 + e1 / 8] >> (e1 % 8)) & 1) << 8;
+    grid4x2(g_tab.iq3s[i0], g_tab.iq3s[i1], b[74 + p], q + 8 * p);
+  }
+  for (int l = 0; l < 8; ++l)
+    sc[2 * l] = sc[2 * l + 1] = d * static_cast<float>(1 + 2 * ((b[106 + l / 2] >> (4 * (l % 2))) & 15));
+}
+KI void dec_iq4_xs(const uint8_t* b, int8_t* q, float* sc, float*) {
+  const float d = f16(b);
+  const unsigned sh = u16(b + 2);
+  for (int j = 0; j < 8; ++j) {
+    const int lo = (b[4 + j / 2] >> (4 * (j % 2))) & 15;
+    const int hi = (sh >> (2 * j)) & 3;
+    sc[2 * j] = sc[2 * j + 1] = d * static_cast<float>((lo | hi << 4) - 32);
+    lookup32(b + 8 + 16 * j, g_tab.iq4nl, q + 32 * j);
+  }
+}
+
+using Decoder = void (*)(const uint8_t*, int8_t*, float*, float*);
+using RowDecoder = void (*)(const uint8_t*, int64_t, int8_t*, float*, float*);
+
+// A row of `type` blocks; each block's decoder is inlined into the loop, its scales broadcast 4-wide.
+template <Decoder DEC, int BLOCK, int BYTES, bool MIN>
+void row_loop(const uint8_t* row, int64_t in, int8_t* q, float* sc8, float* mn) {
+  constexpr int G = BLOCK / 16;
+  float sc[G], m[G];
+  for (int64_t k = 0; k < in / BLOCK; ++k) {
+    DEC(row + k * BYTES, q + k * BLOCK, sc, m);
+    for (int g = 0; g < G; ++g) _mm_storeu_ps(sc8 + (k * G + g) * 4, _mm_set1_ps(sc[g]));
+    if constexpr (MIN)
+      for (int g = 0; g < G; ++g) mn[k * G + g] = m[g];
+  }
+}
+
+#define ROW(dec, block, bytes, min) row_loop<dec, block, bytes, min>
+const RowDecoder kRowDecoders[NTYPES] = {
+    ROW(dec_q4_0, 32, 18, false),      ROW(dec_q4_1, 32, 20, true),       ROW(dec_q5_0, 32, 22, false),
+    ROW(dec_q5_1, 32, 24, true),       ROW(dec_q8_0, 32, 34, false),      ROW(dec_iq4_nl, 32, 18, false),
+    ROW(dec_mxfp4, 32, 17, false),     ROW(dec_q2_k, 256, 84, true),      ROW(dec_q3_k, 256, 110, false),
+    ROW(dec_q4_k, 256, 144, true),     ROW(dec_q5_k, 256, 176, true),     ROW(dec_q6_k, 256, 210, false),
+    ROW(dec_tq1_0, 256, 54, false),    ROW(dec_tq2_0, 256, 66, false),    ROW(dec_iq1_s, 256, 50, false),
+    ROW(dec_iq1_m, 256, 56, false),    ROW(dec_iq2_xxs, 256, 66, false),  ROW(dec_iq2_xs, 256, 74, false),
+    ROW(dec_iq2_s, 256, 82, false),    ROW(dec_iq3_xxs, 256, 98, false),  ROW(dec_iq3_s, 256, 110, false),
+    ROW(dec_iq4_xs, 256, 136, false),
+};
+#undef ROW
+
+// ---- a decoded tile of rows ----------------------------------------------------------------------------------------
+// Per row: q [in] int8, sc8 [in / 32 * 8] (each per-16 scale repeated 4 times: the lanes of one int32 sum vector),
+// mn [in / 16].
+struct Rows {
+  int8_t* q;
+  float* sc8;
+  float* mn;
+  int64_t in;
+};
+
+KI void decode_row(int type, const uint8_t* row, int64_t in, int8_t* q, float* sc8, float* mn) {
+  kRowDecoders[type](row, in, q, sc8, mn);
+}
+
+// ---- activations: int8 per 32 with a float scale --------------------------------------------------------------------
+// Per token: q [in] int8, d8 [in / 32 * 8] (the block's scale repeated 8 times), s16 [in / 16] = scale * sum of q.
+struct Act {
+  int8_t* q;
+  float* d8;
+  float* s16;
+};
+
+KI float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16) {
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const float* xb = x + 32 * b;
+    __m256 amax = _mm256_setzero_ps();
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int j = 0; j < 32; j += 8) amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(xb + j), absmask));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float am = _mm_cvtss_f32(m4);
+    const float d = am / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    int32_t sums[2] = {0, 0};
+    for (int j = 0; j < 32; j += 8) {
+      const __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j), vid),
+                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      alignas(32) int32_t iv[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(iv), v);
+      for (int k = 0; k < 8; ++k) {
+        q[32 * b + j + k] = static_cast<int8_t>(iv[k]);
+        sums[(j + k) / 16] += iv[k];
+      }
+    }
+    for (int k = 0; k < 8; ++k) d8[8 * b + k] = d;
+    s16[2 * b] = d * static_cast<float>(sums[0]);
+    s16[2 * b + 1] = d * static_cast<float>(sums[1]);
+  }
+}
+
+// ---- the dot products: R decoded rows against one token ------------------------------------------------------------
+KI __m256i dot32(__m256i q, __m256i a) {  // int32 lanes 0-3: weights 0..15, lanes 4-7: 16..31
+  const __m256i ax = _mm256_sign_epi8(q, q);
+  const __m256i sy = _mm256_sign_epi8(a, q);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+#endif
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+KI __m512i dot64(__m512i q, __m512i a) {  // int32 lanes 4g..4g+3: weights 16g..16g+15
+  const __m512i ax = _mm512_abs_epi8(q);
+  const __mmask64 neg = _mm512_movepi8_mask(q);
+  const __m512i sy = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy);
+}
+#endif
+
+template <int R>
+KI void dot_rows(const Rows* rows, const Act& a, bool has_min, float* res) {
+  const int64_t in = rows[0].in;
+  const int64_t nb = in / 32;
+  int64_t b = 0;
+  float tail[R];
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  __m512 acc5[R];
+  for (int r = 0; r < R; ++r) acc5[r] = _mm512_setzero_ps();
+  for (; b + 2 <= nb; b += 2) {
+    const __m512i av = _mm512_loadu_si512(a.q + 32 * b);
+    const __m512 ad = _mm512_loadu_ps(a.d8 + 8 * b);
+    for (int r = 0; r < R; ++r) {
+      const __m512i s = dot64(_mm512_loadu_si512(rows[r].q + 32 * b), av);
+      const __m512 f = _mm512_mul_ps(_mm512_loadu_ps(rows[r].sc8 + 8 * b), ad);
+      acc5[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc5[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) tail[r] = _mm512_reduce_add_ps(acc5[r]);
+#else
+  for (int r = 0; r < R; ++r) tail[r] = 0.0f;
+#endif
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (; b < nb; ++b) {
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * b));
+    const __m256 ad = _mm256_loadu_ps(a.d8 + 8 * b);
+    for (int r = 0; r < R; ++r) {
+      const __m256i s = dot32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + 32 * b)), av);
+      const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(rows[r].sc8 + 8 * b), ad);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) res[r] = hsum(acc[r]) + tail[r];
+  if (has_min) {
+    for (int r = 0; r < R; ++r) {
+      __m256 m = _mm256_setzero_ps();
+      const int64_t ng = in / 16;
+      int64_t g = 0;
+      for (; g + 8 <= ng; g += 8) m = _mm256_fmadd_ps(_mm256_loadu_ps(rows[r].mn + g), _mm256_loadu_ps(a.s16 + g), m);
+      float mt = hsum(m);
+      for (; g < ng; ++g) mt += rows[r].mn[g] * a.s16[g];
+      res[r] -= mt;
+    }
+  }
+}
+
+// ---- one matmul: y[t, row] for rows [r0, r1) of a weight, every token of an activation set ------------------------
+constexpr int kR = 4;  // rows decoded per tile
+
+struct Scratch {  // per thread: kR decoded rows
+  int8_t* q = nullptr;
+  float* sc8 = nullptr;
+  float* mn = nullptr;
+  int64_t in = 0;
+  bool alloc(int64_t width) {
+    if (width <= in) return true;
+    std::free(q);
+    std::free(sc8);
+    std::free(mn);
+    q = static_cast<int8_t*>(std::aligned_alloc(64, kR * width));
+    sc8 = static_cast<float*>(std::aligned_alloc(64, kR * (width / 32) * 8 * sizeof(float)));
+    mn = static_cast<float*>(std::aligned_alloc(64, kR * (width / 16) * sizeof(float) + 64));
+    in = (q && sc8 && mn) ? width : 0;
+    return in != 0;
+  }
+  ~Scratch() {
+    std::free(q);
+    std::free(sc8);
+    std::free(mn);
+  }
+};
+
+struct ActSet {  // T quantized tokens of width `in`
+  int8_t* q;
+  float* d8;
+  float* s16;
+  int64_t in;
+  Act at(int64_t t) const { return Act{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16)}; }
+};
+
+struct ActBuf {
+  ActSet set{nullptr, nullptr, nullptr, 0};
+  bool alloc(int64_t T, int64_t in) {
+    set.in = in;
+    set.q = static_cast<int8_t*>(std::malloc(std::max<int64_t>(T * in, 1)));
+    set.d8 = static_cast<float*>(std::malloc(std::max<int64_t>(T * (in / 32) * 8, 1) * sizeof(float)));
+    set.s16 = static_cast<float*>(std::malloc(std::max<int64_t>(T * (in / 16), 1) * sizeof(float)));
+    return set.q && set.d8 && set.s16;
+  }
+  ~ActBuf() {
+    std::free(set.q);
+    std::free(set.d8);
+    std::free(set.s16);
+  }
+};
+
+// Rows [r0, r0 + n) (n <= kR) of weight `w` (`type`, `row_bytes` apart) times tokens `toks` (or 0..T-1 when null)
+// of `acts`; y[t * y_stride + row].
+void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
+          const int64_t* toks, float* y, int64_t y_stride, Scratch& s) {
+  const int64_t in = acts.in;
+  Rows rows[kR];
+  for (int r = 0; r < kR; ++r) {
+    rows[r] = Rows{s.q + r * in, s.sc8 + r * (in / 32) * 8, s.mn + r * (in / 16), in};
+    if (r < n) decode_row(type, w + (r0 + r) * row_bytes, in, rows[r].q, rows[r].sc8, rows[r].mn);
+  }
+  const bool has_min = kTypes[type].has_min;
+  float res[kR];
+  for (int64_t t = 0; t < T; ++t) {
+    const Act a = acts.at(toks ? toks[t] : t);
+    if (n == kR) {
+      dot_rows<kR>(rows, a, has_min, res);
+    } else {
+      for (int r = 0; r < n; ++r) dot_rows<1>(rows + r, a, has_min, res + r);
+    }
+    for (int r = 0; r < n; ++r) y[t * y_stride + r0 + r] = res[r];
+  }
+}
+
+KI float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+int64_t row_bytes_of(int type, int64_t in) { return in / kTypes[type].block * kTypes[type].bytes; }
+
+bool valid(int type, int64_t in) {
+  return type >= 0 && type < NTYPES && in > 0 && in % kTypes[type].block == 0 && in % 32 == 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The type's index by tag ("q4_k"), or -1.
+int kimi_ggml_type_id(const char* name) {
+  for (int i = 0; i < NTYPES; ++i)
+    if (std::strcmp(kTypes[i].name, name) == 0) return i;
+  return -1;
+}
+
+// 1 when this build computes with AVX-512 VNNI, 0 for AVX2.
+int kimi_ggml_isa() {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Tables in ggml-common.h's layout (grids as int8 values).
+void kimi_ggml_set_tables(const int8_t* iq1s, const int8_t* iq2xxs, const int8_t* iq2xs, const int8_t* iq2s,
+                          const int8_t* iq3xxs, const int8_t* iq3s, const uint8_t* ksigns, const int8_t* iq4nl,
+                          const int8_t* mxfp4) {
+  std::memcpy(g_tab.iq1s, iq1s, sizeof g_tab.iq1s);
+  std::memcpy(g_tab.iq2xxs, iq2xxs, sizeof g_tab.iq2xxs);
+  std::memcpy(g_tab.iq2xs, iq2xs, sizeof g_tab.iq2xs);
+  std::memcpy(g_tab.iq2s, iq2s, sizeof g_tab.iq2s);
+  std::memcpy(g_tab.iq3xxs, iq3xxs, sizeof g_tab.iq3xxs);
+  std::memcpy(g_tab.iq3s, iq3s, sizeof g_tab.iq3s);
+  std::memcpy(g_tab.ksigns, ksigns, sizeof g_tab.ksigns);
+  std::memcpy(g_tab.iq4nl, iq4nl, sizeof g_tab.iq4nl);
+  std::memcpy(g_tab.mxfp4, mxfp4, sizeof g_tab.mxfp4);
+  for (int i = 0; i < 2048; ++i)
+    for (int j = 0; j < 8; ++j) g_iq1s8[i][j] = static_cast<int8_t>(8 * g_tab.iq1s[i][j]);
+  for (int i = 0; i < 256; ++i)
+    for (int j = 0; j < 8; ++j) g_sign_factors[i][j] = static_cast<int8_t>((i >> j) & 1 ? -1 : 1);
+  g_tables_set = true;
+}
+
+// Decode `rows` rows into the common form, as float32 w = scale * q - min: [rows, in] (tests check the decoders
+// against the reference dequantization with it). Returns 0, or 2 for a bad type / width, 3 without tables.
+int kimi_ggml_decode(const uint8_t* w, int type, int64_t rows, int64_t in, float* out) {
+  if (!valid(type, in)) return 2;
+  if (!g_tables_set) return 3;
+  const int64_t rb = row_bytes_of(type, in);
+  int8_t* q = static_cast<int8_t*>(std::malloc(in));
+  float* sc8 = static_cast<float*>(std::malloc((in / 32) * 8 * sizeof(float)));
+  float* mn = static_cast<float*>(std::calloc(in / 16, sizeof(float)));
+  if (!q || !sc8 || !mn) return 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    decode_row(type, w + r * rb, in, q, sc8, mn);
+    for (int64_t i = 0; i < in; ++i) out[r * in + i] = sc8[(i / 16) * 4] * static_cast<float>(q[i]) - mn[i / 16];
+  }
+  std::free(q);
+  std::free(sc8);
+  std::free(mn);
+  return 0;
+}
+
+// y [T, out] = x [T, in] @ W.T, W `type` [out, in] (row_bytes apart, contiguous). Returns 0, 1 (no memory), 2, 3.
+int kimi_ggml_linear(const float* x, int64_t T, int64_t in, const uint8_t* w, int type, int64_t out, float* y,
+                     int n_threads) {
+  if (!valid(type, in)) return 2;
+  if (!g_tables_set) return 3;
+  ActBuf act;
+  if (!act.alloc(T, in)) return 1;
+  const int64_t rb = row_bytes_of(type, in);
+  const int64_t tiles = (out + kR - 1) / kR;
+  int failed = 0;
+#pragma omp parallel num_threads(n_threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) quantize_act(x + t * in, in, act.set.q + t * in, act.set.d8 + t * (in / 32) * 8,
+                                                 act.set.s16 + t * (in / 16));
+    Scratch s;
+    if (!s.alloc(in)) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp barrier
+    if (!failed) {
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t k = 0; k < tiles; ++k) {
+        const int64_t r0 = k * kR;
+        tile(type, w, rb, r0, static_cast<int>(std::min<int64_t>(kR, out - r0)), act.set, T, nullptr, y, out, s);
+      }
+    }
+  }
+  return failed;
+}
+
+// One MoE layer's CPU experts: out [T, D] = sum over the (token, k) pairs of the listed experts of
+// weight * down(silu(gate x) * up x). Experts e = 0..E-1: ptrs[3e + 0..2] = gate [I, D], up [I, D], down [D, I]
+// rows of types types[0..2]; its pairs are tokens[begin[e]:end[e]] with weights wts[...] (sorted by expert).
+int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, const int64_t* ptrs, const int* types,
+                  const int64_t* begin, const int64_t* end, const int64_t* tokens, const float* wts, float* out,
+                  int n_threads) {
+  if (!valid(types[0], D) || !valid(types[1], D) || !valid(types[2], I)) return 2;
+  if (!g_tables_set) return 3;
+  const int64_t P = E ? end[E - 1] - begin[0] : 0;  // pairs
+  const int64_t p0 = E ? begin[0] : 0;
+  ActBuf ax, ah;
+  float* gu = static_cast<float*>(std::malloc(std::max<int64_t>(P * 2 * I, 1) * sizeof(float)));  // [P, 2, I]
+  float* yd = static_cast<float*>(std::malloc(std::max<int64_t>(P * D, 1) * sizeof(float)));      // [P, D]
+  if (!ax.alloc(T, D) || !ah.alloc(std::max<int64_t>(P, 1), I) || !gu || !yd) {
+    std::free(gu);
+    std::free(yd);
+    return 1;
+  }
+  const int64_t rb_g = row_bytes_of(types[0], D), rb_u = row_bytes_of(types[1], D), rb_d = row_bytes_of(types[2], I);
+  const int64_t tiles_i = (I + kR - 1) / kR, tiles_d = (D + kR - 1) / kR;
+  int failed = 0;
+#pragma omp parallel num_threads(n_threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t)
+      quantize_act(x + t * D, D, ax.set.q + t * D, ax.set.d8 + t * (D / 32) * 8, ax.set.s16 + t * (D / 16));
+    Scratch s;
+    if (!s.alloc(std::max(D, I))) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp barrier
+    if (!failed) {
+      // gate and up: item = (expert, projection, row tile); output gu[(p - p0) * 2I + proj * I + row]
+#pragma omp for schedule(dynamic, 2)
+      for (int64_t k = 0; k < E * 2 * tiles_i; ++k) {
+        const int64_t e = k / (2 * tiles_i), proj = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
+        const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + proj]);
+        tile(types[proj], w, proj ? rb_u : rb_g, r0, static_cast<int>(std::min<int64_t>(kR, I - r0)), ax.set,
+             end[e] - begin[e], tokens + begin[e], gu + (begin[e] - p0) * 2 * I + proj * I, 2 * I, s);
+      }
+      // silu(gate) * up, quantized per pair
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < P; ++p) {
+        float* g = gu + p * 2 * I;
+        for (int64_t i = 0; i < I; ++i) g[i] = silu(g[i]) * g[I + i];
+        quantize_act(g, I, ah.set.q + p * I, ah.set.d8 + p * (I / 32) * 8, ah.set.s16 + p * (I / 16));
+      }
+      // down: item = (expert, row tile); output yd[(p - p0) * D + row]
+#pragma omp for schedule(dynamic, 2)
+      for (int64_t k = 0; k < E * tiles_d; ++k) {
+        const int64_t e = k / tiles_d, r0 = (k % tiles_d) * kR;
+        const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + 2]);
+        const ActSet hs = ActSet{ah.set.q + (begin[e] - p0) * I, ah.set.d8 + (begin[e] - p0) * (I / 32) * 8,
+                                 ah.set.s16 + (begin[e] - p0) * (I / 16), I};
+        tile(types[2], w, rb_d, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), hs, end[e] - begin[e],
+             nullptr, yd + (begin[e] - p0) * D, D, s);
+      }
+      // the weighted sum: each thread owns a range of columns, pairs in order
+      const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+      const int64_t c0 = D * me / nt, c1 = D * (me + 1) / nt;
+      for (int64_t t = 0; t < T; ++t) std::fill(out + t * D + c0, out + t * D + c1, 0.0f);
+      for (int64_t p = 0; p < P; ++p) {
+        const float wt = wts[p0 + p];
+        float* o = out + tokens[p0 + p] * D;
+        const float* yp = yd + p * D;
+        for (int64_t c = c0; c < c1; ++c) o[c] += wt * yp[c];
+      }
+    }
+  }
+  std::free(gu);
+  std::free(yd);
+  return failed;
+}
+
+}  // extern "C"
