@@ -156,6 +156,42 @@ def ggml_linear_ref(x: np.ndarray, data: np.ndarray, fmt: str, in_features: int)
     return (x.astype(np.float64) @ w.T).astype(np.float32)
 
 
+def quantize_activations_ref(x: np.ndarray) -> np.ndarray:
+    """The kernel's int8 activations as values: per 32, d = amax / 127 (float32), q = round-half-even(x * (1 / d)),
+    returned as q * d [T, in] float64 (0 where a block is all zero)."""
+    t, width = x.shape
+    b = x.astype(np.float32).reshape(t, width // 32, 32)
+    d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)  # [T, blocks, 1] float32
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    q = np.rint(b * inv)
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(t, width)
+
+
+def ggml_linear_int8_ref(x: np.ndarray, data: np.ndarray, fmt: str, in_features: int) -> np.ndarray:
+    """What the kernel computes, in float64: the int8-rounded activations @ W.T -> [T, out] float64."""
+    w = dequantize_ggml_ref(data, fmt, in_features).astype(np.float64)
+    return quantize_activations_ref(x) @ w.T
+
+
+def ggml_grouped_ffn_int8_ref(
+    x: np.ndarray, ids: np.ndarray, weights: np.ndarray, experts: Mapping[int, tuple[np.ndarray, ...]]
+) -> np.ndarray:
+    """What the grouped kernel computes, in float64: per (t, k) with an expert in `experts` (dense float
+    (gate, up, down)), weight * down(int8(silu(gate int8(x)) * up int8(x))) -> [T, D] float64."""
+    xq = quantize_activations_ref(x)
+    out = np.zeros(x.shape, dtype=np.float64)
+    for t in range(x.shape[0]):
+        for e, wt in zip(ids[t], weights[t], strict=True):
+            if int(e) not in experts:
+                continue
+            gate, up, down = (m.astype(np.float64) for m in experts[int(e)])
+            g, u = xq[t] @ gate.T, xq[t] @ up.T
+            with np.errstate(over="ignore"):  # e^-g overflows for g < -709: silu's limit, 0, comes out
+                h = (g / (1.0 + np.exp(-g)) * u)[None, :]
+            out[t] += float(wt) * (quantize_activations_ref(h)[0] @ down.T)
+    return out
+
+
 def activation_error_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The most int8 activations per 32 can move x @ w.T: [T, out], sum_i |w[o, i]| * (amax of i's block / 254)."""
     t, width = x.shape

@@ -1,7 +1,9 @@
 """Routed experts computed on the CPU where they sit: straight from the mapped checkpoint, nothing copied.
 
-INT4 group-32 checkpoints (K2.5) go through the native CPU kernel on the packed layout in place; other formats, or
-a machine where the kernel cannot be built, dequantize each expert and multiply.
+INT4 group-32 checkpoints (K2.5) go through the native INT4 kernel on the packed layout in place, GGUF experts
+(every ggml type) through the native ggml kernel on the file's blocks in place, with int8 activations; both take
+a whole layer's CPU experts in one call. Other formats, `--dtype float32` on GGUF experts (whose results must match
+the float reference exactly), or a machine where the kernels cannot be built, dequantize each expert and multiply.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections.abc import Collection
 
 import torch
 
+from kernels import cpu_ggml
 from kernels.cpu_int4 import Int4Expert, int4_grouped_ffn_cpu, native_build
 from kernels.dequant import dequantize
 from kernels.ffn import grouped_ffn
+from kernels.formats import GGML_BLOCKS
 from offload.checkpoint import Checkpoint
 from offload.parts import expert_module
 
@@ -29,13 +33,24 @@ class CpuExecutor:
         self.ckpt = ckpt
         self.dtype = dtype
         self.fused = ckpt.storage.fused_experts  # INT4 group 32: the native kernel and GPU slots read it in place
-        if native and not self.fused:
+        ggml = ckpt.storage.expert_format in GGML_BLOCKS and dtype != torch.float32
+        if native and not (self.fused or ggml):
             raise ValueError(
-                f"the native kernel reads INT4 group-32 experts; this checkpoint stores {ckpt.storage.expert_label}"
+                f"the native kernels read INT4 group-32 or ggml-typed experts at a dtype below float32; this "
+                f"checkpoint stores {ckpt.storage.expert_label} and the dtype is {dtype}"
             )
         self.native = bool(self.fused and native is not False and native_build() is not None)
+        self.native_ggml = bool(ggml and native is not False and cpu_ggml.native_build() is not None)
         self._views: dict[tuple[int, int], Int4Expert] = {}
-        log.info("CPU experts: %s", "native INT4 kernel" if self.native else "dequantize and multiply")
+        self._stored: dict[tuple[int, int], cpu_ggml.GgmlExpert] = {}
+        log.info(
+            "CPU experts: %s",
+            "native INT4 kernel"
+            if self.native
+            else "native ggml kernel (int8 activations)"
+            if self.native_ggml
+            else "dequantize and multiply",
+        )
 
     def weights(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gate [I, D], up [I, D], down [D, I]) in the compute dtype."""
@@ -52,6 +67,14 @@ class CpuExecutor:
             found = self._views[(layer, expert)] = (gate, up, down)
         return found
 
+    def stored(self, layer: int, expert: int) -> cpu_ggml.GgmlExpert:
+        """(gate, up, down) as stored in the GGUF file: zero-copy views, made once per expert."""
+        found = self._stored.get((layer, expert))
+        if found is None:
+            gate, up, down = (self.ckpt.weight(expert_module(layer, expert, p)) for p in PROJS)
+            found = self._stored[(layer, expert)] = (gate, up, down)
+        return found
+
     def compute(
         self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: Collection[int]
     ) -> torch.Tensor:
@@ -59,4 +82,9 @@ class CpuExecutor:
         if self.native:
             packed = {e: self.packed(layer, e) for e in experts}
             return int4_grouped_ffn_cpu(x.float().contiguous(), ids.contiguous(), weights.float().contiguous(), packed)
+        stored = {e: self.stored(layer, e) for e in experts} if self.native_ggml else {}
+        if stored and all(w.fmt in GGML_BLOCKS for w in next(iter(stored.values()))):  # a float layer: below
+            return cpu_ggml.ggml_grouped_ffn_cpu(
+                x.float().contiguous(), ids.contiguous(), weights.float().contiguous(), stored
+            )
         return grouped_ffn(x, ids, weights, lambda e: self.weights(layer, e), only=set(experts))

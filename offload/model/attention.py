@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from offload.config import ModelConfig
 from offload.model.cache import LatentCache
 from offload.model.cancel import check
+from offload.model.linear import Weight, linear
 from offload.model.norm import LATENT_NORM_EPS, rms_norm
 from offload.model.rope import Rope, softmax_scale
 
@@ -30,15 +31,16 @@ def query_rows(heads: int, keys: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class MLAWeights:
-    """One layer's attention weights, [out, in], in the compute dtype."""
+    """One layer's attention weights, [out, in], in the compute dtype (or, on the CPU, kept in a GGUF's ggml type:
+    QuantLinear); kv_b is always dense (its halves are absorbed into the query and output)."""
 
-    q_a: torch.Tensor | None  # [q_lora_rank, D]; None when the model has a plain q_proj
+    q_a: Weight | None  # [q_lora_rank, D]; None when the model has a plain q_proj
     q_a_norm: torch.Tensor | None  # [q_lora_rank]
-    q_b: torch.Tensor  # [H * (nope + rope), q_lora_rank or D]  (q_proj when q_a is None)
-    kv_a: torch.Tensor  # [kv_lora_rank + rope, D]
+    q_b: Weight  # [H * (nope + rope), q_lora_rank or D]  (q_proj when q_a is None)
+    kv_a: Weight  # [kv_lora_rank + rope, D]
     kv_a_norm: torch.Tensor  # [kv_lora_rank]
     kv_b: torch.Tensor  # [H * (nope + v), kv_lora_rank]
-    o: torch.Tensor  # [D, H * v]
+    o: Weight  # [D, H * v]
 
 
 class MLA:
@@ -74,13 +76,13 @@ class MLA:
         w = self.w
         if w.q_a is not None:
             assert w.q_a_norm is not None
-            q = F.linear(rms_norm(F.linear(x, w.q_a), w.q_a_norm, LATENT_NORM_EPS), w.q_b)
+            q = linear(rms_norm(linear(x, w.q_a), w.q_a_norm, LATENT_NORM_EPS), w.q_b)
         else:
-            q = F.linear(x, w.q_b)
+            q = linear(x, w.q_b)
         q = q.view(T, self.heads, self.nope + self.rope_dim)  # [T, H, 192]
         q_nope, q_pe = q[..., : self.nope], self.rope.apply(q[..., self.nope :], cos, sin)
 
-        kv = F.linear(x, w.kv_a)  # [T, rank + rope]
+        kv = linear(x, w.kv_a)  # [T, rank + rope]
         latent = rms_norm(kv[:, : self.rank], w.kv_a_norm, LATENT_NORM_EPS)  # [T, 512]
         k_pe = self.rope.apply(kv[:, self.rank :], cos, sin)  # [T, 64], shared by all heads
         cache.write(self.layer, start, latent, k_pe)
@@ -90,7 +92,7 @@ class MLA:
             out = self._absorbed(q_nope, q_pe, all_latent, all_k_pe, start)
         else:
             out = self._expanded(q_nope, q_pe, all_latent, all_k_pe, start, stop)
-        return F.linear(out.reshape(T, self.heads * self.v_dim), w.o)
+        return linear(out.reshape(T, self.heads * self.v_dim), w.o)
 
     def _mask(self, T: int, S: int, start: int, device: torch.device) -> torch.Tensor:
         """[T, S] True where query t (at position start + t) may attend to key s."""

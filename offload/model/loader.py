@@ -7,10 +7,13 @@ from itertools import pairwise
 
 import torch
 
-from kernels.dequant import dequantize
+from kernels import cpu_ggml
+from kernels.dequant import StoredWeight, dequantize
+from kernels.formats import GGML_BLOCKS
 from offload.checkpoint import Checkpoint
 from offload.experts.runtime import ExpertRuntime
 from offload.model.attention import MLA, MLAWeights
+from offload.model.linear import QuantLinear, Weight
 from offload.model.mlp import MLP, Lookahead, MoE
 from offload.model.rope import Rope
 from offload.model.router import Router
@@ -32,15 +35,26 @@ def load_transformer(
     device: torch.device | str = "cpu",
     on_bytes: Callable[[int], None] | None = None,
 ) -> Transformer:
-    """Weights already in `dtype` on the CPU stay zero-copy views of the mapped shards. `on_bytes` hears the
-    stored size of each weight as it is prepared (for a progress bar)."""
+    """Weights already in `dtype` on the CPU stay zero-copy views of the mapped shards; on the CPU at bfloat16, a
+    GGUF's ggml-typed Linears stay as stored too (QuantLinear: the native kernel, int8 activations), where that
+    kernel builds. `on_bytes` hears the stored size of each weight as it is prepared (for a progress bar)."""
     cfg = ckpt.config
     report = on_bytes or (lambda n: None)
     on_cuda = torch.device(device).type == "cuda"
+    keep_ggml = not on_cuda and dtype != torch.float32 and cpu_ggml.native_build() is not None
 
-    def linear(module: str) -> torch.Tensor:
+    def stored_weight(module: str) -> StoredWeight:
         stored = ckpt.weight(module)
         report(stored.nbytes)
+        return stored
+
+    def linear(module: str) -> Weight:
+        stored = stored_weight(module)
+        if keep_ggml and stored.fmt in GGML_BLOCKS and stored.shape[1] % 32 == 0:
+            return QuantLinear(stored)
+        return dense(stored)
+
+    def dense(stored: StoredWeight) -> torch.Tensor:
         if on_cuda:  # the stored (smaller) form crosses PCIe; FP8 dequantizes there in one Triton pass
             return dequantize(stored.to(device), dtype)
         return dequantize(stored, dtype).to(device)
@@ -66,7 +80,7 @@ def load_transformer(
             q_b=linear(f"{a}.q_b_proj" if lora else f"{a}.q_proj"),
             kv_a=linear(f"{a}.kv_a_proj_with_mqa"),
             kv_a_norm=vector(f"{a}.kv_a_layernorm.weight"),
-            kv_b=linear(f"{a}.kv_b_proj"),
+            kv_b=dense(stored_weight(f"{a}.kv_b_proj")),  # absorbed into the query and output: dense
             o=linear(f"{a}.o_proj"),
         )
         mlp: MLP | MoE

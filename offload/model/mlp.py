@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from offload.experts.runtime import ExpertRuntime, NextLayer
+from offload.model.linear import Weight, linear
 from offload.model.norm import rms_norm
 from offload.model.router import Router
 
@@ -16,12 +17,12 @@ from offload.model.router import Router
 class MLP:
     """down(silu(gate(x)) * up(x))."""
 
-    gate: torch.Tensor  # [I, D]
-    up: torch.Tensor  # [I, D]
-    down: torch.Tensor  # [D, I]
+    gate: Weight  # [I, D]
+    up: Weight  # [I, D]
+    down: Weight  # [D, I]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.silu(F.linear(x, self.gate)) * F.linear(x, self.up), self.down)
+        return linear(F.silu(linear(x, self.gate)) * linear(x, self.up), self.down)
 
 
 @dataclass(frozen=True, slots=True)

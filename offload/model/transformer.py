@@ -6,13 +6,13 @@ import threading
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from kernels.dequant import StoredWeight, dequantize
 from offload.config import ModelConfig
 from offload.model.attention import MLA
 from offload.model.cache import LatentCache
 from offload.model.cancel import Cancelled, check
+from offload.model.linear import Weight, linear
 from offload.model.mlp import MLP, MoE
 from offload.model.norm import rms_norm
 from offload.model.rope import Rope
@@ -39,7 +39,7 @@ class Transformer:
         embed: StoredWeight,
         blocks: list[Block],
         norm: torch.Tensor,
-        lm_head: torch.Tensor,
+        lm_head: Weight,
         rope: Rope,
         dtype: torch.dtype,
     ) -> None:
@@ -74,7 +74,7 @@ class Transformer:
         h = self._layers(ids, start, cache, stop)
         if last_only:
             h = h[-1:]
-        return F.linear(rms_norm(h, self.norm, self.cfg.rms_norm_eps), self.lm_head).float().cpu()
+        return linear(rms_norm(h, self.norm, self.cfg.rms_norm_eps), self.lm_head).float().cpu()
 
     @torch.inference_mode()
     def prefill(
