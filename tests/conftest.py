@@ -53,3 +53,14 @@ def native() -> None:
         if os.environ.get(REQUIRE_NATIVE) == "1":
             pytest.fail(f"{REQUIRE_NATIVE}=1 but the native INT4 CPU kernel did not build (see the warning above)")
         pytest.skip("the native INT4 CPU kernel is not available here (no C++ compiler, or no AVX2/FMA)")
+
+
+@pytest.fixture(scope="session")
+def native_ggml() -> None:
+    """For tests of the native ggml CPU kernel: skipped where it cannot build, failed when KIMI_REQUIRE_NATIVE=1."""
+    from kernels import cpu_ggml
+
+    if cpu_ggml.native_build() is None:
+        if os.environ.get(REQUIRE_NATIVE) == "1":
+            pytest.fail(f"{REQUIRE_NATIVE}=1 but the native ggml CPU kernel did not build (see the warning above)")
+        pytest.skip("the native ggml CPU kernel is not available here (no C++ compiler, or no AVX2/FMA/F16C)")

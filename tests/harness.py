@@ -45,8 +45,9 @@ def loaded(
     make_runtime: Callable[[Checkpoint], ExpertRuntime],
     device: str = "cpu",
     record: list[tuple[int, int]] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[Transformer, ExpertRuntime]]:
-    """The float32 model of `folder` on `device` with the runtime `make_runtime(ckpt)` makes, closed on exit (an
+    """The `dtype` (float32) model of `folder` on `device` with the runtime `make_runtime(ckpt)` makes, closed on exit (an
     OffloadedExperts; its stats stay readable). `record` gets (experts on the GPU, experts on the CPU) of each
     OffloadedExperts layer call."""
     with open_checkpoint(folder) as ckpt:
@@ -62,8 +63,8 @@ def loaded(
                     return on_gpu, on_cpu
 
                 runtime._split = spy  # type: ignore[method-assign]
-            model = load_transformer(ckpt, runtime, torch.float32, device)
-            assert model.lm_head.device.type == device and model.norm.device.type == device
+            model = load_transformer(ckpt, runtime, dtype, device)
+            assert model.norm.device.type == device
             assert model.embed.device.type == "cpu"
             yield model, runtime
         finally:

@@ -21,6 +21,8 @@ from offload.checkpoint.gguf_config import config_from_gguf
 from offload.checkpoint.gguf_file import GgufFile
 from offload.checkpoint.safetensors_file import CheckpointError
 from offload.experts.dequantized import DequantizedExperts
+from offload.experts.offloaded import OffloadedExperts
+from offload.model.linear import QuantLinear
 from offload.quant import ConfigError
 from offload.synth.generator import SynthOptions, write_model
 from offload.synth.gguf_export import write_gguf
@@ -175,6 +177,47 @@ def test_offloading_a_gguf_is_numerically_invisible(src: Path, tmp_path: Path, b
     assert tokens == want[0] and float((logits - want[1]).abs().max()) < LOGIT_TOL
     if budget is not None:
         assert stats.peak_resident_bytes <= budget * stats.expert_bytes and stats.released_bytes > 0
+
+
+# every Linear but kv_b in a ggml type, as llama.cpp's quantizer leaves a K2.5 file: Q4_K_M-like experts
+NATIVE_TYPES = {
+    "routed_experts": "q4_k",
+    "attention": "q8_0",
+    "dense_mlp": "q8_0",
+    "shared_experts": "q6_k",
+    "lm_head": "q8_0",
+}
+
+
+def native_bf16(budget: int | None, prefetch: bool):
+    def make(ckpt):  # type: ignore[no-untyped-def]
+        runtime = offloaded(budget, prefetch)(ckpt)
+        runtime.close()
+        return OffloadedExperts(ckpt, torch.bfloat16, runtime.config, runtime.cost)
+
+    return make
+
+
+@pytest.mark.usefixtures("native_ggml")
+def test_the_native_ggml_path_is_invisible_under_a_small_budget(src: Path, tmp_path: Path) -> None:
+    """bf16 on the CPU: experts and Linears in the file's types through the native kernel (int8 activations), read
+    in place. A budget of 3 experts with prefetch gives the resident run's tokens and logits exactly; and the int8
+    path's prompt pass stays close to the float32 reference's (same file, float activations)."""
+    q = write_gguf(src, tmp_path / "native.gguf", NATIVE_TYPES, seed=2)[0]
+    runs = []
+    for budget, prefetch in ((None, False), (3, True)):
+        with loaded(q, native_bf16(budget, prefetch), dtype=torch.bfloat16) as (model, runtime):
+            assert runtime.cpu.native_ggml
+            assert isinstance(model.lm_head, QuantLinear) and isinstance(model.blocks[0].attn.w.o, QuantLinear)
+            runs.append(greedy(model))
+            stats = runtime.stats()
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    assert stats.peak_resident_bytes <= 3 * stats.expert_bytes and stats.released_bytes > 0
+    want_tokens, want_logits = reference(q)
+    # the prompt pass sees the same input in both (later steps follow each run's own tokens, which may part)
+    first, want_first = runs[0][1][0], want_logits[0]
+    assert int(first.argmax()) == int(want_first.argmax()) == want_tokens[0] == runs[0][0][0]
+    assert float((first - want_first).abs().max()) < 0.05 * float(want_first.abs().max())
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
