@@ -212,14 +212,25 @@ def test_bench_kernels_runs_and_reports(tmp_path):
     out = tmp_path / "k.json"
     r = runner.invoke(
         app,
-        ["bench-kernels", "--tokens", "1", "--shapes", "64x64", "--no-ffn", "--seconds", "0.05", "--json", str(out)],
-    )
+        [
+            "bench-kernels", "--tokens", "1,3", "--shapes", "64x256", "--no-ffn", "--seconds", "0.05",
+            "--ggml-types", "q4_0,iq1_m", "--json", str(out),
+        ],
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "64x64" in r.stdout and "torch_int4pack" in r.stdout and "read bandwidth" in r.stdout
+    assert "64x256" in r.stdout and "torch_int4pack" in r.stdout and "read bandwidth" in r.stdout
+    assert "iq1_m" in r.stdout and "T=3 GB/s" in r.stdout
     data = json.loads(out.read_text())
     assert data["read_GBps"] > 0 and data["results"][0]["rows"]
+    rows = data["ggml"]["rows"]
+    assert {(row["type"], row["tokens"]) for row in rows} >= {("q4_0", 1), ("q4_0", 3), ("iq1_m", 1), ("iq1_m", 3)}
+    assert all(row["weight_GBps"] > 0 for row in rows)
+    assert all(row["weight_bytes"] == 64 * 8 * 18 for row in rows if row["type"] == "q4_0")  # 8 blocks of 18 bytes
+    assert all(row["weight_bytes"] == 64 * 56 for row in rows if row["type"] == "iq1_m")  # one 56-byte super-block
     r = runner.invoke(app, ["bench-kernels", "--shapes", "64x60"])
     assert r.exit_code == 2 and "multiple of 32" in r.output
+    r = runner.invoke(app, ["bench-kernels", "--shapes", "64x64", "--ggml-types", "q4_0,q9_9"])
+    assert r.exit_code == 2 and "q9_9 unknown" in r.output
 
 
 def test_generate_offload_flags_and_stats(tiny_k25):
