@@ -93,6 +93,9 @@ def grouped_ffn(
     return out
 
 
+SMALL_PAIRS = 64  # up to this many (token, k) pairs, sorted_pairs works on Python lists
+
+
 def sorted_pairs(
     ids: torch.Tensor, weights: torch.Tensor, n_tok: int, present: Collection[int]
 ) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]:
@@ -107,6 +110,21 @@ def sorted_pairs(
         raise ValueError(f"ids: expected shape [{n_tok}, *], got {list(ids.shape)}")
     if tuple(weights.shape) != tuple(ids.shape):
         raise ValueError(f"weights: expected shape {list(ids.shape)}, got {list(weights.shape)}")
+    if ids.numel() <= SMALL_PAIRS:  # a decode step: plain Python on k ids is ~20 torch ops cheaper
+        rows = ids.tolist()
+        if any(len(set(r)) != len(r) for r in rows):
+            raise ValueError("ids lists an expert twice for one token; top-k routing picks k distinct experts")
+        k = ids.shape[1]
+        pairs = sorted((e, t * k + j) for t, r in enumerate(rows) for j, e in enumerate(r) if e in present)
+        runs_small: list[tuple[int, int, int]] = []
+        for at, (e, _) in enumerate(pairs):
+            if runs_small and runs_small[-1][0] == e:
+                runs_small[-1] = (e, runs_small[-1][1], at + 1)
+            else:
+                runs_small.append((e, at, at + 1))
+        flat_w = weights.reshape(-1).tolist()
+        tokens_small = torch.tensor([i // k for _, i in pairs], dtype=torch.int64)
+        return runs_small, tokens_small, torch.tensor([flat_w[i] for _, i in pairs], dtype=torch.float32)
     if ids.shape[1] > 1 and bool((ids.sort(dim=1).values.diff(dim=1) == 0).any()):
         raise ValueError("ids lists an expert twice for one token; top-k routing picks k distinct experts")
     flat = ids.reshape(-1)

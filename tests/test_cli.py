@@ -80,6 +80,15 @@ def test_generate_json_is_greedy_and_reproducible(tiny_k25):
     assert json.loads(_generate(*args, "--prefill-chunk", "1").stdout)["token_ids"] == out["token_ids"]
     r = _generate(*args, "--prefill-chunk", "0")
     assert r.exit_code == 2 and "--prefill-chunk 0: a prefill pass takes at least 1 token" in r.output
+    # --threads sets the one pool torch and the native kernels share; results do not depend on it
+    before = torch.get_num_threads()
+    try:
+        assert json.loads(_generate(*args, "--threads", "1").stdout)["token_ids"] == out["token_ids"]
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    r = _generate(*args, "--threads", "0")
+    assert r.exit_code == 2 and "--threads 0: give 1 or more" in r.output
 
 
 def test_generate_chat_streams_and_splits_reasoning(tiny_k25):

@@ -108,3 +108,23 @@ def test_bad_shapes_and_dtypes_say_what_is_wrong():
         grouped_ffn(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 1), {0: (gate, up, down)})
     with pytest.raises(ValueError, match="weight format 'q9' is unknown"):
         StoredWeight("q9", (2, 2), {"weight": torch.ones(2, 2)})
+
+
+@pytest.mark.parametrize("t", [1, 3, 8, 9])
+def test_sorted_pairs_small_path_equals_the_tensor_path(t: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels import ffn
+
+    g = torch.Generator().manual_seed(t)
+    ids = torch.stack([torch.randperm(12, generator=g)[:8] for _ in range(t)])  # [T, 8]
+    wts = torch.rand(t, 8, generator=g)
+    present = {0, 2, 3, 5, 7, 8, 11}
+    small = ffn.sorted_pairs(ids, wts, t, present)
+    monkeypatch.setattr(ffn, "SMALL_PAIRS", -1)
+    big = ffn.sorted_pairs(ids, wts, t, present)
+    assert small[0] == big[0] and torch.equal(small[1], big[1]) and torch.equal(small[2], big[2])
+    assert [e for e, _, _ in small[0]] == sorted(set(ids.flatten().tolist()) & present)
+    for e, b, end in small[0]:  # each run lists exactly the tokens routed to e, with their weights
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        assert torch.equal(small[1][b:end], tok) and torch.equal(small[2][b:end], wts[tok, slot])
+    with pytest.raises(ValueError, match="twice"):
+        ffn.sorted_pairs(torch.zeros(t, 2, dtype=torch.int64), wts[:, :2].contiguous(), t, present)

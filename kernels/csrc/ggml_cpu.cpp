@@ -38,17 +38,18 @@ struct TypeInfo {
   int block;      // weights per block
   int bytes;      // bytes per block
   bool has_min;   // w = scale * q - min with a non-zero min
+  bool uns;       // codes are 0..127: the dot multiplies them as unsigned bytes (no sign juggling)
 };
 
 const TypeInfo kTypes[NTYPES] = {
-    {"q4_0", 32, 18, false},     {"q4_1", 32, 20, true},     {"q5_0", 32, 22, false},
-    {"q5_1", 32, 24, true},      {"q8_0", 32, 34, false},    {"iq4_nl", 32, 18, false},
-    {"mxfp4", 32, 17, false},    {"q2_k", 256, 84, true},    {"q3_k", 256, 110, false},
-    {"q4_k", 256, 144, true},    {"q5_k", 256, 176, true},   {"q6_k", 256, 210, false},
-    {"tq1_0", 256, 54, false},   {"tq2_0", 256, 66, false},  {"iq1_s", 256, 50, false},
-    {"iq1_m", 256, 56, false},   {"iq2_xxs", 256, 66, false}, {"iq2_xs", 256, 74, false},
-    {"iq2_s", 256, 82, false},   {"iq3_xxs", 256, 98, false}, {"iq3_s", 256, 110, false},
-    {"iq4_xs", 256, 136, false},
+    {"q4_0", 32, 18, true, true},       {"q4_1", 32, 20, true, true},      {"q5_0", 32, 22, true, true},
+    {"q5_1", 32, 24, true, true},       {"q8_0", 32, 34, false, false},    {"iq4_nl", 32, 18, false, false},
+    {"mxfp4", 32, 17, false, false},    {"q2_k", 256, 84, true, true},     {"q3_k", 256, 110, true, true},
+    {"q4_k", 256, 144, true, true},     {"q5_k", 256, 176, true, true},    {"q6_k", 256, 210, true, true},
+    {"tq1_0", 256, 54, true, true},     {"tq2_0", 256, 66, true, true},    {"iq1_s", 256, 50, false, false},
+    {"iq1_m", 256, 56, false, false},   {"iq2_xxs", 256, 66, false, false}, {"iq2_xs", 256, 74, false, false},
+    {"iq2_s", 256, 82, false, false},   {"iq3_xxs", 256, 98, false, false}, {"iq3_s", 256, 110, false, false},
+    {"iq4_xs", 256, 136, false, false},
 };
 
 // Format constants (ggml-common.h), handed over once by kimi_ggml_set_tables from gguf-py's copies.
@@ -107,9 +108,10 @@ KI void lookup32(const uint8_t* qs, const int8_t* table, int8_t* q) {  // nibble
   store16(q + 16, _mm_shuffle_epi8(t, hi_nib(v)));
 }
 
-KI void dec_q4_0(const uint8_t* b, int8_t* q, float* sc, float*) {
-  nibbles32(b + 2, q, 8);
+KI void dec_q4_0(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // d * (n - 8) = d * n - 8d
+  nibbles32(b + 2, q, 0);
   sc[0] = sc[1] = f16(b);
+  mn[0] = mn[1] = 8.0f * sc[0];
 }
 KI void dec_q4_1(const uint8_t* b, int8_t* q, float* sc, float* mn) {
   nibbles32(b + 4, q, 0);
@@ -123,9 +125,10 @@ KI void q5(const uint8_t* qh4, const uint8_t* qs, int8_t* q, int off) {
     q[j + 16] = static_cast<int8_t>(((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - off);
   }
 }
-KI void dec_q5_0(const uint8_t* b, int8_t* q, float* sc, float*) {
-  q5(b + 2, b + 6, q, 16);
+KI void dec_q5_0(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  q5(b + 2, b + 6, q, 0);
   sc[0] = sc[1] = f16(b);
+  mn[0] = mn[1] = 16.0f * sc[0];
 }
 KI void dec_q5_1(const uint8_t* b, int8_t* q, float* sc, float* mn) {
   q5(b + 4, b + 8, q, 0);
@@ -170,13 +173,13 @@ KI void dec_q2_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
     mn[g] = dmin * static_cast<float>(b[g] >> 4);
   }
 }
-KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float*) {
+KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // scale * (low + 4h - 4)
   planes2(b + 32, q, 0);
   const __m256i hm = load32(b), four = _mm256_set1_epi8(4);
   for (int s = 0; s < 8; ++s) {
     int8_t* p = q + 32 * s;
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    store32(p, _mm256_sub_epi8(v, _mm256_andnot_si256(bit_set(hm, s), four)));
+    store32(p, _mm256_add_epi8(v, _mm256_and_si256(bit_set(hm, s), four)));
   }
   const uint8_t* s = b + 96;
   const float d = f16(b + 108);
@@ -184,6 +187,7 @@ KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float*) {
     const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
     const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
     sc[g] = d * static_cast<float>((lo | hi << 4) - 32);
+    mn[g] = 4.0f * sc[g];
   }
 }
 KI void k4_scales(const uint8_t* s, int j, int* scale, int* mn) {
@@ -226,39 +230,42 @@ KI void dec_q5_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
   }
   k4_scales_all(b, sc, mn);
 }
-KI void dec_q6_k(const uint8_t* b, int8_t* q, float* sc, float*) {
+KI void dec_q6_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // scale * (n - 32)
   const uint8_t* ql = b;
   const uint8_t* qh = b + 128;
-  const __m256i three = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+  const __m256i three = _mm256_set1_epi8(3);
   for (int h = 0; h < 2; ++h) {
     const __m256i l0 = load32(ql + 64 * h), l1 = load32(ql + 64 * h + 32), hv = load32(qh + 32 * h);
     const __m256i low[4] = {lo_nib(l0), lo_nib(l1), hi_nib(l0), hi_nib(l1)};
     for (int s = 0; s < 4; ++s) {
       const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hv, 2 * s), three);
-      store32(q + 128 * h + 32 * s, _mm256_sub_epi8(_mm256_or_si256(low[s], _mm256_slli_epi16(hb, 4)), off));
+      store32(q + 128 * h + 32 * s, _mm256_or_si256(low[s], _mm256_slli_epi16(hb, 4)));
     }
   }
   const float d = f16(b + 208);
-  for (int g = 0; g < 16; ++g) sc[g] = d * static_cast<float>(static_cast<int8_t>(b[192 + g]));
+  for (int g = 0; g < 16; ++g) {
+    sc[g] = d * static_cast<float>(static_cast<int8_t>(b[192 + g]));
+    mn[g] = 32.0f * sc[g];
+  }
 }
 KI int trit(int x, int k) {
   static const int pow3[5] = {1, 3, 9, 27, 81};
   return (((x * pow3[k]) & 255) * 3) >> 8;
 }
-KI void dec_tq1_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+KI void dec_tq1_0(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // d * (digit - 1)
   for (int k = 0; k < 5; ++k) {
-    for (int i = 0; i < 32; ++i) q[32 * k + i] = static_cast<int8_t>(trit(b[i], k) - 1);
-    for (int i = 0; i < 16; ++i) q[160 + 16 * k + i] = static_cast<int8_t>(trit(b[32 + i], k) - 1);
+    for (int i = 0; i < 32; ++i) q[32 * k + i] = static_cast<int8_t>(trit(b[i], k));
+    for (int i = 0; i < 16; ++i) q[160 + 16 * k + i] = static_cast<int8_t>(trit(b[32 + i], k));
   }
   for (int k = 0; k < 4; ++k)
-    for (int i = 0; i < 4; ++i) q[240 + 4 * k + i] = static_cast<int8_t>(trit(b[48 + i], k) - 1);
+    for (int i = 0; i < 4; ++i) q[240 + 4 * k + i] = static_cast<int8_t>(trit(b[48 + i], k));
   const float d = f16(b + 52);
-  for (int g = 0; g < 16; ++g) sc[g] = d;
+  for (int g = 0; g < 16; ++g) sc[g] = mn[g] = d;
 }
-KI void dec_tq2_0(const uint8_t* b, int8_t* q, float* sc, float*) {
-  planes2(b, q, 1);
+KI void dec_tq2_0(const uint8_t* b, int8_t* q, float* sc, float* mn) {
+  planes2(b, q, 0);
   const float d = f16(b + 64);
-  for (int g = 0; g < 16; ++g) sc[g] = d;
+  for (int g = 0; g < 16; ++g) sc[g] = mn[g] = d;
 }
 // 8 grid values with sign bits applied (bit j set: weight j negated), `mul` and `add` applied: mul * v + add
 KI void grid8(const int8_t* grid, unsigned signs, int8_t* q) {
@@ -381,11 +388,11 @@ void row_loop(const uint8_t* row, int64_t in, int8_t* q, float* sc8, float* mn) 
 
 #define ROW(dec, block, bytes, min) row_loop<dec, block, bytes, min>
 const RowDecoder kRowDecoders[NTYPES] = {
-    ROW(dec_q4_0, 32, 18, false),      ROW(dec_q4_1, 32, 20, true),       ROW(dec_q5_0, 32, 22, false),
+    ROW(dec_q4_0, 32, 18, true),      ROW(dec_q4_1, 32, 20, true),       ROW(dec_q5_0, 32, 22, true),
     ROW(dec_q5_1, 32, 24, true),       ROW(dec_q8_0, 32, 34, false),      ROW(dec_iq4_nl, 32, 18, false),
-    ROW(dec_mxfp4, 32, 17, false),     ROW(dec_q2_k, 256, 84, true),      ROW(dec_q3_k, 256, 110, false),
-    ROW(dec_q4_k, 256, 144, true),     ROW(dec_q5_k, 256, 176, true),     ROW(dec_q6_k, 256, 210, false),
-    ROW(dec_tq1_0, 256, 54, false),    ROW(dec_tq2_0, 256, 66, false),    ROW(dec_iq1_s, 256, 50, false),
+    ROW(dec_mxfp4, 32, 17, false),     ROW(dec_q2_k, 256, 84, true),      ROW(dec_q3_k, 256, 110, true),
+    ROW(dec_q4_k, 256, 144, true),     ROW(dec_q5_k, 256, 176, true),     ROW(dec_q6_k, 256, 210, true),
+    ROW(dec_tq1_0, 256, 54, true),    ROW(dec_tq2_0, 256, 66, true),    ROW(dec_iq1_s, 256, 50, false),
     ROW(dec_iq1_m, 256, 56, false),    ROW(dec_iq2_xxs, 256, 66, false),  ROW(dec_iq2_xs, 256, 74, false),
     ROW(dec_iq2_s, 256, 82, false),    ROW(dec_iq3_xxs, 256, 98, false),  ROW(dec_iq3_s, 256, 110, false),
     ROW(dec_iq4_xs, 256, 136, false),
@@ -462,7 +469,16 @@ KI __m256i dot32(__m256i q, __m256i a) {  // int32 lanes 0-3: weights 0..15, lan
 #endif
 }
 
+KI __m256i dot32u(__m256i q, __m256i a) {  // q in 0..127
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, a);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1));
+#endif
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+KI __m512i dot64u(__m512i q, __m512i a) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, a); }
 KI __m512i dot64(__m512i q, __m512i a) {  // int32 lanes 4g..4g+3: weights 16g..16g+15
   const __m512i ax = _mm512_abs_epi8(q);
   const __mmask64 neg = _mm512_movepi8_mask(q);
@@ -471,7 +487,7 @@ KI __m512i dot64(__m512i q, __m512i a) {  // int32 lanes 4g..4g+3: weights 16g..
 }
 #endif
 
-template <int R>
+template <int R, bool UNS>
 KI void dot_rows(const Rows* rows, const Act& a, bool has_min, float* res) {
   const int64_t in = rows[0].in;
   const int64_t nb = in / 32;
@@ -484,7 +500,8 @@ KI void dot_rows(const Rows* rows, const Act& a, bool has_min, float* res) {
     const __m512i av = _mm512_loadu_si512(a.q + 32 * b);
     const __m512 ad = _mm512_loadu_ps(a.d8 + 8 * b);
     for (int r = 0; r < R; ++r) {
-      const __m512i s = dot64(_mm512_loadu_si512(rows[r].q + 32 * b), av);
+      const __m512i qv = _mm512_loadu_si512(rows[r].q + 32 * b);
+      const __m512i s = UNS ? dot64u(qv, av) : dot64(qv, av);
       const __m512 f = _mm512_mul_ps(_mm512_loadu_ps(rows[r].sc8 + 8 * b), ad);
       acc5[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc5[r]);
     }
@@ -499,7 +516,8 @@ KI void dot_rows(const Rows* rows, const Act& a, bool has_min, float* res) {
     const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * b));
     const __m256 ad = _mm256_loadu_ps(a.d8 + 8 * b);
     for (int r = 0; r < R; ++r) {
-      const __m256i s = dot32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + 32 * b)), av);
+      const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + 32 * b));
+      const __m256i s = UNS ? dot32u(qv, av) : dot32(qv, av);
       const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(rows[r].sc8 + 8 * b), ad);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[r]);
     }
@@ -582,10 +600,16 @@ void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, cons
   float res[kR];
   for (int64_t t = 0; t < T; ++t) {
     const Act a = acts.at(toks ? toks[t] : t);
-    if (n == kR) {
-      dot_rows<kR>(rows, a, has_min, res);
+    if (kTypes[type].uns) {
+      if (n == kR) {
+        dot_rows<kR, true>(rows, a, has_min, res);
+      } else {
+        for (int r = 0; r < n; ++r) dot_rows<1, true>(rows + r, a, has_min, res + r);
+      }
+    } else if (n == kR) {
+      dot_rows<kR, false>(rows, a, has_min, res);
     } else {
-      for (int r = 0; r < n; ++r) dot_rows<1>(rows + r, a, has_min, res + r);
+      for (int r = 0; r < n; ++r) dot_rows<1, false>(rows + r, a, has_min, res + r);
     }
     for (int r = 0; r < n; ++r) y[t * y_stride + r0 + r] = res[r];
   }

@@ -49,6 +49,12 @@ PrefillChunkOpt = Annotated[
         "larger reads each expert fewer times."
     ),
 ]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch and the native kernels (one OpenMP pool). Default: torch's, the physical cores."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
@@ -60,6 +66,7 @@ def runtime_config(
     gpu_slots: int | None,
     prefetch: bool,
     prefill_chunk: int = RUNTIME.prefill_chunk,
+    threads: int | None = RUNTIME.threads,
 ) -> RuntimeConfig:
     """The run's RuntimeConfig from the shared options (it checks the strings itself, naming the choices)."""
     return RuntimeConfig(
@@ -70,6 +77,7 @@ def runtime_config(
         gpu_slots=gpu_slots,
         prefetch=prefetch,
         prefill_chunk=prefill_chunk,
+        threads=threads,
     )
 
 
@@ -82,13 +90,14 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("gpu_slots", GpuSlotsOpt, RUNTIME.gpu_slots),
     ("prefetch", PrefetchOpt, RUNTIME.prefetch),
     ("prefill_chunk", PrefillChunkOpt, RUNTIME.prefill_chunk),
+    ("threads", ThreadsOpt, RUNTIME.threads),
 )
 
 
 def run_options(context: bool = True) -> Callable[[F], F]:
     """Give a command the shared run options (--context unless `context=False`, --dtype, --device, --ram-budget,
-    --gpu-slots, --prefetch, --prefill-chunk) and call it with one checked `runtime: RuntimeConfig` instead. The
-    options are listed after --profile (or last); a bad value is a one-line error, exit code 2."""
+    --gpu-slots, --prefetch, --prefill-chunk, --threads) and call it with one checked `runtime: RuntimeConfig`
+    instead. The options are listed after --profile (or last); a bad value is a one-line error, exit code 2."""
     names = [o for o in RUN_OPTIONS if context or o[0] != "context"]
 
     def wrap(command: F) -> F:

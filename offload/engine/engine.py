@@ -62,6 +62,8 @@ class Engine:
         prefetch); None takes the defaults. profile: the machine (None: detected, not probed). `progress` hears
         (stored bytes of a weight just prepared, stored bytes of all weights to prepare): a progress bar."""
         rt = runtime or RuntimeConfig()
+        if rt.threads is not None:  # torch's pool is the native kernels' too (one libgomp); its default: physical cores
+            torch.set_num_threads(rt.threads)
         self.device = resolve_device(rt.device)
         self.ckpt = open_checkpoint(model)
         self.folder = self.ckpt.path

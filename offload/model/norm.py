@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # q_a_layernorm and kv_a_layernorm are built without the config's eps in the reference code: always 1e-6
 LATENT_NORM_EPS = 1e-6
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., n] -> same shape and dtype."""
-    xf = x.float()
-    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype)
+    """x [..., n] -> same shape and dtype. torch's fused rms_norm on the float32 copy: the same x * rsqrt(mean(x^2)
+    + eps), 4 ops where the spelled-out form takes 8 (it runs ~20 times per decode step)."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)

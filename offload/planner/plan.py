@@ -43,6 +43,7 @@ class RuntimeConfig:
     ram_budget_gb: float | None = None  # RAM for routed experts (GB, 1e9 B); None: all the RAM the rest leaves
     prefetch: bool = True  # read the next layer's predicted experts ahead of use
     prefetch_mode: Literal["advise", "read"] = "advise"  # advise: kernel readahead; read: reads on a worker thread
+    threads: int | None = None  # CPU threads for torch and the native kernels (one OpenMP pool); None: torch's default
 
     def __post_init__(self) -> None:
         if self.context < 1:
@@ -65,6 +66,8 @@ class RuntimeConfig:
             raise OffloadError("reserves and workspace must be >= 0")
         if self.prefill_chunk < 1:
             raise OffloadError(f"--prefill-chunk {self.prefill_chunk}: a prefill pass takes at least 1 token")
+        if self.threads is not None and self.threads < 1:
+            raise OffloadError(f"--threads {self.threads}: give 1 or more")
         if self.expert_bpw is not None and not 1 <= self.expert_bpw <= 16:
             raise OffloadError(f"expert_bpw = {self.expert_bpw}; expected bits per weight between 1 and 16")
 
