@@ -22,6 +22,7 @@ class Storage:
     part_bytes: Mapping[str, int]  # every part but routed_experts, as stored (0 for an absent part)
     float_format: str  # the embedding's: bf16, f16 or f32 (GGUF: maybe a ggml type, dequantized at load)
     expert_formats: tuple[str, ...] = ()  # GGUF: every type the routed experts use, most bytes first (they mix)
+    ggml_parts: frozenset[str] = frozenset()  # GGUF: non-expert parts whose Linears are in ggml types (kept so)
 
     def __post_init__(self) -> None:
         if self.expert_format not in FORMATS:

@@ -239,3 +239,16 @@ def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureF
     np.testing.assert_allclose(
         ggml_grouped_ffn_cpu(xs, ids, wts, bank).numpy(), ref, rtol=1e-3, atol=1e-4 * float(np.abs(ref).max())
     )
+
+
+def test_one_openmp_runtime_in_the_process(isa: str) -> None:
+    """torch's libgomp is the kernels' too: one thread pool, no two runtimes spinning against each other."""
+    from kernels import cpu_int4
+    from kernels.native import openmp_runtimes
+
+    cpu_int4.native_build()
+    w, _ = weight("q4_0", 8, 256, seed=19)
+    ggml_linear_cpu(activations(2, 256, seed=20), w, isa=isa)
+    torch.randn(64, 64) @ torch.randn(64, 64)
+    runtimes = openmp_runtimes()
+    assert len(runtimes) == 1 and "libgomp" in runtimes[0], runtimes

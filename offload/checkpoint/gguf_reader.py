@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from kernels.dequant import StoredWeight, dequantize
-from kernels.formats import FLOAT_FORMATS, FORMATS
+from kernels.formats import FLOAT_FORMATS, FORMATS, GGML_BLOCKS
 from offload.checkpoint.base import ByteRange, MappedFile, TypeUse, merge_ranges
 from offload.checkpoint.gguf_config import config_from_gguf
 from offload.checkpoint.gguf_file import GgufFile, GgufTensor
@@ -155,6 +155,12 @@ class GgufCheckpoint:
         fmts = tuple(f for f, _ in by_fmt.most_common())
         mean = sum(t.end - t.start for t in routed) // n
         embed = self._where["token_embd.weight"][1]
+        skip = ("routed_experts", "embed", "router", "norms")
+        kept = {  # the parts whose Linears the CPU keeps in their ggml types (kv_b's halves and the router aside)
+            self._part[name]
+            for name, (_, t) in self._where.items()
+            if self._part.get(name, "embed") not in skip and _tag(t) in GGML_BLOCKS and not name.endswith((K_B, V_B))
+        }
         return Storage(
             expert_format=fmts[0] if fmts else "f32",
             expert_params=(),
@@ -163,6 +169,7 @@ class GgufCheckpoint:
             part_bytes=parts,
             float_format=_tag(embed),  # a quantized embedding is dequantized at load (see tensor())
             expert_formats=fmts,
+            ggml_parts=frozenset(kept),
         )
 
     def _nbytes(self, gname: str) -> int:

@@ -49,6 +49,13 @@ PrefillChunkOpt = Annotated[
         "larger reads each expert fewer times."
     ),
 ]
+CpuWeightsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Non-expert Linears on the CPU: bf16, or int8 (Q8_0 through the native kernel: half the bytes read "
+        "per token, activations rounded to 8 bits). A GGUF's quantized ones stay as stored either way."
+    ),
+]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -67,6 +74,7 @@ def runtime_config(
     prefetch: bool,
     prefill_chunk: int = RUNTIME.prefill_chunk,
     threads: int | None = RUNTIME.threads,
+    cpu_weights: str = RUNTIME.cpu_weights,
 ) -> RuntimeConfig:
     """The run's RuntimeConfig from the shared options (it checks the strings itself, naming the choices)."""
     return RuntimeConfig(
@@ -78,6 +86,7 @@ def runtime_config(
         prefetch=prefetch,
         prefill_chunk=prefill_chunk,
         threads=threads,
+        cpu_weights=cpu_weights,  # type: ignore[arg-type]
     )
 
 
@@ -91,13 +100,15 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("prefetch", PrefetchOpt, RUNTIME.prefetch),
     ("prefill_chunk", PrefillChunkOpt, RUNTIME.prefill_chunk),
     ("threads", ThreadsOpt, RUNTIME.threads),
+    ("cpu_weights", CpuWeightsOpt, RUNTIME.cpu_weights),
 )
 
 
 def run_options(context: bool = True) -> Callable[[F], F]:
     """Give a command the shared run options (--context unless `context=False`, --dtype, --device, --ram-budget,
-    --gpu-slots, --prefetch, --prefill-chunk, --threads) and call it with one checked `runtime: RuntimeConfig`
-    instead. The options are listed after --profile (or last); a bad value is a one-line error, exit code 2."""
+    --gpu-slots, --prefetch, --prefill-chunk, --threads, --cpu-weights) and call it with one checked
+    `runtime: RuntimeConfig` instead. The options are listed after --profile (or last); a bad value is a one-line
+    error, exit code 2."""
     names = [o for o in RUN_OPTIONS if context or o[0] != "context"]
 
     def wrap(command: F) -> F:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from offload.cli.console import console, fail
-from offload.cli.options import RUNTIME, GpuSlotsOpt, RamBudgetOpt
+from offload.cli.options import RUNTIME, CpuWeightsOpt, GpuSlotsOpt, RamBudgetOpt
 from offload.errors import OffloadError
 from offload.planner.plan import RuntimeConfig
 
@@ -37,6 +37,7 @@ def plan_cmd(
     ] = RUNTIME.expert_bpw,
     gpu_slots: GpuSlotsOpt = RUNTIME.gpu_slots,
     ram_budget: RamBudgetOpt = RUNTIME.ram_budget_gb,
+    cpu_weights: CpuWeightsOpt = RUNTIME.cpu_weights,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Will it run, how, and how fast: placement, GPU and RAM budgets, disk reads and the decode ceiling."""
@@ -57,6 +58,7 @@ def plan_cmd(
             expert_bpw=expert_bpw,
             gpu_slots=gpu_slots,
             ram_budget_gb=ram_budget,
+            cpu_weights=cpu_weights,  # type: ignore[arg-type]
         )
     except OffloadError as e:
         raise fail(str(e)) from None

@@ -94,7 +94,9 @@ class Engine:
         try:
             total = self.ckpt.storage.nonexpert_bytes
             on_bytes = None if progress is None else (lambda n: progress(n, total))
-            self.model = load_transformer(self.ckpt, self.experts, self.dtype, self.device, on_bytes=on_bytes)
+            self.model = load_transformer(
+                self.ckpt, self.experts, self.dtype, self.device, on_bytes=on_bytes, cpu_weights=rt.cpu_weights
+            )
         except BaseException:
             self.close()
             raise

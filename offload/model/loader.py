@@ -9,7 +9,8 @@ import torch
 
 from kernels import cpu_ggml
 from kernels.dequant import StoredWeight, dequantize
-from kernels.formats import GGML_BLOCKS
+from kernels.formats import FLOAT_FORMATS, GGML_BLOCKS
+from kernels.ggml_encode import quantize_q8_0
 from offload.checkpoint import Checkpoint
 from offload.experts.runtime import ExpertRuntime
 from offload.model.attention import MLA, MLAWeights
@@ -34,10 +35,14 @@ def load_transformer(
     dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
     on_bytes: Callable[[int], None] | None = None,
+    cpu_weights: str = "bf16",
 ) -> Transformer:
     """Weights already in `dtype` on the CPU stay zero-copy views of the mapped shards; on the CPU at bfloat16, a
     GGUF's ggml-typed Linears stay as stored too (QuantLinear: the native kernel, int8 activations), where that
-    kernel builds. `on_bytes` hears the stored size of each weight as it is prepared (for a progress bar)."""
+    kernel builds; `cpu_weights="int8"` encodes the float ones as Q8_0 for that kernel too (kernels/ggml_encode.py).
+    `on_bytes` hears the stored size of each weight as it is prepared (for a progress bar)."""
+    if cpu_weights not in ("bf16", "int8"):
+        raise ValueError(f"cpu_weights = {cpu_weights!r}; choose bf16 or int8")
     cfg = ckpt.config
     report = on_bytes or (lambda n: None)
     on_cuda = torch.device(device).type == "cuda"
@@ -52,6 +57,10 @@ def load_transformer(
         stored = stored_weight(module)
         if keep_ggml and stored.fmt in GGML_BLOCKS and stored.shape[1] % 32 == 0:
             return QuantLinear(stored)
+        if keep_ggml and cpu_weights == "int8" and stored.shape[1] % 32 == 0:
+            data = quantize_q8_0(dequantize(stored, torch.float32) if stored.fmt not in FLOAT_FORMATS else
+                                 stored.parts["weight"])  # fmt: skip
+            return QuantLinear(StoredWeight("q8_0", stored.shape, {"data": data}))
         return dense(stored)
 
     def dense(stored: StoredWeight) -> torch.Tensor:

@@ -43,6 +43,7 @@ class RuntimeConfig:
     ram_budget_gb: float | None = None  # RAM for routed experts (GB, 1e9 B); None: all the RAM the rest leaves
     prefetch: bool = True  # read the next layer's predicted experts ahead of use
     prefetch_mode: Literal["advise", "read"] = "advise"  # advise: kernel readahead; read: reads on a worker thread
+    cpu_weights: Literal["bf16", "int8"] = "bf16"  # non-expert Linears on the CPU: bf16, or int8 (Q8_0, native kernel)
     threads: int | None = None  # CPU threads for torch and the native kernels (one OpenMP pool); None: torch's default
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class RuntimeConfig:
             raise OffloadError("reserves and workspace must be >= 0")
         if self.prefill_chunk < 1:
             raise OffloadError(f"--prefill-chunk {self.prefill_chunk}: a prefill pass takes at least 1 token")
+        if self.cpu_weights not in ("bf16", "int8"):
+            raise OffloadError(f"--cpu-weights {self.cpu_weights!r}: choose bf16 or int8")
         if self.threads is not None and self.threads < 1:
             raise OffloadError(f"--threads {self.threads}: give 1 or more")
         if self.expert_bpw is not None and not 1 <= self.expert_bpw <= 16:
@@ -196,6 +199,11 @@ def make_plan(
             placements.append(Placement(p, "ram", storage.float_format, stored[p]))
         elif p == "lm_head" and tied:  # the embedding again: no second copy
             placements.append(Placement(p, "ram", "tied to embed", 0))
+        elif p in storage.ggml_parts and rt.dtype != "float32":  # a GGUF's ggml Linears, kept as stored (mapped)
+            dense = 2 * params[p].dense_linear  # but kv_b, made dense in bf16
+            placements.append(Placement(p, "ram", "as stored", stored[p] + dense))
+        elif rt.cpu_weights == "int8" and rt.dtype != "float32" and params[p].linear:  # Q8_0 at load (native kernel)
+            placements.append(Placement(p, "ram", "q8_0", params[p].nbytes("q8_0")))
         else:  # in the CPU compute dtype: zero-copy when stored so, a converted copy otherwise (FP8, f32)
             placements.append(Placement(p, "ram", cpu_fmt, params[p].nbytes(cpu_fmt)))
     placements.append(Placement("routed_experts", "mmap", _expert_fmt(storage, rt), routed))

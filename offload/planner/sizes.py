@@ -9,7 +9,7 @@ from offload.config import PARTS, ModelConfig
 from offload.parts import model_modules
 
 GpuWeights = Literal["bf16", "int8"]
-WeightFormat = Literal["bf16", "int8", "f32"]
+WeightFormat = Literal["bf16", "int8", "f32", "q8_0"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +20,17 @@ class PartParams:
     rows: int = 0
     other: int = 0  # norms, router weight (2-byte) ...
     f32: int = 0  # ... and values kept in float32 (the router bias)
+    dense_linear: int = 0  # of `linear`, the weights kept dense in the compute dtype whatever the format (kv_b)
 
     def nbytes(self, fmt: WeightFormat) -> int:
         """bf16: 2 bytes a weight; int8 weight-only: 1 byte a Linear weight plus a bf16 scale per output row (the
-        rest stays bf16); f32: 4 bytes everywhere."""
+        rest stays bf16); q8_0 (the CPU's int8, `--cpu-weights int8`): 34 bytes per 32 Linear weights but the dense
+        ones (bf16); f32: 4 bytes everywhere."""
         if fmt == "f32":
             return 4 * self.params
+        if fmt == "q8_0":
+            q8 = self.linear - self.dense_linear
+            return q8 // 32 * 34 + 2 * self.dense_linear + 2 * self.other + 4 * self.f32
         weights = 2 * self.linear if fmt == "bf16" else self.linear + 2 * self.rows
         return weights + 2 * self.other + 4 * self.f32
 
@@ -37,18 +42,20 @@ class PartParams:
 def part_params(cfg: ModelConfig) -> dict[str, PartParams]:
     """Non-expert parts by name (as `offload.config.PARTS` names them), counted from the model's modules. lm_head is
     counted even when tied (it is the embedding, reused: what it reads per token is the same)."""
-    acc = {p: [0, 0, 0, 0] for p in PARTS if p != "routed_experts"}  # linear, rows, other, f32
+    acc = {p: [0, 0, 0, 0, 0] for p in PARTS if p != "routed_experts"}  # linear, rows, other, f32, dense_linear
     for m in model_modules(cfg, routed=False):
         a = acc[m.part]
         if m.kind == "linear":
             a[0] += m.params
             a[1] += m.shape[0]
+            if m.name.endswith("kv_b_proj"):  # absorbed into the query and output: always dense
+                a[4] += m.params
         elif m.kind == "router_bias":  # kept in float32
             a[3] += m.params
         else:  # norms, the router weight, the embedding
             a[2] += m.params
     if cfg.tie_word_embeddings:
-        acc["lm_head"] = [cfg.vocab_size * cfg.hidden_size, cfg.vocab_size, 0, 0]
+        acc["lm_head"] = [cfg.vocab_size * cfg.hidden_size, cfg.vocab_size, 0, 0, 0]
     return {p: PartParams(*v) for p, v in acc.items()}
 
 
