@@ -202,7 +202,9 @@ def test_linear_errors(isa: str) -> None:
     with pytest.raises(ValueError, match=r"x: expected a contiguous float32 CPU tensor \[\*, 256\], got .* \[2, 128\]"):
         ggml_linear_cpu(torch.randn(2, 128), w, isa=isa)
     cut = StoredWeight("q4_k", (8, 256), {"data": w.parts["data"][:, :100]})
-    with pytest.raises(ValueError, match=r"w: q4_k data must be uint8 \[8, 144\] on the CPU, got torch.uint8 \[8, 100\]"):
+    with pytest.raises(
+        ValueError, match=r"w: q4_k data must be uint8 \[8, 144\] on the CPU, got torch.uint8 \[8, 100\]"
+    ):
         ggml_linear_cpu(torch.randn(2, 256), cut, isa=isa)
     with pytest.raises(ValueError, match="the ggml kernel reads ggml types; this weight is bf16"):
         ggml_linear_cpu(torch.randn(2, 256), StoredWeight("bf16", (8, 256), {"weight": torch.zeros(8, 256)}), isa=isa)
@@ -252,3 +254,46 @@ def test_one_openmp_runtime_in_the_process(isa: str) -> None:
     torch.randn(64, 64) @ torch.randn(64, 64)
     runtimes = openmp_runtimes()
     assert len(runtimes) == 1 and "libgomp" in runtimes[0], runtimes
+
+
+# ---- --cpu-weights int8: float Linears encoded as Q8_0 ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_q8_0_encoding_is_ggmls(dtype: torch.dtype) -> None:
+    """Bit for bit what gguf.quants.quantize (ggml's quantize_row_q8_0) makes, zero blocks and ties included."""
+    import gguf
+
+    from kernels.ggml_encode import quantize_q8_0
+
+    g = torch.Generator().manual_seed(21)
+    w = (torch.randn(67, 192, generator=g) * torch.exp(torch.randn(67, 1, generator=g))).to(dtype)
+    w[3, :32] = 0.0
+    w[4, :32] = torch.arange(32) - 15.5  # x / d lands on halves
+    got = quantize_q8_0(w).numpy()
+    want = gguf.quants.quantize(w.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
+    np.testing.assert_array_equal(got, want.reshape(got.shape))
+    with pytest.raises(ValueError, match=r"Q8_0 encodes float \[out, in\] with in a multiple of 32"):
+        quantize_q8_0(w[:, :40])
+
+
+def test_cpu_weights_int8_runs_the_linears_through_the_kernel(mini_k25: Path, isa: str) -> None:
+    """An INT4 safetensors checkpoint with --cpu-weights int8: its bf16 Linears (but kv_b) become Q8_0 QuantLinears.
+    Against the float32 model, the prompt pass picks the same token and its logits move at most 3x as far as bf16
+    alone moves them (random weights: bf16 moves them ~7% of the largest logit, int8 ~14%)."""
+    from offload.engine.engine import Engine
+    from offload.model.linear import QuantLinear
+    from offload.planner.plan import RuntimeConfig
+
+    out = {}
+    for name, rt in (
+        ("f32", RuntimeConfig(device="cpu", dtype="float32", context=256)),
+        ("bf16", RuntimeConfig(device="cpu", context=256)),
+        ("int8", RuntimeConfig(device="cpu", cpu_weights="int8", context=256)),
+    ):
+        with Engine(mini_k25, rt) as engine:
+            m = engine.model
+            assert isinstance(m.blocks[0].attn.w.o, QuantLinear) == (name == "int8")
+            assert isinstance(m.blocks[0].attn.w.kv_b, torch.Tensor)
+            out[name] = m.forward(torch.tensor([5, 6, 7, 8, 9]), 0, m.new_cache(32), last_only=True)[0].float()
+    ref = out["f32"]
+    assert int(out["int8"].argmax()) == int(out["bf16"].argmax()) == int(ref.argmax())
+    assert float((out["int8"] - ref).abs().max()) <= 3 * float((out["bf16"] - ref).abs().max())

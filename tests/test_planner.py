@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import pytest
 
+from offload.errors import OffloadError
 from offload.hf_config import HfConfig
 from offload.planner.plan import GiB, Plan, RuntimeConfig, make_plan
 from offload.planner.profile import Profile
@@ -172,6 +174,40 @@ def test_fp8_weights_on_the_cpu_are_budgeted_as_converted():
     ram = {p.part: p for p in plan.placements if p.where == "ram"}
     assert ram["attention"].fmt == "bf16" and ram["attention"].nbytes == BF16["attention"]  # not the FP8 bytes
     f32 = plan_for("k2", cfg, CPU_BOX, RuntimeConfig(context=4096, dtype="float32"))
+    assert {p.part: p.nbytes for p in f32.placements}["attention"] == 2 * BF16["attention"]
+
+
+def test_cpu_weights_int8_is_q8_0_but_kv_b_by_hand():
+    """--cpu-weights int8 on the CPU: 34 bytes per 32 Linear weights, kv_b (16384 x 512 a layer) kept bf16; parts
+    without Linears unchanged; the decode reads drop by the same bytes."""
+    base = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192))
+    plan = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192, cpu_weights="int8"))
+    ram = {p.part: p for p in plan.placements if p.where == "ram"}
+    kv_b = 61 * 16384 * 512
+    assert ram["attention"].fmt == "q8_0"
+    assert ram["attention"].nbytes == (61 * ATT_LAYER - kv_b) // 32 * 34 + 2 * kv_b
+    assert ram["shared_experts"].nbytes == 60 * SHARED_LAYER // 32 * 34
+    assert ram["dense_mlp"].nbytes == DENSE // 32 * 34 and ram["lm_head"].nbytes == VOCAB_H // 32 * 34
+    assert ram["norms"].fmt == "bf16" and ram["norms"].nbytes == BF16["norms"]
+    assert ram["router"].nbytes == BF16["router"]
+    saved = sum(BF16[p] - ram[p].nbytes for p in ("attention", "shared_experts", "dense_mlp", "lm_head"))
+    assert base.per_token_bytes["dram"] - plan.per_token_bytes["dram"] == saved
+    with pytest.raises(OffloadError, match="--cpu-weights 'int4': choose bf16 or int8"):
+        RuntimeConfig(cpu_weights="int4")  # type: ignore[arg-type]
+
+
+def test_a_ggufs_quantized_linears_are_planned_as_stored():
+    """A GGUF's ggml-typed parts stay as stored on the CPU (the native kernel reads them in place); kv_b is the
+    exception, made dense in bf16; at float32 they are converted like any other format."""
+    cfg = K25.model
+    storage = layout_storage(K25)
+    stored = dict(storage.part_bytes, attention=1_000_000_000, dense_mlp=123_456)
+    gguf = dataclasses.replace(storage, part_bytes=stored, ggml_parts=frozenset({"attention", "dense_mlp"}))
+    plan = make_plan("k", cfg, gguf, CPU_BOX, RuntimeConfig(context=8192))
+    ram = {p.part: p for p in plan.placements if p.where == "ram"}
+    assert ram["attention"].fmt == "as stored" and ram["attention"].nbytes == 1_000_000_000 + 2 * 61 * 16384 * 512
+    assert ram["dense_mlp"].nbytes == 123_456 and ram["lm_head"].fmt == "bf16"
+    f32 = make_plan("k", cfg, gguf, CPU_BOX, RuntimeConfig(context=8192, dtype="float32"))
     assert {p.part: p.nbytes for p in f32.placements}["attention"] == 2 * BF16["attention"]
 
 
