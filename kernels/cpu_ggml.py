@@ -57,6 +57,8 @@ class _Native:
         lib.kimi_ggml_decode.restype = i32
         lib.kimi_ggml_linear.argtypes = [p, i64, i64, p, i32, i64, p, i32]
         lib.kimi_ggml_linear.restype = i32
+        lib.kimi_ggml_linear_batched.argtypes = [p, i64, i64, i64, p, i32, i64, p, i32]
+        lib.kimi_ggml_linear_batched.restype = i32
         lib.kimi_ggml_moe.argtypes = [p, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
         lib.kimi_ggml_moe.restype = i32
         self.lib = lib
@@ -237,6 +239,37 @@ def ggml_linear_cpu(
             torch.get_num_threads(),
         )
         _raise_rc(rc, "ggml_linear_cpu")
+    return y
+
+
+def ggml_linear_batched_cpu(
+    x: torch.Tensor, w: StoredWeight, heads: int, out: torch.Tensor | None = None, isa: str | None = None
+) -> torch.Tensor:
+    """x [H, T, in] float32 @ W_h.T per h -> [H, T, out] float32, with W [H * out, in] the H matrices' rows one
+    after another in a ggml type (MLA's absorbed per-head weights). Native kernel, else dequantize + bmm."""
+    rows, in_f = _check_weight("w", w)
+    if heads < 1 or rows % heads:
+        raise ValueError(f"w has {rows} rows: not {heads} matrices of equal height")
+    out_f = rows // heads
+    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[0] != heads:
+        raise ValueError(f"x: expected [{heads}, T, {in_f}], got {getattr(x, 'shape', type(x).__name__)}")
+    xt = _check_x(x.view(-1, x.shape[-1]) if x.is_contiguous() else x.reshape(-1, x.shape[-1]), in_f)
+    n_tok = x.shape[1]
+    y = torch.empty(heads, n_tok, out_f, dtype=torch.float32) if out is None else out
+    if tuple(y.shape) != (heads, n_tok, out_f) or y.dtype != torch.float32 or not y.is_contiguous():
+        raise ValueError(
+            f"out: expected a contiguous float32 [{heads}, {n_tok}, {out_f}], got {y.dtype} {list(y.shape)}"
+        )
+    lib = _native(isa)
+    if lib is None:
+        dense = dequantize(w, torch.float32).view(heads, out_f, in_f)
+        return torch.bmm(xt.view(heads, n_tok, in_f), dense.transpose(1, 2), out=y)
+    if n_tok and out_f:
+        rc = lib.lib.kimi_ggml_linear_batched(
+            xt.data_ptr(), heads, n_tok, in_f, w.parts["data"].data_ptr(), lib.type_id(w.fmt), out_f, y.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        _raise_rc(rc, "ggml_linear_batched_cpu")
     return y
 
 

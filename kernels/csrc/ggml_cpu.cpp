@@ -42,7 +42,7 @@ struct TypeInfo {
 };
 
 const TypeInfo kTypes[NTYPES] = {
-    {"q4_0", 32, 18, true, true},       {"q4_1", 32, 20, true, true},      {"q5_0", 32, 22, true, true},
+    {"q4_0", 32, 18, false, false},     {"q4_1", 32, 20, true, true},      {"q5_0", 32, 22, false, false},
     {"q5_1", 32, 24, true, true},       {"q8_0", 32, 34, false, false},    {"iq4_nl", 32, 18, false, false},
     {"mxfp4", 32, 17, false, false},    {"q2_k", 256, 84, true, true},     {"q3_k", 256, 110, true, true},
     {"q4_k", 256, 144, true, true},     {"q5_k", 256, 176, true, true},    {"q6_k", 256, 210, true, true},
@@ -108,10 +108,9 @@ KI void lookup32(const uint8_t* qs, const int8_t* table, int8_t* q) {  // nibble
   store16(q + 16, _mm_shuffle_epi8(t, hi_nib(v)));
 }
 
-KI void dec_q4_0(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // d * (n - 8) = d * n - 8d
-  nibbles32(b + 2, q, 0);
+KI void dec_q4_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  nibbles32(b + 2, q, 8);
   sc[0] = sc[1] = f16(b);
-  mn[0] = mn[1] = 8.0f * sc[0];
 }
 KI void dec_q4_1(const uint8_t* b, int8_t* q, float* sc, float* mn) {
   nibbles32(b + 4, q, 0);
@@ -125,10 +124,9 @@ KI void q5(const uint8_t* qh4, const uint8_t* qs, int8_t* q, int off) {
     q[j + 16] = static_cast<int8_t>(((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - off);
   }
 }
-KI void dec_q5_0(const uint8_t* b, int8_t* q, float* sc, float* mn) {
-  q5(b + 2, b + 6, q, 0);
+KI void dec_q5_0(const uint8_t* b, int8_t* q, float* sc, float*) {
+  q5(b + 2, b + 6, q, 16);
   sc[0] = sc[1] = f16(b);
-  mn[0] = mn[1] = 16.0f * sc[0];
 }
 KI void dec_q5_1(const uint8_t* b, int8_t* q, float* sc, float* mn) {
   q5(b + 4, b + 8, q, 0);
@@ -380,7 +378,11 @@ void row_loop(const uint8_t* row, int64_t in, int8_t* q, float* sc8, float* mn) 
   float sc[G], m[G];
   for (int64_t k = 0; k < in / BLOCK; ++k) {
     DEC(row + k * BYTES, q + k * BLOCK, sc, m);
-    for (int g = 0; g < G; ++g) _mm_storeu_ps(sc8 + (k * G + g) * 4, _mm_set1_ps(sc[g]));
+    if constexpr (BLOCK == 32) {  // one scale for the block: one 8-wide store
+      _mm256_storeu_ps(sc8 + k * 8, _mm256_set1_ps(sc[0]));
+    } else {
+      for (int g = 0; g < G; ++g) _mm_storeu_ps(sc8 + (k * G + g) * 4, _mm_set1_ps(sc[g]));
+    }
     if constexpr (MIN)
       for (int g = 0; g < G; ++g) mn[k * G + g] = m[g];
   }
@@ -388,7 +390,7 @@ void row_loop(const uint8_t* row, int64_t in, int8_t* q, float* sc8, float* mn) 
 
 #define ROW(dec, block, bytes, min) row_loop<dec, block, bytes, min>
 const RowDecoder kRowDecoders[NTYPES] = {
-    ROW(dec_q4_0, 32, 18, true),      ROW(dec_q4_1, 32, 20, true),       ROW(dec_q5_0, 32, 22, true),
+    ROW(dec_q4_0, 32, 18, false),      ROW(dec_q4_1, 32, 20, true),       ROW(dec_q5_0, 32, 22, false),
     ROW(dec_q5_1, 32, 24, true),       ROW(dec_q8_0, 32, 34, false),      ROW(dec_iq4_nl, 32, 18, false),
     ROW(dec_mxfp4, 32, 17, false),     ROW(dec_q2_k, 256, 84, true),      ROW(dec_q3_k, 256, 110, true),
     ROW(dec_q4_k, 256, 144, true),     ROW(dec_q5_k, 256, 176, true),     ROW(dec_q6_k, 256, 210, true),
@@ -536,8 +538,50 @@ KI void dot_rows(const Rows* rows, const Act& a, bool has_min, float* res) {
   }
 }
 
-// ---- one matmul: y[t, row] for rows [r0, r1) of a weight, every token of an activation set ------------------------
 constexpr int kR = 4;  // rows decoded per tile
+
+// ---- one token against Q4_0 / Q8_0 rows, decoded in registers --------------------------------------------------
+// A decode step's most common types (Q4_0 experts, Q8_0 everything else) skip the decoded tile: each 32-weight block
+// becomes one vector of codes and meets the token's block at once (no stores, no reloads, no scale arrays).
+template <int TYPE, int R>
+KI void fused_rows(const uint8_t* const* rows, const Act& a, int64_t nb, float* res) {
+  constexpr int BYTES = TYPE == Q8_0 ? 34 : 18;
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * b));
+    const float ad = a.d8[8 * b];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = rows[r] + b * BYTES;
+      __m256i q;
+      if constexpr (TYPE == Q8_0) {
+        q = load32(blk + 2);
+      } else {  // low nibbles are weights 0..15, high ones 16..31
+        const __m128i v = load16(blk + 2);
+        q = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15)),
+                            _mm256_set1_epi8(8));
+      }
+      const __m256 f = _mm256_set1_ps(f16(blk) * ad);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(q, av)), f, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) res[r] = hsum(acc[r]);
+}
+
+template <int TYPE>
+void fused_tile(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const Act& a, int64_t in, float* y) {
+  const uint8_t* rows[kR];
+  for (int r = 0; r < n; ++r) rows[r] = w + (r0 + r) * row_bytes;
+  float res[kR];
+  if (n == kR) {
+    fused_rows<TYPE, kR>(rows, a, in / 32, res);
+  } else {
+    for (int r = 0; r < n; ++r) fused_rows<TYPE, 1>(rows + r, a, in / 32, res + r);
+  }
+  for (int r = 0; r < n; ++r) y[r0 + r] = res[r];
+}
+
+// ---- one matmul: y[t, row] for rows [r0, r1) of a weight, every token of an activation set ------------------------
 
 struct Scratch {  // per thread: kR decoded rows
   int8_t* q = nullptr;
@@ -591,6 +635,15 @@ struct ActBuf {
 void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
           const int64_t* toks, float* y, int64_t y_stride, Scratch& s) {
   const int64_t in = acts.in;
+  if (T == 1 && (type == Q4_0 || type == Q8_0)) {
+    const Act a = acts.at(toks ? toks[0] : 0);
+    if (type == Q4_0) {
+      fused_tile<Q4_0>(w, row_bytes, r0, n, a, in, y);
+    } else {
+      fused_tile<Q8_0>(w, row_bytes, r0, n, a, in, y);
+    }
+    return;
+  }
   Rows rows[kR];
   for (int r = 0; r < kR; ++r) {
     rows[r] = Rows{s.q + r * in, s.sc8 + r * (in / 32) * 8, s.mn + r * (in / 16), in};
@@ -709,6 +762,42 @@ int kimi_ggml_linear(const float* x, int64_t T, int64_t in, const uint8_t* w, in
       for (int64_t k = 0; k < tiles; ++k) {
         const int64_t r0 = k * kR;
         tile(type, w, rb, r0, static_cast<int>(std::min<int64_t>(kR, out - r0)), act.set, T, nullptr, y, out, s);
+      }
+    }
+  }
+  return failed;
+}
+
+// Batched: y [H, T, out] = x [H, T, in] @ W_h.T for H weights stored one after another ([H * out, in] rows of
+// `type`): MLA's absorbed per-head matrices in one call. Returns 0, 1 (no memory), 2, 3.
+int kimi_ggml_linear_batched(const float* x, int64_t H, int64_t T, int64_t in, const uint8_t* w, int type,
+                             int64_t out, float* y, int n_threads) {
+  if (!valid(type, in)) return 2;
+  if (!g_tables_set) return 3;
+  ActBuf act;
+  if (!act.alloc(H * T, in)) return 1;
+  const int64_t rb = row_bytes_of(type, in);
+  const int64_t tiles = (out + kR - 1) / kR;
+  int failed = 0;
+#pragma omp parallel num_threads(n_threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < H * T; ++t) quantize_act(x + t * in, in, act.set.q + t * in,
+                                                     act.set.d8 + t * (in / 32) * 8, act.set.s16 + t * (in / 16));
+    Scratch s;
+    if (!s.alloc(in)) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp barrier
+    if (!failed) {
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < H * tiles; ++k) {
+        const int64_t h = k / tiles, r0 = (k % tiles) * kR;
+        const ActSet head{act.set.q + h * T * in, act.set.d8 + h * T * (in / 32) * 8, act.set.s16 + h * T * (in / 16),
+                          in};
+        tile(type, w + h * out * rb, rb, r0, static_cast<int>(std::min<int64_t>(kR, out - r0)), head, T, nullptr,
+             y + h * T * out, out, s);
       }
     }
   }

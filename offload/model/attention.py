@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.cpu_ggml import ggml_linear_batched_cpu
+from kernels.dequant import StoredWeight
+from kernels.ggml_encode import quantize_q8_0
 from offload.config import ModelConfig
 from offload.model.cache import LatentCache
 from offload.model.cancel import check
@@ -46,7 +49,9 @@ class MLAWeights:
 class MLA:
     """Attention of one layer; caches only (normalised latent, roped k_pe) per token."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, w: MLAWeights, rope: Rope) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, w: MLAWeights, rope: Rope, absorb_int8: bool = False) -> None:
+        """absorb_int8: decode's absorbed per-head matrices as Q8_0 through the native ggml kernel (CPU; int8
+        activations), one batched call each instead of a bf16 einsum (~5x faster on the CPU)."""
         self.layer = layer
         self.w = w
         self.rope = rope
@@ -60,6 +65,13 @@ class MLA:
         # K2.5 layer); the copy costs half of kv_b again (0.5 GB for K2.5), so only the CPU pays for it.
         self.w_uk_t = w_uk.contiguous() if kv_b.device.type == "cpu" else w_uk
         self.w_uv = kv_b[:, self.nope :]  # [H, v, rank]: absorbed into the output
+        self.uk_q: StoredWeight | None = None  # Q8_0 [H * rank, nope], rows of w_uk_t
+        self.uv_q: StoredWeight | None = None  # Q8_0 [H * v, rank], rows of w_uv
+        if absorb_int8 and self.nope % 32 == 0 and self.rank % 32 == 0:
+            uk = self.w_uk_t.reshape(-1, self.nope)
+            uv = self.w_uv.reshape(-1, self.rank)
+            self.uk_q = StoredWeight("q8_0", (uk.shape[0], self.nope), {"data": quantize_q8_0(uk)})
+            self.uv_q = StoredWeight("q8_0", (uv.shape[0], self.rank), {"data": quantize_q8_0(uv)})
 
     def __call__(
         self,
@@ -134,11 +146,18 @@ class MLA:
     ) -> torch.Tensor:
         """Decode: attend in latent space; per-head keys and values are never formed. -> [T, H, v]"""
         T, S = q_nope.shape[0], latent.shape[0]
-        q_lat = torch.einsum("thd,hcd->thc", q_nope, self.w_uk_t)  # [T, H, 512]
+        if self.uk_q is not None:
+            heads_first = q_nope.transpose(0, 1).float().contiguous()  # [H, T, nope]
+            q_lat = ggml_linear_batched_cpu(heads_first, self.uk_q, self.heads).transpose(0, 1).to(latent.dtype)
+        else:
+            q_lat = torch.einsum("thd,hcd->thc", q_nope, self.w_uk_t)  # [T, H, 512]
         scores = torch.einsum("thc,sc->ths", q_lat, latent) + torch.einsum("thr,sr->ths", q_pe, k_pe)  # [T, H, S]
         scores = scores.float() * self.scale
         if T > 1:  # one new token sees every cached one
             scores.masked_fill_(~self._mask(T, S, start, scores.device)[:, None, :], float("-inf"))
         p = scores.softmax(dim=-1).to(latent.dtype)
         o_lat = torch.einsum("ths,sc->thc", p, latent)  # [T, H, 512]
+        if self.uv_q is not None:
+            heads_first = o_lat.transpose(0, 1).float().contiguous()  # [H, T, rank]
+            return ggml_linear_batched_cpu(heads_first, self.uv_q, self.heads).transpose(0, 1).to(latent.dtype)
         return torch.einsum("thc,hvc->thv", o_lat, self.w_uv)  # [T, H, 128]

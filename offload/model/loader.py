@@ -47,6 +47,8 @@ def load_transformer(
     report = on_bytes or (lambda n: None)
     on_cuda = torch.device(device).type == "cuda"
     keep_ggml = not on_cuda and dtype != torch.float32 and cpu_ggml.native_build() is not None
+    # decode's absorbed attention matrices in Q8_0 too, where the Linears are int8 already (a GGUF's, or by choice)
+    absorb_int8 = keep_ggml and (cpu_weights == "int8" or "attention" in ckpt.storage.ggml_parts)
 
     def stored_weight(module: str) -> StoredWeight:
         stored = ckpt.weight(module)
@@ -108,7 +110,7 @@ def load_transformer(
         blocks.append(
             Block(
                 vector(f"{p}.input_layernorm.weight"),
-                MLA(cfg, i, w, rope),
+                MLA(cfg, i, w, rope, absorb_int8=absorb_int8),
                 vector(f"{p}.post_attention_layernorm.weight"),
                 mlp,
             )
