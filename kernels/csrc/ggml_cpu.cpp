@@ -26,6 +26,8 @@ namespace {
 
 #define KI inline __attribute__((always_inline))
 
+constexpr int kPrefetch = 2048;  // bytes ahead of a row's read that are prefetched (~1.5x from DRAM at 2-3 KB)
+
 enum Type : int {
   Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4,
   Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ1_0, TQ2_0,
@@ -377,6 +379,7 @@ void row_loop(const uint8_t* row, int64_t in, int8_t* q, float* sc8, float* mn) 
   constexpr int G = BLOCK / 16;
   float sc[G], m[G];
   for (int64_t k = 0; k < in / BLOCK; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + k * BYTES + kPrefetch), _MM_HINT_T0);
     DEC(row + k * BYTES, q + k * BLOCK, sc, m);
     if constexpr (BLOCK == 32) {  // one scale for the block: one 8-wide store
       _mm256_storeu_ps(sc8 + k * 8, _mm256_set1_ps(sc[0]));
@@ -553,6 +556,7 @@ KI void fused_rows(const uint8_t* const* rows, const Act& a, int64_t nb, float* 
     const float ad = a.d8[8 * b];
     for (int r = 0; r < R; ++r) {
       const uint8_t* blk = rows[r] + b * BYTES;
+      _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetch), _MM_HINT_T0);
       __m256i q;
       if constexpr (TYPE == Q8_0) {
         q = load32(blk + 2);
@@ -573,11 +577,9 @@ void fused_tile(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const Ac
   const uint8_t* rows[kR];
   for (int r = 0; r < n; ++r) rows[r] = w + (r0 + r) * row_bytes;
   float res[kR];
-  if (n == kR) {
-    fused_rows<TYPE, kR>(rows, a, in / 32, res);
-  } else {
-    for (int r = 0; r < n; ++r) fused_rows<TYPE, 1>(rows + r, a, in / 32, res + r);
-  }
+  // one row after the other: a thread reads its rows as one stream (4 short interleaved streams read ~1.5x slower
+  // from DRAM, measured on bench's 512 x 2048 experts), the activations stay in L1 anyway
+  for (int r = 0; r < n; ++r) fused_rows<TYPE, 1>(rows + r, a, in / 32, res + r);
   for (int r = 0; r < n; ++r) y[r0 + r] = res[r];
 }
 
@@ -758,7 +760,7 @@ int kimi_ggml_linear(const float* x, int64_t T, int64_t in, const uint8_t* w, in
     }
 #pragma omp barrier
     if (!failed) {
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(static)  // contiguous halves: each thread streams its rows
       for (int64_t k = 0; k < tiles; ++k) {
         const int64_t r0 = k * kR;
         tile(type, w, rb, r0, static_cast<int>(std::min<int64_t>(kR, out - r0)), act.set, T, nullptr, y, out, s);
@@ -838,12 +840,20 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
 #pragma omp barrier
     if (!failed) {
       // gate and up: item = (expert, projection, row tile); output gu[(p - p0) * 2I + proj * I + row]
-#pragma omp for schedule(dynamic, 2)
-      for (int64_t k = 0; k < E * 2 * tiles_i; ++k) {
+      // one token per expert (decode): contiguous shares, each thread streams its rows; else balance by work
+      const bool even = P == E;
+      auto gate_up = [&](int64_t k) {
         const int64_t e = k / (2 * tiles_i), proj = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
         const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + proj]);
         tile(types[proj], w, proj ? rb_u : rb_g, r0, static_cast<int>(std::min<int64_t>(kR, I - r0)), ax.set,
              end[e] - begin[e], tokens + begin[e], gu + (begin[e] - p0) * 2 * I + proj * I, 2 * I, s);
+      };
+      if (even) {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < E * 2 * tiles_i; ++k) gate_up(k);
+      } else {
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t k = 0; k < E * 2 * tiles_i; ++k) gate_up(k);
       }
       // silu(gate) * up, quantized per pair
 #pragma omp for schedule(static)
@@ -853,14 +863,20 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
         quantize_act(g, I, ah.set.q + p * I, ah.set.d8 + p * (I / 32) * 8, ah.set.s16 + p * (I / 16));
       }
       // down: item = (expert, row tile); output yd[(p - p0) * D + row]
-#pragma omp for schedule(dynamic, 2)
-      for (int64_t k = 0; k < E * tiles_d; ++k) {
+      auto down = [&](int64_t k) {
         const int64_t e = k / tiles_d, r0 = (k % tiles_d) * kR;
         const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + 2]);
         const ActSet hs = ActSet{ah.set.q + (begin[e] - p0) * I, ah.set.d8 + (begin[e] - p0) * (I / 32) * 8,
                                  ah.set.s16 + (begin[e] - p0) * (I / 16), I};
         tile(types[2], w, rb_d, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), hs, end[e] - begin[e],
              nullptr, yd + (begin[e] - p0) * D, D, s);
+      };
+      if (even) {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < E * tiles_d; ++k) down(k);
+      } else {
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t k = 0; k < E * tiles_d; ++k) down(k);
       }
       // the weighted sum: each thread owns a range of columns, pairs in order
       const int nt = omp_get_num_threads(), me = omp_get_thread_num();
