@@ -43,7 +43,7 @@ def ours(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         out = Path(d) / "b.json"
         cmd = [sys.executable, "-m", "offload.cli", "bench", "--model", str(model), "--device", "cpu",
                "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--runs", "1",
-               "--json", str(out)]  # fmt: skip
+               "--json", str(out), *args.ours_flag]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
         data: dict[str, Any] = json.loads(out.read_text())
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ours-flag", action="append", default=[], help="an extra flag for kimi-offload bench")
     ap.add_argument("--no-repack-too", action="store_true", help="skip llama-bench --repack 0")
     ap.add_argument("--decode-key", default="decode_tok_s")
     ap.add_argument("--prefill-key", default="prefill_tok_s")
