@@ -16,27 +16,11 @@ import torch
 from kernels.bench import ROTATION_BYTES, _time_calls, measure_read_bandwidth
 from kernels.cpu_ggml import ggml_linear_cpu, native_build
 from kernels.dequant import StoredWeight
-from kernels.formats import ggml_row_bytes
+from kernels.formats import GGML_EXPERT_TYPES, ggml_row_bytes
 from kernels.ggml_random import random_ggml_blocks
 from kernels.native import best_isa
 
-# the expert types of the GGUF files users run (issue 16's list), in the order the table prints them
-TYPES = (
-    "q4_0",
-    "q8_0",
-    "q2_k",
-    "q3_k",
-    "q4_k",
-    "q5_k",
-    "q6_k",
-    "iq1_s",
-    "iq1_m",
-    "iq2_xxs",
-    "iq2_xs",
-    "iq3_xxs",
-    "iq3_s",
-    "iq4_xs",
-)
+TYPES = GGML_EXPERT_TYPES
 
 
 def bench_ggml_cpu(

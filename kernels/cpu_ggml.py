@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from kernels.dequant import StoredWeight, dequantize
-from kernels.ffn import expert_ffn, sorted_pairs
+from kernels.ffn import check_out_not_x, expert_ffn, run_bounds, sorted_pairs, sum_over_runs
 from kernels.formats import GGML_BLOCKS
 from kernels.ggml import dequantize_ggml_ref
 from kernels.ggml_tables import gguf_tables
@@ -309,8 +309,7 @@ def ggml_grouped_ffn_cpu(
     xt = _check_x(x, x.shape[1])
     n_tok, d = xt.shape
     runs, tokens, wts = sorted_pairs(ids, weights, n_tok, experts)
-    if out is not None and out.untyped_storage().data_ptr() == xt.untyped_storage().data_ptr():
-        raise ValueError("out shares memory with x; the output is zeroed before x is read: pass another buffer")
+    check_out_not_x(out, xt)
     y = torch.empty(n_tok, d, dtype=torch.float32) if out is None else out
     if tuple(y.shape) != (n_tok, d) or y.dtype != torch.float32 or not y.is_contiguous():
         raise ValueError(f"out: expected a contiguous float32 [{n_tok}, {d}], got {y.dtype} {list(y.shape)}")
@@ -319,15 +318,12 @@ def ggml_grouped_ffn_cpu(
     i, fmts = _check_experts(xt, experts, [e for e, _, _ in runs])
     lib = _native(isa)
     if lib is None:
-        y.zero_()
-        for e, b, end in runs:
-            dense = [dequantize(w, torch.float32) for w in experts[e]]
-            h = expert_ffn(xt.index_select(0, tokens[b:end]), *dense)
-            y.index_add_(0, tokens[b:end], h.mul_(wts[b:end, None]))
-        return y
+        return sum_over_runs(
+            y, xt, runs, tokens, wts, lambda e, xs: expert_ffn(xs, *(dequantize(w, torch.float32) for w in experts[e]))
+        )
     ptrs = torch.tensor([[w.parts["data"].data_ptr() for w in experts[e]] for e, _, _ in runs], dtype=torch.int64)
     types = (ctypes.c_int * 3)(*(lib.type_id(f) for f in fmts))
-    bounds = torch.tensor([[b for _, b, _ in runs], [end for _, _, end in runs]], dtype=torch.int64)
+    bounds = run_bounds(runs)
     rc = lib.lib.kimi_ggml_moe(
         xt.data_ptr(),
         n_tok,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels.ffn import expert_ffn, sorted_pairs
+from kernels.ffn import check_out_not_x, expert_ffn, run_bounds, sorted_pairs, sum_over_runs
 from kernels.int4 import dequantize_int4, dequantize_int4_ref, unpack_int4
 from kernels.native import NativeBuild, build
 
@@ -260,8 +260,7 @@ def int4_grouped_ffn_cpu(
     once on the tokens routed to it. The native kernel takes the whole layer in one call."""
     xt = _check_tensor("x", x, torch.float32, None, None)
     n_tok, d = xt.shape
-    if out is not None and out.untyped_storage().data_ptr() == xt.untyped_storage().data_ptr():
-        raise ValueError("out shares memory with x; the output is zeroed before x is read: pass another buffer")
+    check_out_not_x(out, xt)
     y = _check_out(out, (n_tok, d))
     runs, tokens, wts = sorted_pairs(ids, weights, n_tok, experts)
     i = _check_expert(xt, *experts[runs[0][0]])[2] if runs else 0
@@ -270,13 +269,9 @@ def int4_grouped_ffn_cpu(
             raise ValueError(f"experts[{e}]: expected the inter size {i} of experts[{runs[0][0]}], got a different one")
     native = _native()
     if native is None or not runs:
-        y.zero_()
-        for e, b, end in runs:
-            h = int4_expert_ffn_cpu(xt.index_select(0, tokens[b:end]), *experts[e])  # [n, D]
-            y.index_add_(0, tokens[b:end], h.mul_(wts[b:end, None]))
-        return y
+        return sum_over_runs(y, xt, runs, tokens, wts, lambda e, xs: int4_expert_ffn_cpu(xs, *experts[e]))
     ptrs = torch.tensor([[t.data_ptr() for pair in experts[e] for t in pair] for e, _, _ in runs], dtype=torch.int64)
-    bounds = torch.tensor([[b for _, b, _ in runs], [end for _, _, end in runs]], dtype=torch.int64)
+    bounds = run_bounds(runs)
     rc = native.lib.kimi_int4_grouped_ffn(
         xt.data_ptr(),
         n_tok,

@@ -140,3 +140,31 @@ def sorted_pairs(
     picked = torch.cat(keep) if keep else order[:0]
     tokens = picked.div(ids.shape[1], rounding_mode="floor")  # [P] token of each kept pair
     return runs, tokens, weights.reshape(-1)[picked].contiguous()
+
+
+def check_out_not_x(out: torch.Tensor | None, x: torch.Tensor) -> None:
+    """The fused grouped kernels zero `out` before they read `x`: the two must not share memory."""
+    if out is not None and out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        raise ValueError("out shares memory with x; the output is zeroed before x is read: pass another buffer")
+
+
+def run_bounds(runs: list[tuple[int, int, int]]) -> torch.Tensor:
+    """[2, E] int64: each run's begin and end into the sorted pairs (the fused kernels' begin / end arrays)."""
+    return torch.tensor([[b for _, b, _ in runs], [end for _, _, end in runs]], dtype=torch.int64)
+
+
+def sum_over_runs(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    runs: list[tuple[int, int, int]],
+    tokens: torch.Tensor,
+    wts: torch.Tensor,
+    expert: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """y [T, D] = sum over the runs of wts * expert(e, x[tokens]) scattered back to the tokens (the path used when a
+    fused kernel is not built): `expert(e, xs)` maps [n, D] float32 to [n, D] float32."""
+    y.zero_()
+    for e, b, end in runs:
+        h = expert(e, x.index_select(0, tokens[b:end]))  # [n, D]
+        y.index_add_(0, tokens[b:end], h.mul_(wts[b:end, None]))
+    return y

@@ -62,6 +62,24 @@ GGML_BLOCKS: dict[str, tuple[int, int]] = {
     "mxfp4": (32, 17),
 }
 
+# the expert types of the GGUF files users run (issue 16's list): what `bench-kernels` times by default, in order
+GGML_EXPERT_TYPES = (
+    "q4_0",
+    "q8_0",
+    "q2_k",
+    "q3_k",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+    "iq1_s",
+    "iq1_m",
+    "iq2_xxs",
+    "iq2_xs",
+    "iq3_xxs",
+    "iq3_s",
+    "iq4_xs",
+)
+
 
 def label(fmt: str, params: tuple[int, ...]) -> str:
     """Short name as `plan` and `inspect` print it: 'int4 g32', 'fp8 128x128', 'bf16', 'q4_k'."""

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kernels import cpu_int4
+from kernels import cpu_ggml, cpu_int4
 from offload.synth.generator import SynthOptions, write_model
 from offload.synth.presets import PRESETS, preset_config
 
@@ -58,9 +59,19 @@ def native() -> None:
 @pytest.fixture(scope="session")
 def native_ggml() -> None:
     """For tests of the native ggml CPU kernel: skipped where it cannot build, failed when KIMI_REQUIRE_NATIVE=1."""
-    from kernels import cpu_ggml
-
     if cpu_ggml.native_build() is None:
         if os.environ.get(REQUIRE_NATIVE) == "1":
             pytest.fail(f"{REQUIRE_NATIVE}=1 but the native ggml CPU kernel did not build (see the warning above)")
         pytest.skip("the native ggml CPU kernel is not available here (no C++ compiler, or no AVX2/FMA/F16C)")
+
+
+@pytest.fixture
+def no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A machine where the native kernels cannot be built: an empty cache and a compiler that fails."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    cpu_int4._native.cache_clear()
+    cpu_ggml._native.cache_clear()
+    yield
+    cpu_int4._native.cache_clear()  # runs before monkeypatch restores the environment; the next call reloads
+    cpu_ggml._native.cache_clear()

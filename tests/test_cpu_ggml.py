@@ -8,7 +8,6 @@ error int8 activations can cause at most (`activation_error_bound`) of the float
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -211,15 +210,6 @@ def test_linear_errors(isa: str) -> None:
 
 
 # ---- the fallback ---------------------------------------------------------------------------------------------------
-@pytest.fixture
-def no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")
-    cpu_ggml._native.cache_clear()
-    yield
-    cpu_ggml._native.cache_clear()
-
-
 def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kernels.cpu_ggml"):
         assert cpu_ggml.native_build() is None

@@ -9,8 +9,6 @@ into a buffer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,16 +200,6 @@ def test_grouped_ffn(native: None) -> None:
 
 
 # ---- the fallback ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """A machine where the kernel cannot be built: an empty cache and a compiler that fails."""
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")
-    cpu_int4._native.cache_clear()
-    yield
-    cpu_int4._native.cache_clear()  # runs before monkeypatch restores the environment; the next call reloads
-
-
 def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kernels.cpu_int4"):
         assert cpu_int4.native_build() is None

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from kernels.formats import GGML_EXPERT_TYPES
 from offload.cli.console import console, err, fail
 
 
@@ -20,24 +21,7 @@ def bench_kernels_cmd(
     ffn: Annotated[bool, typer.Option(help="Also time whole experts (gate, up, down) on the K2.5 shape.")] = True,
     ggml_types: Annotated[
         str, typer.Option(help="ggml types to time on the first shape (GGUF experts), comma-separated; '' for none.")
-    ] = ",".join(
-        (
-            "q4_0",
-            "q8_0",
-            "q2_k",
-            "q3_k",
-            "q4_k",
-            "q5_k",
-            "q6_k",
-            "iq1_s",
-            "iq1_m",
-            "iq2_xxs",
-            "iq2_xs",
-            "iq3_xxs",
-            "iq3_s",
-            "iq4_xs",
-        )
-    ),
+    ] = ",".join(GGML_EXPERT_TYPES),
     int4: Annotated[bool, typer.Option(help="Time the INT4 candidates (safetensors experts).")] = True,
     seconds: Annotated[float, typer.Option(help="Most seconds per candidate and token count.")] = 3.0,
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")] = None,
