@@ -583,6 +583,164 @@ void fused_tile(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const Ac
   for (int r = 0; r < n; ++r) y[r0 + r] = res[r];
 }
 
+// ---- one token against any other type: each block decoded into registers-sized stack buffers and used at once ------
+// (no row-wide tile: at one token a decoded row is used once, and a tile of K2.5-wide rows spills out of L1.)
+template <Decoder DEC, int BLOCK, int BYTES, bool MIN, bool UNS>
+float fused_block_row(const uint8_t* row, const Act& a, int64_t in) {
+  constexpr int G = BLOCK / 16;
+  alignas(32) int8_t q[BLOCK];
+  alignas(32) float sc[G], mn[G];
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  float mtail = 0.0f;
+  for (int64_t k = 0; k < in / BLOCK; ++k) {
+    const uint8_t* blk = row + k * BYTES;
+    _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetch), _MM_HINT_T0);
+    DEC(blk, q, sc, mn);
+    const int8_t* aq = a.q + k * BLOCK;
+    const float* ad = a.d8 + k * (BLOCK / 32) * 8;
+    for (int s = 0; s < BLOCK / 32; ++s) {
+      const __m256i qv = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32 * s));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + 32 * s));
+      const __m256i d = UNS ? dot32u(qv, av) : dot32(qv, av);  // lanes 0-3: group 2s, 4-7: group 2s + 1
+      const __m256 f = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(sc[2 * s + 1]), _mm_set1_ps(sc[2 * s])),
+                                     _mm256_loadu_ps(ad + 8 * s));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), f, acc);
+    }
+    if constexpr (MIN) {
+      const float* s16 = a.s16 + k * G;
+      if constexpr (G >= 8) {
+        for (int g = 0; g < G; g += 8) macc = _mm256_fmadd_ps(_mm256_load_ps(mn + g), _mm256_loadu_ps(s16 + g), macc);
+      } else {
+        for (int g = 0; g < G; ++g) mtail += mn[g] * s16[g];
+      }
+    }
+  }
+  return hsum(acc) - (MIN ? hsum(macc) + mtail : 0.0f);
+}
+
+// The K-quants of Q4_K_M and Q2_K files, fully in registers: codes times activations in int16 pairs (maddubs), times
+// the block's integer sub-scales in int32 (madd), then one float multiply-add per 32 weights by d * activation scale.
+KI __m256i pair16(int lo, int hi) {  // int16 lanes 0-7: lo (weights 0..15 of a 32), 8-15: hi (16..31)
+  return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(hi)), _mm_set1_epi16(static_cast<int16_t>(lo)));
+}
+KI __m256i dot_scaled(__m256i q, const int8_t* a, __m256i scales) {  // q: unsigned codes <= 63
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))), scales);
+}
+KI __m256 bytes8_to_ps(__m128i v, bool is_signed) {  // the low 8 bytes of v as floats
+  return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v));
+}
+
+float fused_q4_k(const uint8_t* row, const Act& a, int64_t in) {
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i m15 = _mm256_set1_epi8(15);
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 144;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    // 12 bytes of 6-bit scales and mins -> u = 8 scales then 8 mins, one byte each (k4_scales, four at a time)
+    uint32_t u[4];
+    std::memcpy(u, b + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    const uint32_t mins03 = u[1] & 0x3f3f3f3fu;
+    u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    u[2] = mins03;
+    u[0] &= 0x3f3f3f3fu;
+    const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
+    const __m256 vd = _mm256_set1_ps(f16(b));
+    const int8_t* aq = a.q + 256 * k;
+    const float* ad = a.d8 + 64 * k;
+    for (int c = 0; c < 4; ++c) {  // weights 64c.. (low nibbles, scale 2c) and 64c + 32.. (high, scale 2c + 1)
+      const __m256i v = load32(b + 16 + 32 * c);
+      const __m256i p0 = dot_scaled(_mm256_and_si256(v, m15), aq + 64 * c, _mm256_set1_epi16(sm[2 * c]));
+      const __m256i p1 =
+          dot_scaled(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c)), acc);
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c + 8)), acc);
+    }
+    // minimums: dmin * m_j for both groups of 16 of sub-block j
+    const __m128i mb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8));
+    const __m128i m2 = _mm_unpacklo_epi8(mb, mb);
+    const __m256 vdm = _mm256_set1_ps(f16(b + 2));
+    const float* s16 = a.s16 + 16 * k;
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(m2, false), vdm), _mm256_loadu_ps(s16), macc);
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(m2, 8), false), vdm), _mm256_loadu_ps(s16 + 8),
+                           macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * (n - 32), n = 4 low bits | 2 high << 4
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i three = _mm256_set1_epi8(3);
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 210;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+    const float d = f16(b + 208);
+    const __m256 vd = _mm256_set1_ps(d);
+    const int8_t* aq = a.q + 256 * k;
+    const float* ad = a.d8 + 64 * k;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = load32(b + 64 * h), l1 = load32(b + 64 * h + 32), hv = load32(b + 128 + 32 * h);
+      const __m256i low[4] = {lo_nib(l0), lo_nib(l1), hi_nib(l0), hi_nib(l1)};
+      for (int s = 0; s < 4; ++s) {
+        const int sub = 4 * h + s;  // weights 32 sub.., groups 2 sub and 2 sub + 1
+        const __m256i q = _mm256_or_si256(low[s], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * s), three), 4));
+        const __m256i p = dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 8 * sub)), acc);
+      }
+    }
+    const __m128i sv = load16(b + 192);
+    const __m256 v32d = _mm256_set1_ps(32.0f * d);
+    const float* s16 = a.s16 + 16 * k;
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(sv, true), v32d), _mm256_loadu_ps(s16), macc);
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(sv, 8), true), v32d), _mm256_loadu_ps(s16 + 8),
+                           macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g & 15) * q - dmin * (sc_g >> 4)
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i three = _mm256_set1_epi8(3);
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 84;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const __m256 vd = _mm256_set1_ps(f16(b + 80));
+    const int8_t* aq = a.q + 256 * k;
+    const float* ad = a.d8 + 64 * k;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32(b + 16 + 32 * h);
+      for (int s = 0; s < 4; ++s) {
+        const int sub = 4 * h + s;
+        const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), three);
+        const __m256i p = dot_scaled(q, aq + 32 * sub, pair16(b[2 * sub] & 15, b[2 * sub + 1] & 15));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 8 * sub)), acc);
+      }
+    }
+    const __m128i mins = _mm_and_si128(_mm_srli_epi16(load16(b), 4), _mm_set1_epi8(15));
+    const __m256 vdm = _mm256_set1_ps(f16(b + 82));
+    const float* s16 = a.s16 + 16 * k;
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(mins, false), vdm), _mm256_loadu_ps(s16), macc);
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(mins, 8), false), vdm), _mm256_loadu_ps(s16 + 8),
+                           macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+using FusedRow = float (*)(const uint8_t*, const Act&, int64_t);
+#define FUSED(dec, block, bytes, min, uns) fused_block_row<dec, block, bytes, min, uns>
+const FusedRow kFusedRows[NTYPES] = {
+    nullptr /* q4_0: fused_rows */,         FUSED(dec_q4_1, 32, 20, true, true),     FUSED(dec_q5_0, 32, 22, false, false),
+    FUSED(dec_q5_1, 32, 24, true, true),    nullptr /* q8_0: fused_rows */,         FUSED(dec_iq4_nl, 32, 18, false, false),
+    FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              FUSED(dec_q3_k, 256, 110, true, true),
+    fused_q4_k /* registers */,             FUSED(dec_q5_k, 256, 176, true, true),  fused_q6_k /* registers */,          
+    FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  FUSED(dec_iq1_s, 256, 50, false, false),
+    FUSED(dec_iq1_m, 256, 56, false, false), FUSED(dec_iq2_xxs, 256, 66, false, false), FUSED(dec_iq2_xs, 256, 74, false, false),
+    FUSED(dec_iq2_s, 256, 82, false, false), FUSED(dec_iq3_xxs, 256, 98, false, false), FUSED(dec_iq3_s, 256, 110, false, false),
+    FUSED(dec_iq4_xs, 256, 136, false, false),
+};
+#undef FUSED
+
 // ---- one matmul: y[t, row] for rows [r0, r1) of a weight, every token of an activation set ------------------------
 
 struct Scratch {  // per thread: kR decoded rows
@@ -644,6 +802,11 @@ void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, cons
     } else {
       fused_tile<Q8_0>(w, row_bytes, r0, n, a, in, y);
     }
+    return;
+  }
+  if (T == 1 && kFusedRows[type]) {
+    const Act a = acts.at(toks ? toks[0] : 0);
+    for (int r = 0; r < n; ++r) y[r0 + r] = kFusedRows[type](w + (r0 + r) * row_bytes, a, in);
     return;
   }
   Rows rows[kR];
