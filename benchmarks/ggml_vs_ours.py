@@ -127,9 +127,14 @@ def main() -> None:
     by = {(r["type"], r["tokens"]): r for r in rows}
     for fmt in dict.fromkeys(r["type"] for r in rows):
         cells = [by[(fmt, t)] for t in tokens]
-        print(f"{fmt:<8}" + "".join(f" {c['ours_GBps']:>6.2f} / {c['ggml_GBps']:>6.2f} {c['ratio']:>5.2f}x" for c in cells))
+        print(
+            f"{fmt:<8}"
+            + "".join(f" {c['ours_GBps']:>6.2f} / {c['ggml_GBps']:>6.2f} {c['ratio']:>5.2f}x" for c in cells)
+        )
     if args.json:
-        args.json.write_text(json.dumps({"read_GBps": read, "threads": args.threads, "isa": isa, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"read_GBps": read, "threads": args.threads, "isa": isa, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":
