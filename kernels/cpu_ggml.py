@@ -19,6 +19,7 @@ import ctypes
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,18 @@ FLAGS = {"avx2": AVX2_FLAGS, "avx512vnni": AVX512_FLAGS}
 # the types the native kernel reads (every ggml type with blocks of 32 or 256 weights)
 NATIVE_TYPES = tuple(GGML_BLOCKS)
 GgmlExpert = tuple[StoredWeight, StoredWeight, StoredWeight]  # gate [I, D], up [I, D], down [D, I]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedExpert:
+    """An expert whose three weights were checked once (`check_expert`): a decode step passes the same experts
+    layer after layer, and checking 24 tensors per layer costs more than some of the kernel calls."""
+
+    weights: GgmlExpert
+    hidden: int  # D
+    inter: int  # I
+    fmts: tuple[str, str, str]
+    ptrs: tuple[int, int, int]  # the data pointers of gate, up, down
 
 
 # ---- the native library --------------------------------------------------------------------------------------------
@@ -214,12 +227,19 @@ def ggml_decode_native(w: StoredWeight, isa: str | None = None) -> torch.Tensor:
     return y
 
 
+def check_ggml_weight(w: StoredWeight, name: str = "w") -> tuple[int, int]:
+    """(out, in) of a weight the kernel reads in place (a ggml type, contiguous uint8 rows on the CPU), else
+    ValueError saying what is wrong."""
+    return _check_weight(name, w)
+
+
 def ggml_linear_cpu(
-    x: torch.Tensor, w: StoredWeight, out: torch.Tensor | None = None, isa: str | None = None
+    x: torch.Tensor, w: StoredWeight, out: torch.Tensor | None = None, isa: str | None = None, checked: bool = False
 ) -> torch.Tensor:
     """x [T, in] float32 @ W.T -> [T, out] float32, W read in place from its ggml bytes; torch's thread count.
-    The native kernel (int8 activations) when it is available, else dequantize + matmul."""
-    out_f, in_f = _check_weight("w", w)
+    The native kernel (int8 activations) when it is available, else dequantize + matmul. `checked`: the caller
+    passed `w` through `check_ggml_weight` already (a Linear called every step checks its weight once)."""
+    out_f, in_f = w.shape if checked else _check_weight("w", w)
     xt = _check_x(x, in_f)
     y = torch.empty(xt.shape[0], out_f, dtype=torch.float32) if out is None else out
     if tuple(y.shape) != (xt.shape[0], out_f) or y.dtype != torch.float32 or not y.is_contiguous():
@@ -274,31 +294,48 @@ def ggml_linear_batched_cpu(
 
 
 # ---- experts --------------------------------------------------------------------------------------------------------
-def _check_experts(x: torch.Tensor, experts: Mapping[int, GgmlExpert], present: list[int]) -> tuple[int, list[str]]:
-    """I and the (gate, up, down) formats, the same for every present expert."""
+def check_expert(expert: GgmlExpert, hidden: int, name: str = "expert") -> CheckedExpert:
+    """(gate [I, D], up [I, D], down [D, I]) checked for the kernel: ggml types read in place, matching shapes."""
+    gate, up, down = expert
+    i = _check_weight(f"{name} gate", gate, hidden)[0]
+    for part, w, out_f, in_f in (("up", up, i, hidden), ("down", down, hidden, i)):
+        if _check_weight(f"{name} {part}", w, in_f)[0] != out_f:
+            raise ValueError(f"{name} {part}: expected shape {(out_f, in_f)}, got {w.shape}")
+    ptrs = (gate.parts["data"].data_ptr(), up.parts["data"].data_ptr(), down.parts["data"].data_ptr())
+    return CheckedExpert(expert, hidden, i, (gate.fmt, up.fmt, down.fmt), ptrs)
+
+
+def _check_experts(
+    x: torch.Tensor, experts: Mapping[int, GgmlExpert | CheckedExpert], present: list[int]
+) -> tuple[int, list[CheckedExpert]]:
+    """I and the present experts checked, all of one hidden size, inter size and (gate, up, down) types."""
     d = x.shape[1]
-    first = experts[present[0]]
-    i = _check_weight(f"experts[{present[0]}] gate", first[0], d)[0]
-    fmts = [w.fmt for w in first]
+    checked = []
     for e in present:
-        gate, up, down = experts[e]
-        for name, w, out_f, in_f in (("gate", gate, i, d), ("up", up, i, d), ("down", down, d, i)):
-            got = _check_weight(f"experts[{e}] {name}", w, in_f)
-            if got[0] != out_f:
-                raise ValueError(f"experts[{e}] {name}: expected shape {(out_f, in_f)}, got {w.shape}")
-        if [w.fmt for w in experts[e]] != fmts:
+        ex = experts[e]
+        c = ex if isinstance(ex, CheckedExpert) else check_expert(ex, d, f"experts[{e}]")
+        if c.hidden != d:
+            raise ValueError(f"experts[{e}]: hidden size {c.hidden}, x has {d}")
+        checked.append(c)
+    first = checked[0]
+    for e, c in zip(present, checked, strict=True):
+        if c.inter != first.inter:
             raise ValueError(
-                f"experts[{e}]: types {[w.fmt for w in experts[e]]} differ from experts[{present[0]}]'s "
-                f"{fmts}; one call takes one layer, whose experts share their types"
+                f"experts[{e}]: expected the inter size {first.inter} of experts[{present[0]}], got {c.inter}"
             )
-    return i, fmts
+        if c.fmts != first.fmts:
+            raise ValueError(
+                f"experts[{e}]: types {list(c.fmts)} differ from experts[{present[0]}]'s "
+                f"{list(first.fmts)}; one call takes one layer, whose experts share their types"
+            )
+    return first.inter, checked
 
 
 def ggml_grouped_ffn_cpu(
     x: torch.Tensor,
     ids: torch.Tensor,
     weights: torch.Tensor,
-    experts: Mapping[int, GgmlExpert],
+    experts: Mapping[int, GgmlExpert | CheckedExpert],
     out: torch.Tensor | None = None,
     isa: str | None = None,
 ) -> torch.Tensor:
@@ -315,14 +352,15 @@ def ggml_grouped_ffn_cpu(
         raise ValueError(f"out: expected a contiguous float32 [{n_tok}, {d}], got {y.dtype} {list(y.shape)}")
     if not runs:
         return y.zero_()
-    i, fmts = _check_experts(xt, experts, [e for e, _, _ in runs])
+    i, checked = _check_experts(xt, experts, [e for e, _, _ in runs])
     lib = _native(isa)
     if lib is None:
+        by_id = {e: c.weights for (e, _, _), c in zip(runs, checked, strict=True)}
         return sum_over_runs(
-            y, xt, runs, tokens, wts, lambda e, xs: expert_ffn(xs, *(dequantize(w, torch.float32) for w in experts[e]))
+            y, xt, runs, tokens, wts, lambda e, xs: expert_ffn(xs, *(dequantize(w, torch.float32) for w in by_id[e]))
         )
-    ptrs = torch.tensor([[w.parts["data"].data_ptr() for w in experts[e]] for e, _, _ in runs], dtype=torch.int64)
-    types = (ctypes.c_int * 3)(*(lib.type_id(f) for f in fmts))
+    ptrs = torch.tensor([c.ptrs for c in checked], dtype=torch.int64)
+    types = (ctypes.c_int * 3)(*(lib.type_id(f) for f in checked[0].fmts))
     bounds = run_bounds(runs)
     rc = lib.lib.kimi_ggml_moe(
         xt.data_ptr(),

@@ -194,6 +194,27 @@ def test_grouped_ffn_edge_cases_and_errors(isa: str) -> None:
         ggml_grouped_ffn_cpu(x, ids, wts, narrow, isa=isa)
 
 
+def test_checked_experts_are_the_same_experts(isa: str) -> None:
+    """Experts checked once (as the CPU executor caches them) give the same output as plain tuples, and a checked
+    expert of another width or type is still refused."""
+    d, i = 256, 256
+    bank = experts(("q4_k", "q4_k", "q6_k"), 3, d, i, seed=30)
+    checked = {e: cpu_ggml.check_expert(ex, d) for e, ex in bank.items()}
+    x = torch.randn(2, d) * 0.1
+    ids, wts = torch.tensor([[0, 2], [1, 0]]), torch.rand(2, 2)
+    assert torch.equal(
+        ggml_grouped_ffn_cpu(x, ids, wts, checked, isa=isa), ggml_grouped_ffn_cpu(x, ids, wts, bank, isa=isa)
+    )
+    wide = experts(("q4_k", "q4_k", "q6_k"), 1, 512, i, seed=31)[0]
+    with pytest.raises(ValueError, match=r"experts\[1\]: hidden size 512, x has 256"):
+        ggml_grouped_ffn_cpu(x, ids, wts, {**checked, 1: cpu_ggml.check_expert(wide, 512)}, isa=isa)
+    other = cpu_ggml.check_expert(experts(("q4_0", "q4_0", "q4_0"), 1, d, i, seed=32)[0], d)
+    with pytest.raises(ValueError, match=r"experts\[2\]: types \['q4_0', 'q4_0', 'q4_0'\] differ"):
+        ggml_grouped_ffn_cpu(x, ids, wts, {**checked, 2: other}, isa=isa)
+    with pytest.raises(ValueError, match=r"layer 3 expert 7 down: expected shape \(256, 256\)"):
+        cpu_ggml.check_expert((bank[0][0], bank[0][1], wide[2]), d, "layer 3 expert 7")
+
+
 def test_linear_errors(isa: str) -> None:
     w, _ = weight("q4_k", 8, 256, seed=15)
     with pytest.raises(ValueError, match=r"x: expected a contiguous float32 CPU tensor \[\*, 256\]"):

@@ -42,7 +42,7 @@ class CpuExecutor:
         self.native = bool(self.fused and native is not False and native_build() is not None)
         self.native_ggml = bool(ggml and native is not False and cpu_ggml.native_build() is not None)
         self._views: dict[tuple[int, int], Int4Expert] = {}
-        self._stored: dict[tuple[int, int], cpu_ggml.GgmlExpert] = {}
+        self._stored: dict[tuple[int, int], cpu_ggml.GgmlExpert | cpu_ggml.CheckedExpert] = {}
         log.info(
             "CPU experts: %s",
             "native INT4 kernel"
@@ -67,12 +67,16 @@ class CpuExecutor:
             found = self._views[(layer, expert)] = (gate, up, down)
         return found
 
-    def stored(self, layer: int, expert: int) -> cpu_ggml.GgmlExpert:
-        """(gate, up, down) as stored in the GGUF file: zero-copy views, made once per expert."""
+    def stored(self, layer: int, expert: int) -> cpu_ggml.GgmlExpert | cpu_ggml.CheckedExpert:
+        """(gate, up, down) as stored in the GGUF file: zero-copy views, made (and, for the native kernel when they
+        are ggml types, checked) once per expert."""
         found = self._stored.get((layer, expert))
         if found is None:
             gate, up, down = (self.ckpt.weight(expert_module(layer, expert, p)) for p in PROJS)
-            found = self._stored[(layer, expert)] = (gate, up, down)
+            found = (gate, up, down)
+            if all(w.fmt in GGML_BLOCKS for w in found):
+                found = cpu_ggml.check_expert(found, gate.shape[1], f"layer {layer} expert {expert}")
+            self._stored[(layer, expert)] = found
         return found
 
     def compute(
@@ -83,7 +87,7 @@ class CpuExecutor:
             packed = {e: self.packed(layer, e) for e in experts}
             return int4_grouped_ffn_cpu(x.float().contiguous(), ids.contiguous(), weights.float().contiguous(), packed)
         stored = {e: self.stored(layer, e) for e in experts} if self.native_ggml else {}
-        if stored and all(w.fmt in GGML_BLOCKS for w in next(iter(stored.values()))):  # a float layer: below
+        if stored and isinstance(next(iter(stored.values())), cpu_ggml.CheckedExpert):  # a float layer: below
             return cpu_ggml.ggml_grouped_ffn_cpu(
                 x.float().contiguous(), ids.contiguous(), weights.float().contiguous(), stored
             )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.cpu_ggml import ggml_linear_cpu
+from kernels.cpu_ggml import check_ggml_weight, ggml_linear_cpu
 from kernels.dequant import StoredWeight
 
 
@@ -18,7 +18,7 @@ class QuantLinear:
 
     def __init__(self, weight: StoredWeight) -> None:
         self.weight = weight
-        self.out_features, self.in_features = weight.shape
+        self.out_features, self.in_features = check_ggml_weight(weight, "QuantLinear weight")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -26,7 +26,7 @@ class QuantLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [N, in]
-        y = ggml_linear_cpu(flat.float().contiguous(), self.weight)  # [N, out] float32
+        y = ggml_linear_cpu(flat.float().contiguous(), self.weight, checked=True)  # [N, out] float32
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
