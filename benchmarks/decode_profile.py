@@ -1,8 +1,8 @@
 """Where a CPU decode step's time goes, and how many torch ops it runs (a benchmark, not a CI test).
 
 Loads a model (a GGUF file or a safetensors folder), runs a short greedy generation to warm up, then:
-1. torch.profiler over `--steps` decode steps: the top-level aten ops (those not called by another aten op) per step
-   and per layer, and the ten most frequent with the Python function (in offload/ or kernels/) that called them;
+1. torch.profiler over `--steps` decode steps (after the prefill and first token): the top-level aten ops (those not
+   called by another aten op) per step and per layer, and the most frequent;
 2. cProfile over the same number of steps: the functions with the most own time (a native kernel called through
    ctypes counts as its Python caller's own time).
 
@@ -12,8 +12,8 @@ Loads a model (a GGUF file or a safetensors folder), runs a short greedy generat
 from __future__ import annotations
 
 import argparse
-import cProfile
 import collections
+import cProfile
 import io
 import pstats
 import sys
@@ -27,15 +27,6 @@ sys.path.insert(0, str(ROOT))
 from offload.engine.engine import Engine  # noqa: E402
 from offload.engine.sampling import SamplingParams  # noqa: E402
 from offload.planner.plan import RuntimeConfig  # noqa: E402
-
-
-def caller(ev: object) -> str:
-    """The innermost offload/ or kernels/ frame of a profiler event's Python stack."""
-    for frame in getattr(ev, "stack", None) or []:
-        for root in ("offload/", "kernels/"):
-            if root in frame:
-                return frame[frame.index(root) :]
-    return "?"
 
 
 def main() -> None:
@@ -53,38 +44,47 @@ def main() -> None:
         greedy = SamplingParams(temperature=0.0)
         engine.generate(prompt, greedy, 4, ignore_eos=True).run()  # warm-up: kernels built, pages in
 
-        def steps(n: int) -> None:
-            engine.generate(prompt, greedy, n, ignore_eos=True).run()
+        model = engine.model
+        forward = model.forward
+        passes = [0]
 
-        # profile n + 1 tokens and subtract 1 token's run: the prefill is removed by differencing two runs
-        counts: dict[int, collections.Counter[str]] = {}
-        callers: dict[int, collections.Counter[tuple[str, str]]] = {}
-        for n in (1, args.steps + 1):
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof:
-                steps(n)
-            c: collections.Counter[str] = collections.Counter()
-            cc: collections.Counter[tuple[str, str]] = collections.Counter()
-            for ev in prof.events():
-                if not ev.name.startswith("aten::"):
-                    continue
-                parent = ev.cpu_parent
-                if parent is not None and parent.name.startswith("aten::"):
-                    continue
-                c[ev.name] += 1
-                cc[(ev.name, caller(ev))] += 1
-            counts[n], callers[n] = c, cc
-        per_step = (sum(counts[args.steps + 1].values()) - sum(counts[1].values())) / args.steps
-        print(
-            f"top-level aten ops per decode step: {per_step:.0f}"
-            + (f" ({per_step / layers:.1f} per layer)" if layers else "")
+        def counted(*a: object, **k: object) -> object:
+            passes[0] += 1
+            return forward(*a, **k)
+
+        model.forward = counted  # type: ignore[method-assign]
+
+        def decode(n: int, profiler: object) -> int:
+            """n + 1 tokens; `profiler` (enable/disable, or a torch profiler's start/stop) runs from the first text
+            piece on (after the prefill); the decode passes it saw."""
+            it = iter(engine.generate(prompt, greedy, n + 1, ignore_eos=True))
+            next(it)  # the prefill and the first token
+            at = passes[0]
+            on, off = (
+                (profiler.enable, profiler.disable) if hasattr(profiler, "enable") else (profiler.start, profiler.stop)
+            )  # type: ignore[attr-defined]
+            on()
+            for _ in it:
+                pass
+            off()
+            return passes[0] - at
+
+        prof = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU],
         )
-        diff = callers[args.steps + 1] - callers[1]
-        for (name, where), k in diff.most_common(12):
-            print(f"  {k / args.steps:6.1f} per step  {name:<28} {where}")
+        n = decode(args.steps, prof)
+        c: collections.Counter[str] = collections.Counter()
+        for ev in prof.events():
+            parent = ev.cpu_parent
+            if ev.name.startswith("aten::") and not (parent is not None and parent.name.startswith("aten::")):
+                c[ev.name] += 1
+        per_step = sum(c.values()) / n
+        print(f"top-level aten ops per decode step: {per_step:.0f} ({per_step / layers:.1f} per layer)")
+        for name, k in c.most_common(12):
+            print(f"  {k / n:6.1f} per step  {name}")
         pr = cProfile.Profile()
-        pr.enable()
-        steps(args.steps + 1)
-        pr.disable()
+        n = decode(args.steps, pr)
+        print(f"cProfile over {n} decode steps:")
         out = io.StringIO()
         pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(25)
         print(out.getvalue())
