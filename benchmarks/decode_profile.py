@@ -3,7 +3,9 @@
 Loads a model (a GGUF file or a safetensors folder), runs a short greedy generation to warm up, then:
 1. torch.profiler over `--steps` decode steps (after the prefill and first token): the top-level aten ops (those not
    called by another aten op) per step and per layer, and the most frequent;
-2. cProfile over the same number of steps: the functions with the most own time (a native kernel called through
+2. wall time per decode step, and the part of it inside the native kernel calls (MoE layers, Linears, MLA's
+   absorbed matrices), timed around each call without a profiler;
+3. cProfile over the same number of steps: the functions with the most own time (a native kernel called through
    ctypes counts as its Python caller's own time).
 
     python benchmarks/decode_profile.py MODEL [--threads 2] [--prompt-len 32] [--steps 16] [--cpu-weights bf16|int8]
@@ -18,6 +20,7 @@ import io
 import pstats
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -82,6 +85,45 @@ def main() -> None:
         print(f"top-level aten ops per decode step: {per_step:.0f} ({per_step / layers:.1f} per layer)")
         for name, k in c.most_common(12):
             print(f"  {k / n:6.1f} per step  {name}")
+        import time
+
+        from kernels import cpu_ggml
+        from offload.model import attention, linear
+
+        spent: collections.Counter[str] = collections.Counter()
+
+        def timed(name: str, fn: Any) -> Any:
+            def call(*a: Any, **k: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[name] += time.perf_counter() - t0
+
+            return call
+
+        cpu_ggml.ggml_grouped_ffn_cpu = timed("MoE layers (ggml_grouped_ffn_cpu)", cpu_ggml.ggml_grouped_ffn_cpu)
+        linear.ggml_linear_cpu = timed("Linears (ggml_linear_cpu)", linear.ggml_linear_cpu)
+        attention.ggml_linear_batched_cpu = timed(
+            "absorbed MLA (ggml_linear_batched_cpu)", attention.ggml_linear_batched_cpu
+        )
+
+        class Wall:
+            def enable(self) -> None:
+                spent.clear()
+                self.t0 = time.perf_counter()
+
+            def disable(self) -> None:
+                self.s = time.perf_counter() - self.t0
+
+        wall = Wall()
+        n = decode(args.steps, wall)
+        step = wall.s / n
+        print(f"decode step: {step * 1e3:.2f} ms ({1 / step:.2f} tok/s) over {n} steps")
+        for name, t in spent.most_common():
+            print(f"  {t / n * 1e3:6.2f} ms  {t / wall.s:6.1%}  {name}")
+        rest = wall.s - sum(spent.values())
+        print(f"  {rest / n * 1e3:6.2f} ms  {rest / wall.s:6.1%}  everything else (torch ops, Python)")
         pr = cProfile.Profile()
         n = decode(args.steps, pr)
         print(f"cProfile over {n} decode steps:")
