@@ -990,6 +990,10 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
   const int64_t rb_g = row_bytes_of(types[0], D), rb_u = row_bytes_of(types[1], D), rb_d = row_bytes_of(types[2], I);
   const int64_t tiles_i = (I + kR - 1) / kR, tiles_d = (D + kR - 1) / kR;
   int failed = 0;
+  // one token per expert (decode): contiguous shares, each thread streams its rows; else balance by work. The
+  // schedule(runtime) loops below read this (the calling thread's setting, which torch's loops do not use).
+  const bool even = P == E;
+  omp_set_schedule(even ? omp_sched_static : omp_sched_dynamic, even ? 0 : 2);
 #pragma omp parallel num_threads(n_threads)
   {
 #pragma omp for schedule(static)
@@ -1003,21 +1007,14 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
 #pragma omp barrier
     if (!failed) {
       // gate and up: item = (expert, projection, row tile); output gu[(p - p0) * 2I + proj * I + row]
-      // one token per expert (decode): contiguous shares, each thread streams its rows; else balance by work
-      const bool even = P == E;
       auto gate_up = [&](int64_t k) {
         const int64_t e = k / (2 * tiles_i), proj = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
         const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + proj]);
         tile(types[proj], w, proj ? rb_u : rb_g, r0, static_cast<int>(std::min<int64_t>(kR, I - r0)), ax.set,
              end[e] - begin[e], tokens + begin[e], gu + (begin[e] - p0) * 2 * I + proj * I, 2 * I, s);
       };
-      if (even) {
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < E * 2 * tiles_i; ++k) gate_up(k);
-      } else {
-#pragma omp for schedule(dynamic, 2)
-        for (int64_t k = 0; k < E * 2 * tiles_i; ++k) gate_up(k);
-      }
+#pragma omp for schedule(runtime)  // set below: static when even, else dynamic
+      for (int64_t k = 0; k < E * 2 * tiles_i; ++k) gate_up(k);
       // silu(gate) * up, quantized per pair
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < P; ++p) {
@@ -1034,13 +1031,8 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
         tile(types[2], w, rb_d, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), hs, end[e] - begin[e],
              nullptr, yd + (begin[e] - p0) * D, D, s);
       };
-      if (even) {
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < E * tiles_d; ++k) down(k);
-      } else {
-#pragma omp for schedule(dynamic, 2)
-        for (int64_t k = 0; k < E * tiles_d; ++k) down(k);
-      }
+#pragma omp for schedule(runtime)
+      for (int64_t k = 0; k < E * tiles_d; ++k) down(k);
       // the weighted sum: each thread owns a range of columns, pairs in order
       const int nt = omp_get_num_threads(), me = omp_get_thread_num();
       const int64_t c0 = D * me / nt, c1 = D * (me + 1) / nt;
