@@ -630,20 +630,33 @@ KI __m256 bytes8_to_ps(__m128i v, bool is_signed) {  // the low 8 bytes of v as 
   return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v));
 }
 
+// Q4_K's 12 bytes of 6-bit scales and mins -> u: 8 scales then 8 mins, one byte each (k4_scales, four at a time)
+KI void k4_unpack(const uint8_t* s12, uint32_t u[4]) {
+  std::memcpy(u, s12, 12);
+  u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+  const uint32_t mins03 = u[1] & 0x3f3f3f3fu;
+  u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+  u[2] = mins03;
+  u[0] &= 0x3f3f3f3fu;
+}
+// dmin * m_j for both groups of 16 of each sub-block j, against the token's per-16 sums
+KI __m256 k4_min_term(const uint8_t* mins8, float dmin, const float* s16, __m256 macc) {
+  const __m128i mb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins8));
+  const __m128i m2 = _mm_unpacklo_epi8(mb, mb);
+  const __m256 vdm = _mm256_set1_ps(dmin);
+  macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(m2, false), vdm), _mm256_loadu_ps(s16), macc);
+  return _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(m2, 8), false), vdm), _mm256_loadu_ps(s16 + 8),
+                         macc);
+}
+
 float fused_q4_k(const uint8_t* row, const Act& a, int64_t in) {
   __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
   const __m256i m15 = _mm256_set1_epi8(15);
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 144;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    // 12 bytes of 6-bit scales and mins -> u = 8 scales then 8 mins, one byte each (k4_scales, four at a time)
     uint32_t u[4];
-    std::memcpy(u, b + 4, 12);
-    u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-    const uint32_t mins03 = u[1] & 0x3f3f3f3fu;
-    u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-    u[2] = mins03;
-    u[0] &= 0x3f3f3f3fu;
+    k4_unpack(b + 4, u);
     const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
     const __m256 vd = _mm256_set1_ps(f16(b));
     const int8_t* aq = a.q + 256 * k;
@@ -656,14 +669,75 @@ float fused_q4_k(const uint8_t* row, const Act& a, int64_t in) {
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c)), acc);
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c + 8)), acc);
     }
-    // minimums: dmin * m_j for both groups of 16 of sub-block j
-    const __m128i mb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8));
-    const __m128i m2 = _mm_unpacklo_epi8(mb, mb);
-    const __m256 vdm = _mm256_set1_ps(f16(b + 2));
+    macc = k4_min_term(sm + 8, f16(b + 2), a.s16 + 16 * k, macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+float fused_q5_k(const uint8_t* row, const Act& a, int64_t in) {  // Q4_K's scales; 5th bit of sub-block j: bit j of qh
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 176;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    uint32_t u[4];
+    k4_unpack(b + 4, u);
+    const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
+    const __m256 vd = _mm256_set1_ps(f16(b));
+    const __m256i hv = load32(b + 16);
+    const int8_t* aq = a.q + 256 * k;
+    const float* ad = a.d8 + 64 * k;
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = load32(b + 48 + 32 * c);
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), one), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c + 1), one), 4);
+      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(v, m15), h0);
+      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), h1);
+      const __m256i p0 = dot_scaled(q0, aq + 64 * c, _mm256_set1_epi16(sm[2 * c]));
+      const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c)), acc);
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c + 8)), acc);
+    }
+    macc = k4_min_term(sm + 8, f16(b + 2), a.s16 + 16 * k, macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g - 32) * (low + 4 h - 4)
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 110;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const uint8_t* s = b + 96;
+    alignas(32) int16_t sc[16];
+    for (int g = 0; g < 16; ++g) {
+      const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
+      const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
+      sc[g] = static_cast<int16_t>((lo | hi << 4) - 32);
+    }
+    const float d = f16(b + 108);
+    const __m256 vd = _mm256_set1_ps(d);
+    const __m256i hm = load32(b);
+    const int8_t* aq = a.q + 256 * k;
+    const float* ad = a.d8 + 64 * k;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = load32(b + 32 + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const int sub = 4 * h + j;  // weights 32 sub..: low bits 2j of byte 32h + l, high bit `sub` of hmask[l]
+        const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, sub), one), 2);
+        const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * j), three), hb);
+        const __m256i p = dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 8 * sub)), acc);
+      }
+    }
+    const __m256 v4d = _mm256_set1_ps(4.0f * d);  // the -4 offset: 4 d sc_g per weight
     const float* s16 = a.s16 + 16 * k;
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(m2, false), vdm), _mm256_loadu_ps(s16), macc);
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(m2, 8), false), vdm), _mm256_loadu_ps(s16 + 8),
-                           macc);
+    const __m256i sv = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc));
+    const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sv)));
+    const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(sv, 1)));
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(f0, v4d), _mm256_loadu_ps(s16), macc);
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(f1, v4d), _mm256_loadu_ps(s16 + 8), macc);
   }
   return hsum(acc) - hsum(macc);
 }
@@ -732,8 +806,8 @@ using FusedRow = float (*)(const uint8_t*, const Act&, int64_t);
 const FusedRow kFusedRows[NTYPES] = {
     nullptr /* q4_0: fused_rows */,         FUSED(dec_q4_1, 32, 20, true, true),     FUSED(dec_q5_0, 32, 22, false, false),
     FUSED(dec_q5_1, 32, 24, true, true),    nullptr /* q8_0: fused_rows */,         FUSED(dec_iq4_nl, 32, 18, false, false),
-    FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              FUSED(dec_q3_k, 256, 110, true, true),
-    fused_q4_k /* registers */,             FUSED(dec_q5_k, 256, 176, true, true),  fused_q6_k /* registers */,          
+    FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              fused_q3_k /* registers */,
+    fused_q4_k /* registers */,             fused_q5_k /* registers */,             fused_q6_k /* registers */,          
     FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  FUSED(dec_iq1_s, 256, 50, false, false),
     FUSED(dec_iq1_m, 256, 56, false, false), FUSED(dec_iq2_xxs, 256, 66, false, false), FUSED(dec_iq2_xs, 256, 74, false, false),
     FUSED(dec_iq2_s, 256, 82, false, false), FUSED(dec_iq3_xxs, 256, 98, false, false), FUSED(dec_iq3_s, 256, 110, false, false),
