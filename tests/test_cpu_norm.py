@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +17,6 @@ from tests.conftest import REQUIRE_NATIVE
 @pytest.fixture(scope="module")
 def native_norm() -> None:
     if not cpu_norm.available():
-        import os
-
         if os.environ.get(REQUIRE_NATIVE) == "1":
             pytest.fail(f"{REQUIRE_NATIVE}=1 but the native RMSNorm did not build")
         pytest.skip("the native RMSNorm is not available here")

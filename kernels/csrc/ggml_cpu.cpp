@@ -173,6 +173,14 @@ KI void dec_q2_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
     mn[g] = dmin * static_cast<float>(b[g] >> 4);
   }
 }
+// Q3_K's 12 bytes of 6-bit scales (4 low bits, then 2 high bits four at a time) -> 16 signed scales
+KI void q3_scales(const uint8_t* s, int16_t* sc) {
+  for (int g = 0; g < 16; ++g) {
+    const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
+    const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
+    sc[g] = static_cast<int16_t>((lo | hi << 4) - 32);
+  }
+}
 KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // scale * (low + 4h - 4)
   planes2(b + 32, q, 0);
   const __m256i hm = load32(b), four = _mm256_set1_epi8(4);
@@ -181,23 +189,23 @@ KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // scale 
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     store32(p, _mm256_add_epi8(v, _mm256_and_si256(bit_set(hm, s), four)));
   }
-  const uint8_t* s = b + 96;
+  int16_t s16[16];
+  q3_scales(b + 96, s16);
   const float d = f16(b + 108);
   for (int g = 0; g < 16; ++g) {
-    const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
-    const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
-    sc[g] = d * static_cast<float>((lo | hi << 4) - 32);
+    sc[g] = d * static_cast<float>(s16[g]);
     mn[g] = 4.0f * sc[g];
   }
 }
-KI void k4_scales(const uint8_t* s, int j, int* scale, int* mn) {
-  if (j < 4) {
-    *scale = s[j] & 63;
-    *mn = s[4 + j] & 63;
-  } else {
-    *scale = (s[4 + j] & 15) | (s[j - 4] >> 6) << 4;
-    *mn = (s[4 + j] >> 4) | (s[j] >> 6) << 4;
-  }
+// Q4_K's 12 bytes of 6-bit scales and mins -> u: 8 scales then 8 mins, one byte each (scales 0-3 and mins 0-3 are
+// the low 6 bits of bytes 0-3 and 4-7; 4-7 take 4 bits from bytes 8-11 and their top 2 from the top of bytes 0-7)
+KI void k4_unpack(const uint8_t* s12, uint32_t u[4]) {
+  std::memcpy(u, s12, 12);
+  u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+  const uint32_t mins03 = u[1] & 0x3f3f3f3fu;
+  u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+  u[2] = mins03;
+  u[0] &= 0x3f3f3f3fu;
 }
 // nibble planes per 64: weight 64c + l is the low nibble of byte 32c + l, 64c + 32 + l the high one
 KI void nibbles64(const uint8_t* qs, int8_t* q) {
@@ -209,11 +217,12 @@ KI void nibbles64(const uint8_t* qs, int8_t* q) {
 }
 KI void k4_scales_all(const uint8_t* b, float* sc, float* mn) {
   const float d = f16(b), dmin = f16(b + 2);
+  uint32_t u[4];
+  k4_unpack(b + 4, u);
+  const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
   for (int j = 0; j < 8; ++j) {
-    int s, m;
-    k4_scales(b + 4, j, &s, &m);
-    sc[2 * j] = sc[2 * j + 1] = d * static_cast<float>(s);
-    mn[2 * j] = mn[2 * j + 1] = dmin * static_cast<float>(m);
+    sc[2 * j] = sc[2 * j + 1] = d * static_cast<float>(sm[j]);
+    mn[2 * j] = mn[2 * j + 1] = dmin * static_cast<float>(sm[8 + j]);
   }
 }
 KI void dec_q4_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
@@ -630,15 +639,6 @@ KI __m256 bytes8_to_ps(__m128i v, bool is_signed) {  // the low 8 bytes of v as 
   return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v));
 }
 
-// Q4_K's 12 bytes of 6-bit scales and mins -> u: 8 scales then 8 mins, one byte each (k4_scales, four at a time)
-KI void k4_unpack(const uint8_t* s12, uint32_t u[4]) {
-  std::memcpy(u, s12, 12);
-  u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-  const uint32_t mins03 = u[1] & 0x3f3f3f3fu;
-  u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-  u[2] = mins03;
-  u[0] &= 0x3f3f3f3fu;
-}
 // dmin * m_j for both groups of 16 of each sub-block j, against the token's per-16 sums
 KI __m256 k4_min_term(const uint8_t* mins8, float dmin, const float* s16, __m256 macc) {
   const __m128i mb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins8));
@@ -649,11 +649,14 @@ KI __m256 k4_min_term(const uint8_t* mins8, float dmin, const float* s16, __m256
                          macc);
 }
 
-float fused_q4_k(const uint8_t* row, const Act& a, int64_t in) {
+// Q4_K, and Q5_K (FIVE: the 5th bit of sub-block j is bit j of qh[32]); both share the 6-bit scales and mins.
+template <bool FIVE>
+float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
+  constexpr int BYTES = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
   __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
-  const __m256i m15 = _mm256_set1_epi8(15);
+  const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
   for (int64_t k = 0; k < in / 256; ++k) {
-    const uint8_t* b = row + k * 144;
+    const uint8_t* b = row + k * BYTES;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
     uint32_t u[4];
     k4_unpack(b + 4, u);
@@ -662,37 +665,13 @@ float fused_q4_k(const uint8_t* row, const Act& a, int64_t in) {
     const int8_t* aq = a.q + 256 * k;
     const float* ad = a.d8 + 64 * k;
     for (int c = 0; c < 4; ++c) {  // weights 64c.. (low nibbles, scale 2c) and 64c + 32.. (high, scale 2c + 1)
-      const __m256i v = load32(b + 16 + 32 * c);
-      const __m256i p0 = dot_scaled(_mm256_and_si256(v, m15), aq + 64 * c, _mm256_set1_epi16(sm[2 * c]));
-      const __m256i p1 =
-          dot_scaled(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c)), acc);
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c + 8)), acc);
-    }
-    macc = k4_min_term(sm + 8, f16(b + 2), a.s16 + 16 * k, macc);
-  }
-  return hsum(acc) - hsum(macc);
-}
-
-float fused_q5_k(const uint8_t* row, const Act& a, int64_t in) {  // Q4_K's scales; 5th bit of sub-block j: bit j of qh
-  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
-  const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-  for (int64_t k = 0; k < in / 256; ++k) {
-    const uint8_t* b = row + k * 176;
-    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    uint32_t u[4];
-    k4_unpack(b + 4, u);
-    const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
-    const __m256 vd = _mm256_set1_ps(f16(b));
-    const __m256i hv = load32(b + 16);
-    const int8_t* aq = a.q + 256 * k;
-    const float* ad = a.d8 + 64 * k;
-    for (int c = 0; c < 4; ++c) {
-      const __m256i v = load32(b + 48 + 32 * c);
-      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), one), 4);
-      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c + 1), one), 4);
-      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(v, m15), h0);
-      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), h1);
+      const __m256i v = load32(b + QS + 32 * c);
+      __m256i q0 = _mm256_and_si256(v, m15), q1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+      if constexpr (FIVE) {
+        const __m256i hv = load32(b + 16);
+        q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), one), 4));
+        q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c + 1), one), 4));
+      }
       const __m256i p0 = dot_scaled(q0, aq + 64 * c, _mm256_set1_epi16(sm[2 * c]));
       const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c)), acc);
@@ -709,13 +688,8 @@ float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g -
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 110;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const uint8_t* s = b + 96;
     alignas(32) int16_t sc[16];
-    for (int g = 0; g < 16; ++g) {
-      const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
-      const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
-      sc[g] = static_cast<int16_t>((lo | hi << 4) - 32);
-    }
+    q3_scales(b + 96, sc);
     const float d = f16(b + 108);
     const __m256 vd = _mm256_set1_ps(d);
     const __m256i hm = load32(b);
@@ -807,7 +781,7 @@ const FusedRow kFusedRows[NTYPES] = {
     nullptr /* q4_0: fused_rows */,         FUSED(dec_q4_1, 32, 20, true, true),     FUSED(dec_q5_0, 32, 22, false, false),
     FUSED(dec_q5_1, 32, 24, true, true),    nullptr /* q8_0: fused_rows */,         FUSED(dec_iq4_nl, 32, 18, false, false),
     FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              fused_q3_k /* registers */,
-    fused_q4_k /* registers */,             fused_q5_k /* registers */,             fused_q6_k /* registers */,          
+    fused_k4<false> /* registers */,        fused_k4<true> /* registers */,         fused_q6_k /* registers */,          
     FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  FUSED(dec_iq1_s, 256, 50, false, false),
     FUSED(dec_iq1_m, 256, 56, false, false), FUSED(dec_iq2_xxs, 256, 66, false, false), FUSED(dec_iq2_xs, 256, 74, false, false),
     FUSED(dec_iq2_s, 256, 82, false, false), FUSED(dec_iq3_xxs, 256, 98, false, false), FUSED(dec_iq3_s, 256, 110, false, false),
