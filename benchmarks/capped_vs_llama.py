@@ -8,10 +8,11 @@ then `kimi-offload bench --cold` with default flags (its budget comes from the c
 Reported per run: decode and prefill tok/s, disk bytes read per token (/proc/PID/io read_bytes over prompt +
 generated tokens; for kimi-offload this includes `bench`'s own sequential read of the file, its disk probe, so its
 decode reads are also given from its JSON, against the disk limit), major page faults, whether the OOM killer ended
-it; and the file's sequential read from a cold page cache, measured in the same run (the disk limit).
+it or --timeout did (a run thrashing past it is killed and reported as timed out, with no tok/s); and the file's
+sequential read from a cold page cache, measured in the same run (the disk limit).
 
     sudo python benchmarks/capped_vs_llama.py --gguf FILE --llama-bin DIR [--caps 0.3,0.5,0.7,none]
-        [--threads 2] [--prompt-len 32] [--gen-len 16] [--json OUT]
+        [--threads 2] [--prompt-len 32] [--gen-len 16] [--timeout 300] [--json OUT]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Outcome:
     exit_code: int
     wall_s: float
     decode_disk_gbs: float | None = None  # kimi-offload's own measure of its decode reads
+    timed_out: bool = False  # killed after --timeout seconds (thrashing)
 
 
 class Cgroup:
@@ -90,8 +92,11 @@ def disk_gbs(path: Path, limit: int = 4 << 30) -> float:
     return n / (time.perf_counter() - t) / 1e9
 
 
-def run_capped(cmd: list[str], group: Cgroup, cwd: Path | None = None) -> tuple[int, str, int, int, float, bool]:
-    """(exit code, stdout, read bytes, major faults, wall s, OOM-killed) of `cmd` run inside `group`."""
+def run_capped(
+    cmd: list[str], group: Cgroup, timeout: float, cwd: Path | None = None
+) -> tuple[int, str, int, int, float, bool, bool]:
+    """(exit code, stdout, read bytes, major faults, wall s, OOM-killed, timed out) of `cmd` run inside `group`;
+    killed after `timeout` seconds."""
     drop_caches()
     kills = group.oom_kills()
 
@@ -101,8 +106,13 @@ def run_capped(cmd: list[str], group: Cgroup, cwd: Path | None = None) -> tuple[
     with tempfile.TemporaryFile(mode="w+") as out:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, preexec_fn=enter, cwd=cwd)
-        read, faults = 0, 0
+        read, faults, timed_out = 0, 0, False
         while proc.poll() is None:
+            if time.perf_counter() - t > timeout:
+                proc.kill()
+                proc.wait()
+                timed_out = True
+                break
             try:
                 io = dict(line.split(": ") for line in Path(f"/proc/{proc.pid}/io").read_text().splitlines())
                 read = int(io["read_bytes"])
@@ -113,7 +123,8 @@ def run_capped(cmd: list[str], group: Cgroup, cwd: Path | None = None) -> tuple[
         wall = time.perf_counter() - t
         out.seek(0)
         stdout = out.read()
-    return proc.returncode, stdout, read, faults, wall, group.oom_kills() > kills or proc.returncode in (-9, 137)
+    oom = group.oom_kills() > kills or (not timed_out and proc.returncode in (-9, 137))
+    return proc.returncode, stdout, read, faults, wall, oom, timed_out
 
 
 def llama_bench(bin_dir: Path, gguf: Path, args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -141,6 +152,7 @@ def main() -> None:
     ap.add_argument("--gen-len", type=int, default=16)
     ap.add_argument("--runners", default="llama,llama-mmap,ours")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a thrashing run is killed")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it writes cgroup limits and drops the page cache")
@@ -163,7 +175,7 @@ def main() -> None:
                     cmd = [sys.executable, "-m", "offload.cli", "bench", "--model", str(args.gguf), "--cold"]
                     cmd += ["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--runs", "1"]
                     cmd += ["--device", "cpu", "--json", str(json_out)]
-                rc, stdout, read, faults, wall, oom = run_capped(cmd, group, cwd=ROOT)
+                rc, stdout, read, faults, wall, oom, late = run_capped(cmd, group, args.timeout, cwd=ROOT)
                 if runner == "ours":
                     data = json.loads(json_out.read_text()) if rc == 0 and json_out.exists() else {}
                     tg, pp = data.get("decode_tok_s"), data.get("prefill_tok_s")
@@ -171,7 +183,7 @@ def main() -> None:
                 else:
                     dgbs = None
                     tg, pp = parse_llama(stdout) if rc == 0 else (None, None)
-                o = Outcome(runner, frac, limit, tg, pp, read, read / tokens, faults, oom, rc, wall, dgbs)
+                o = Outcome(runner, frac, limit, tg, pp, read, read / tokens, faults, oom, rc, wall, dgbs, late)
                 results.append(o)
                 print(json.dumps(asdict(o)), flush=True)
         finally:
@@ -179,9 +191,9 @@ def main() -> None:
     print(f"\n{args.gguf.name}: {size / 1e9:.2f} GB; disk {disk:.2f} GB/s sequential (cold, this run)\n")
     print(
         "| cap | runner | decode tok/s | prefill tok/s | disk MB / token | decode reads, of the disk | major faults | "
-        "OOM-killed |"
+        "OOM-killed | timed out |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for o in results:
         cap = "none" if o.cap_fraction is None else f"{o.cap_fraction:.0%} ({o.cap_bytes / 1e9:.2f} GB)"
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -189,7 +201,8 @@ def main() -> None:
         print(
             f"| {cap} | {o.runner} | {fmt(o.decode_tok_s)} | {fmt(o.prefill_tok_s)} | "
             f"{o.read_bytes_per_token / 1e6:.1f} | {reads} | "
-            f"{o.major_faults:,} | {'yes' if o.oom_killed else 'no'} |"
+            f"{o.major_faults:,} | {'yes' if o.oom_killed else 'no'} | "
+            f"{f'yes ({o.wall_s:.0f} s)' if o.timed_out else 'no'} |"
         )
     if args.json:
         args.json.write_text(
