@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from offload.checkpoint import open_checkpoint
 from offload.experts.dequantized import DequantizedExperts
 from offload.model import attention
-from offload.model.attention import MAX_QUERY_ROWS, SCORES_BYTES, query_rows
+from offload.model.attention import EXPAND_BYTES, MAX_QUERY_ROWS, SCORES_BYTES, head_group, query_rows
 from offload.model.cancel import Cancelled
 from offload.model.loader import load_transformer
 from tests.harness import SetAfter
@@ -23,6 +23,16 @@ def test_query_rows_by_hand():
     assert query_rows(64, 16384) == 64  # 2**28 // (4 * 64 * 16384) = 64 exactly
     assert query_rows(64, 10000) == 96  # 2**28 // 2,560,000 = 104, down to a multiple of 16
     assert query_rows(1, 0) == 256
+
+
+def test_head_group_by_hand():
+    assert EXPAND_BYTES == 256 << 20
+    # K2.5 in bf16: (2 * 128 + 128 + 64) * 2 = 896 bytes a key and head
+    assert head_group(64, 32768, 896) == 9  # 2**28 // (32768 * 896) = 9.14: 9 heads a group (1.9 GB at once)
+    assert head_group(64, 131072, 896) == 2  # 2**28 // 117,440,512 = 2.29
+    assert head_group(64, 4096, 896) == 64  # 73 fit: every head at once
+    assert head_group(64, 1 << 20, 896) == 1  # never fewer than one head
+    assert head_group(4, 0, 896) == 4
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +54,13 @@ def _reference_attention(mla, q_nope, q_pe, latent, k_pe, start):
     return torch.einsum("hts,shv->thv", scores.softmax(-1), v)
 
 
-@pytest.mark.parametrize(("T", "start", "rows"), [(37, 0, 16), (33, 5, 16), (8, 11, 16), (40, 0, 256)])
-def test_blocked_attention_equals_one_block(model, monkeypatch, T, start, rows):
+@pytest.mark.parametrize(
+    ("T", "start", "rows", "group"), [(37, 0, 16, 99), (33, 5, 16, 1), (8, 11, 16, 3), (40, 0, 256, 2), (40, 0, 16, 3)]
+)
+def test_blocked_attention_equals_one_block(model, monkeypatch, T, start, rows, group):
+    """Blocks of query rows and groups of heads (1, a group that does not divide the heads, all): the definition."""
     monkeypatch.setattr(attention, "query_rows", lambda heads, keys: rows)
+    monkeypatch.setattr(attention, "head_group", lambda heads, keys, per_head: min(heads, group))
     mla = model.blocks[0].attn
     g = torch.Generator().manual_seed(T + start)
     S = start + T
@@ -84,9 +98,29 @@ def test_a_cancel_is_seen_between_attention_blocks(model, monkeypatch):
     monkeypatch.setattr(attention, "query_rows", lambda heads, keys: 16)
     ids = torch.arange(64) % 200
     stop = SetAfter(3)  # check 1: before layer 0; checks 2, 3: before layer 0's first and second block
-    with pytest.raises(Cancelled, match=r"layer 0's attention rows 16\.\.63"):
+    with pytest.raises(Cancelled, match=r"layer 0's attention heads 0\.\.\d+, rows 16\.\.63"):
         model.prefill(ids, model.new_cache(64), 4096, stop=stop)
     assert stop.checks == 3
+
+
+def test_a_small_expand_budget_groups_heads_with_the_same_logits(model, monkeypatch):
+    """Through the real head_group: a budget of one head's keys makes every head its own group."""
+    ids = torch.tensor([(11 * i + 2) % 200 for i in range(21)])
+    whole = model.forward(ids, 0, model.new_cache(21), last_only=True)
+    mla = model.blocks[0].attn
+    assert mla.heads > 1
+    seen: list[int] = []
+    real = attention.head_group
+
+    def one_head(heads, keys, per_head):
+        seen.append(real(heads, keys, per_head))
+        return seen[-1]
+
+    monkeypatch.setattr(attention, "EXPAND_BYTES", 21 * (2 * mla.nope + mla.v_dim + mla.rope_dim) * 4)
+    monkeypatch.setattr(attention, "head_group", one_head)
+    got = model.forward(ids, 0, model.new_cache(21), last_only=True)
+    assert seen and set(seen) == {1}
+    torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_generation_prefills_in_the_runtime_chunks(tiny_k25):

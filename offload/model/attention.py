@@ -1,7 +1,9 @@
 """Multi-head Latent Attention: expanded keys for prefill, absorbed weights over the latent cache for decode.
 
-Prefill attends in blocks of query rows (`query_rows`): each block's scores are at most SCORES_BYTES whatever the
-prompt's length, and a cancel is seen between blocks, not only between layers.
+Prefill attends in groups of heads (`head_group`) and, within a group, in blocks of query rows (`query_rows`): a
+group's expanded keys and values are at most EXPAND_BYTES and a block's scores at most SCORES_BYTES whatever the
+prompt's length (K2.5's keys and values for 32k tokens, all 64 heads at once, would be 1.9 GB), and a cancel is seen
+between blocks, not only between layers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from offload.model.norm import LATENT_NORM_EPS, rms_norm
 from offload.model.rope import Rope, softmax_scale
 
 SCORES_BYTES = 256 << 20  # one query block's float32 scores [H, rows, S], should SDPA fall back to its math path
+EXPAND_BYTES = 256 << 20  # one head group's expanded keys and values [S, G, nope + v] and [S, G, qk]
 MAX_QUERY_ROWS = 256  # CPU SDPA is fastest at 256-512 rows a block (measured: 8k tokens, 0.9 s vs 2.7 s unblocked)
 
 
@@ -30,6 +33,11 @@ def query_rows(heads: int, keys: int) -> int:
     """Query rows per prefill attention block: as many as fit SCORES_BYTES of scores, 16 to MAX_QUERY_ROWS."""
     fit = SCORES_BYTES // (4 * heads * max(1, keys))
     return max(16, min(MAX_QUERY_ROWS, fit // 16 * 16))
+
+
+def head_group(heads: int, keys: int, per_head_key_bytes: int) -> int:
+    """Heads whose expanded keys and values (per_head_key_bytes for each of `keys` keys) fit EXPAND_BYTES; >= 1."""
+    return max(1, min(heads, EXPAND_BYTES // max(1, keys * per_head_key_bytes)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,23 +130,28 @@ class MLA:
         """Prefill: expand the latent to per-head keys and values, then causal attention in blocks of query rows,
         each over the keys up to its last row. -> [T, H, v]"""
         T, S = q_nope.shape[0], latent.shape[0]
-        kv = F.linear(latent, self.w.kv_b).view(S, self.heads, self.nope + self.v_dim)  # [S, H, 256]
-        k = torch.cat((kv[..., : self.nope], k_pe[:, None, :].expand(S, self.heads, self.rope_dim)), dim=-1)
-        k, v = k.transpose(0, 1), kv[..., self.nope :].transpose(0, 1)  # [H, S, 192], [H, S, 128]
+        H, nope, v_dim = self.heads, self.nope, self.v_dim
         q = torch.cat((q_nope, q_pe), dim=-1).transpose(0, 1)  # [H, T, 192]
-        out = q.new_empty(self.heads, T, self.v_dim)  # [H, T, 128]
-        rows = query_rows(self.heads, S)
-        for a in range(0, T, rows):
-            check(stop, f"layer {self.layer}'s attention rows {a}..{T - 1}")
-            b = min(T, a + rows)
-            keys = start + b  # rows a .. b - 1 see keys 0 .. start + b - 1
-            out[:, a:b] = F.scaled_dot_product_attention(
-                q[:, a:b],
-                k[:, :keys],
-                v[:, :keys],
-                attn_mask=self._mask(b - a, keys, start + a, q.device),
-                scale=self.scale,
-            )
+        out = q.new_empty(H, T, v_dim)  # [H, T, 128]
+        rows = query_rows(H, S)
+        group = head_group(H, S, (2 * nope + v_dim + self.rope_dim) * latent.element_size())
+        kv_b = self.w.kv_b.view(H, nope + v_dim, self.rank)
+        for h0 in range(0, H, group):
+            h1 = min(H, h0 + group)
+            kv = F.linear(latent, kv_b[h0:h1].reshape(-1, self.rank)).view(S, h1 - h0, nope + v_dim)  # [S, G, 256]
+            k = torch.cat((kv[..., :nope], k_pe[:, None, :].expand(S, h1 - h0, self.rope_dim)), dim=-1)
+            k, v = k.transpose(0, 1), kv[..., nope:].transpose(0, 1)  # [G, S, 192], [G, S, 128]
+            for a in range(0, T, rows):
+                check(stop, f"layer {self.layer}'s attention heads {h0}..{h1 - 1}, rows {a}..{T - 1}")
+                b = min(T, a + rows)
+                keys = start + b  # rows a .. b - 1 see keys 0 .. start + b - 1
+                out[h0:h1, a:b] = F.scaled_dot_product_attention(
+                    q[h0:h1, a:b],
+                    k[:, :keys],
+                    v[:, :keys],
+                    attn_mask=self._mask(b - a, keys, start + a, q.device),
+                    scale=self.scale,
+                )
         return out.transpose(0, 1)  # [T, H, 128]
 
     def _absorbed(
