@@ -210,7 +210,7 @@ def test_generate_prints_the_plan_and_refuses_what_does_not_fit(tiny_k25, tmp_pa
     small = tmp_path / "small.toml"
     small.write_text(
         'name = "small"\ndescription = "too little RAM"\ngpu_name = ""\ngpu_memory_gib = 0.0\n'
-        "gpu_bandwidth_gbs = 0.0\ngpu_tflops = 0.0\npcie_gbs = 0.0\nram_gib = 0.5\ndram_gbs = 10.0\n"
+        "gpu_bandwidth_gbs = 0.0\ngpu_tflops = 0.0\npcie_gbs = 0.0\nram_gib = 0.002\ndram_gbs = 10.0\n"
         "nvme_gbs = 1.0\ncpu_cores = 1\ncpu_gflops = 10.0\n"
     )
     r = _generate("--model", str(tiny_k25), "--prompt-ids", "1,2", "--profile", str(small))

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from offload.checkpoint.layout import layout_storage
 from offload.errors import OffloadError
 from offload.hf_config import HfConfig
 from offload.planner.plan import GiB, Plan, RuntimeConfig, make_plan
 from offload.planner.profile import Profile
 from offload.planner.report import plan_sections, summary_lines
-from offload.checkpoint.layout import layout_storage
 from offload.planner.shapes import SHAPES, resolve_model, shape_config
 
 K25 = shape_config("kimi-k2.5")
@@ -96,22 +96,74 @@ def test_int8_gpu_weights_by_hand():
     assert gpu["norms"] == BF16["norms"] and gpu["router"] == BF16["router"]  # not Linear weights: unchanged
 
 
+# K2.5's workspace for a 4096-token prefill chunk (bf16 activations), by phase, by hand
+STREAM = 3 * 4096 * 7168 * 2  # residual stream, its norm, a sublayer's output
+ATTN_WS_32K = (
+    2 * 4096 * 1536 * 2  # q_a and its norm
+    + 4096 * 64 * (2 * 192 + 64) * 2  # q, its roped half, the catted query
+    + 4096 * (2 * 512 + 2 * 64) * 2  # kv_a, latent, k_pe
+    + 9 * 32768 * 896  # a head group: 2**28 // (32768 keys x 896 bytes) = 9 heads of expanded k and v
+    + 64 * 32 * 32768 * 4  # a query block: 2**28 // (4 x 64 x 32768) = 32 rows of float32 scores
+    + 32 * 32768  # and its mask
+    + 2 * 4096 * 64 * 128 * 2  # the heads' outputs and their copy
+)
+MOE_BASE = 2 * 4096 * 384 * 4 + 3 * 4096 * 2048 * 2 + 4096 * 7168 * 2  # router, shared expert, the sum in bf16
+CPU_EXPERTS_WS = 4096 * 7168 * 10 + 4096 * 8 * (2 * 2048 + 7168) * 4  # routed_scratch: all 32,768 pairs
+WS_GPU = STREAM + ATTN_WS_32K  # attention is the largest phase on the GPU (no routed pairs there)
+WS_CPU = STREAM + MOE_BASE + CPU_EXPERTS_WS  # on the CPU the routed experts' scratch is
+
+
+def test_workspace_by_hand():
+    from offload.planner.sizes import routed_scratch, workspace, workspace_peak
+
+    assert ATTN_WS_32K == 937_426_944 and WS_GPU == 1_113_587_712  # 1.04 GiB
+    assert CPU_EXPERTS_WS == 1_769_996_288 and WS_CPU == 2_067_791_872  # 1.65 and 1.93 GiB
+    phases = workspace(K25.model, 4096, 32768, 2, 0)
+    assert phases == {
+        "stream": STREAM,
+        "attention": ATTN_WS_32K,
+        "mlp": 3 * 4096 * 18432 * 2,
+        "moe": MOE_BASE,
+        "logits": 163840 * 6,
+    }
+    assert workspace_peak(phases) == WS_GPU
+    assert routed_scratch(K25.model, 4096, 32768) == CPU_EXPERTS_WS and routed_scratch(K25.model, 4096, 0) == 0
+    # 8K keys: 36 heads a group, 128 rows a block: the same bytes; 256K keys: one head, and 16 rows at the least
+    assert workspace(K25.model, 4096, 8192, 2, 0)["attention"] == ATTN_WS_32K
+    at_256k = ATTN_WS_32K - 9 * 32768 * 896 - 64 * 32 * 32768 * 4 - 32 * 32768
+    assert (
+        workspace(K25.model, 4096, 262144, 2, 0)["attention"]
+        == at_256k + 262144 * 896 + 64 * 16 * 262144 * 4 + 16 * 262144
+    )
+    # float32 doubles every compute-dtype buffer; a one-token pass is small
+    assert workspace(K25.model, 4096, 32768, 4, 0)["stream"] == 2 * STREAM
+    assert workspace_peak(workspace(K25.model, 1, 1, 2, 8)) < 4 << 20
+    plan = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192))
+    assert plan.ram_budget["workspace"] == WS_CPU
+    fixed = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=8192, workspace_gib=1.5))
+    assert fixed.ram_budget["workspace"] == 1.5 * GiB  # a figure of the runtime's own replaces the derived one
+    short = plan_for("kimi-k2.5", K25, CPU_BOX, RuntimeConfig(context=100))  # a chunk is at most the context
+    assert short.ram_budget["workspace"] == workspace_peak(workspace(K25.model, 100, 100, 2, 800))
+
+
 def test_gpu_budget_slots_and_ram_by_hand():
     rt = RuntimeConfig(context=32768)
     plan = plan_for("kimi-k2.5", K25, BOX, rt)
     kv = 32768 * KV_TOKEN
-    fixed = sum(BF16.values()) + kv + 1 * GiB + 1 * GiB  # weights, KV, workspace, reserve
-    assert fixed == 21_095_653_376 + kv + 2 * GiB
-    slots = (24 * GiB - fixed) // EXPERT
-    assert plan.gpu_expert_slots == slots == 9 and plan.gpu_bytes == fixed + slots * EXPERT
+    fixed = sum(BF16.values()) + kv + WS_GPU + 1 * GiB  # weights, KV, workspace, reserve
+    assert fixed == 21_095_653_376 + kv + WS_GPU + GiB
+    slots = (24 * GiB - fixed) // EXPERT  # 7 slots serve ceil(32768 x 7 / 23040) = 10 pairs: the MoE phase
+    assert plan.gpu_expert_slots == slots == 7 and plan.gpu_bytes == fixed + slots * EXPERT  # stays under attention
+    assert plan.gpu_budget["workspace"] == WS_GPU
     assert plan.fits
     pinned = 2 * 8 * EXPERT
-    ram_experts = 256 * GiB - 8 * GiB - VOCAB_H * 2 - pinned
+    ram_experts = 256 * GiB - 8 * GiB - VOCAB_H * 2 - pinned - CPU_EXPERTS_WS
     assert plan.ram_expert_bytes == ram_experts
     assert plan.ram_budget == {
         "reserve": 8 * GiB,
         "embed": VOCAB_H * 2,
         "pinned_staging": pinned,
+        "workspace": CPU_EXPERTS_WS,
         "expert_page_cache": ram_experts,
     }
     g = slots * EXPERT / ROUTED
@@ -119,8 +171,8 @@ def test_gpu_budget_slots_and_ram_by_hand():
     assert plan.shares == pytest.approx({"gpu": g, "ram": r, "disk": 1 - g - r})
 
 
-SLOTS_BOX = 9  # (24 GiB - weights - KV at 32K - 2 GiB) // EXPERT, checked in test_gpu_budget_slots_and_ram_by_hand
-PAGE_CACHE_BOX = 256 * GiB - 8 * GiB - VOCAB_H * 2 - 2 * 8 * EXPERT
+SLOTS_BOX = 7  # (24 GiB - weights - KV at 32K - workspace - 1 GiB) // EXPERT: test_gpu_budget_slots_and_ram_by_hand
+PAGE_CACHE_BOX = 256 * GiB - 8 * GiB - VOCAB_H * 2 - 2 * 8 * EXPERT - CPU_EXPERTS_WS
 ATTN_32K = 2 * 61 * 64 * (512 + 64 + 512) * 32768  # absorbed decode over 32K cached tokens
 
 
@@ -158,7 +210,7 @@ def test_cpu_only_keeps_everything_in_ram():
     ram = {p.part: p.nbytes for p in plan.placements if p.where == "ram"}
     kv = 8192 * KV_TOKEN
     assert ram == {**BF16, "embed": VOCAB_H * 2, "kv_cache": kv}  # K2.5 stores them in bf16: zero-copy
-    fixed = 8 * GiB + sum(BF16.values()) + VOCAB_H * 2 + kv + 1 * GiB
+    fixed = 8 * GiB + sum(BF16.values()) + VOCAB_H * 2 + kv + WS_CPU
     assert plan.ram_budget["expert_page_cache"] == 256 * GiB - fixed
     assert plan.ram_expert_bytes == 256 * GiB - fixed  # less than all experts: all of it is used
     assert plan.per_token_bytes["dram"] == sum(BF16.values()) + 2 * 7168 + kv + PER_TOKEN
@@ -221,7 +273,7 @@ def test_too_small_gpu_says_what_fits():
     plan = plan_for("kimi-k2.5", K25, small, RuntimeConfig(context=32768))
     assert not plan.fits
     msg = plan.refusal()
-    need = (sum(BF16.values()) + 32768 * KV_TOKEN + 2 * GiB) / GiB
+    need = (sum(BF16.values()) + 32768 * KV_TOKEN + WS_GPU + GiB) / GiB
     assert f"needs {need:.1f} GiB of GPU memory" in msg and "the profile has 16 GiB" in msg
     assert plan.suggestions[0] == "--gpu-weights int8" and "--context" not in msg  # weights alone are > 16 GiB
     fixed = plan_for("kimi-k2.5", K25, small, RuntimeConfig(context=32768, gpu_weights="int8"))
@@ -230,10 +282,17 @@ def test_too_small_gpu_says_what_fits():
 
 def test_context_suggestion_is_the_largest_that_fits():
     plan = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=262144))
-    free = 24 * GiB - (sum(BF16.values()) + 2 * GiB)
-    assert plan.max_context == free // KV_TOKEN
-    assert not plan.fits and f"--context {free // KV_TOKEN // 1024 * 1024}" in plan.suggestions
-    ok = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=free // KV_TOKEN // 1024 * 1024))
+    ws_256k = plan.gpu_budget["workspace"]  # planned at 262,144 keys: one head a group, 16 rows a block
+    assert ws_256k == STREAM + ATTN_WS_32K - 9 * 32768 * 896 - 64 * 32 * 32768 * 4 - 32 * 32768 + 262144 * (
+        896 + 64 * 16 * 4 + 16
+    )
+    free = 24 * GiB - (sum(BF16.values()) + GiB)  # for the KV cache and the workspace
+    m = plan.max_context  # the longest context whose own workspace fits beside its KV cache
+    # at 37,038 keys: 2**28 // (37038 x 896) = 8 heads a group; 2**28 // (4 x 64 x 37038) = 28 -> 16 rows a block
+    ws_m = STREAM + ATTN_WS_32K - 9 * 32768 * 896 - 64 * 32 * 32768 * 4 - 32 * 32768 + m * (8 * 896 + 64 * 16 * 4 + 16)
+    assert m == 37038 and m * KV_TOKEN + ws_m <= free < (m + 1) * KV_TOKEN + ws_m
+    assert not plan.fits and f"--context {m // 1024 * 1024}" in plan.suggestions
+    ok = plan_for("kimi-k2.5", K25, BOX, RuntimeConfig(context=m // 1024 * 1024))
     assert ok.fits
 
 

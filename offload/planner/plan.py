@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -18,6 +19,9 @@ from offload.planner.sizes import (
     expert_params,
     part_params,
     prefill_attention_flops,
+    routed_scratch,
+    workspace,
+    workspace_peak,
 )
 from offload.storage import Storage
 
@@ -35,7 +39,8 @@ class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # cpu: plan for the CPU alone even when the machine has a GPU
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # compute dtype (and that of the weights the CPU converts)
     gpu_reserve_gib: float = 1.0  # CUDA context, allocator slack
-    workspace_gib: float = 1.0  # activations and prefill scratch where the model computes
+    workspace_gib: float | None = None  # activations and prefill scratch where the model computes; None: derived
+    # from the model's shape, the prefill chunk and the context (planner.sizes.workspace)
     ram_reserve_gib: float | None = None  # OS, Python, torch, the tensor index; None: 10% of RAM, at most 8 GiB
     prefill_chunk: int = 4096  # tokens per prefill step
     expert_bpw: float | None = None  # what-if: bits per routed-expert weight, scales included; None = as stored
@@ -63,7 +68,7 @@ class RuntimeConfig:
             raise OffloadError(f"dtype {self.dtype!r} is not supported; choose one of bfloat16, float32")
         if self.prefetch_mode not in ("advise", "read"):
             raise OffloadError(f"prefetch_mode = {self.prefetch_mode!r}; choose advise or read")
-        if min(self.gpu_reserve_gib, self.workspace_gib, self.ram_reserve_gib or 0) < 0:
+        if min(self.gpu_reserve_gib, self.workspace_gib or 0, self.ram_reserve_gib or 0) < 0:
             raise OffloadError("reserves and workspace must be >= 0")
         if self.prefill_chunk < 1:
             raise OffloadError(f"--prefill-chunk {self.prefill_chunk}: a prefill pass takes at least 1 token")
@@ -167,6 +172,18 @@ def _expert_fmt(storage: Storage, rt: RuntimeConfig) -> str:
     return storage.expert_label
 
 
+def _longest(fits: Callable[[int], bool], cfg: ModelConfig) -> int:
+    """The longest context (up to the model's) for which fits(context) holds; 0 if none. fits is monotone but for
+    the workspace's rounding (a head group, a query block), a few bytes against a token's KV cache."""
+    lo, hi = 0, cfg.max_position_embeddings
+    if fits(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo if lo and fits(lo) else 0
+
+
 def make_plan(
     model: str, cfg: ModelConfig, storage: Storage, profile: Profile, rt: RuntimeConfig, suggest: bool = True
 ) -> Plan:
@@ -211,21 +228,40 @@ def make_plan(
     gpu_weights = {p.part: p.nbytes for p in placements if p.where == "gpu" and p.part != "kv_cache"}
     ram_weights = {p.part: p.nbytes for p in placements if p.where == "ram" and p.part != "kv_cache"}
 
+    # ---- workspace: one prefill chunk's peak scratch (or the runtime's own figure) ---------------------------------
+    chunk = min(rt.prefill_chunk, rt.context)
+    pairs = chunk * k if n_moe else 0  # a chunk's routed (token, expert) pairs
+    esz = 4 if rt.dtype == "float32" else 2
+
+    def ws_at(context: int, pairs_a_token: int) -> int:
+        """The workspace at another context (a chunk is at most the context), pairs_a_token routed pairs a token."""
+        if rt.workspace_gib is not None:
+            return int(rt.workspace_gib * GiB)
+        c = min(rt.prefill_chunk, context)
+        return workspace_peak(workspace(cfg, c, context, esz, c * pairs_a_token))
+
+    def scratch(pairs_here: int) -> int:
+        """Where the model computes: its peak for a chunk of which pairs_here routed pairs run on that device."""
+        if rt.workspace_gib is not None:
+            return int(rt.workspace_gib * GiB)
+        return workspace_peak(workspace(cfg, chunk, rt.context, esz, pairs_here))
+
     # ---- GPU budget ------------------------------------------------------------------------------------------
     gpu_budget: dict[str, int] = {}
     slots = 0
     if on_gpu:
-        fixed = {
-            **gpu_weights,
-            "kv_cache": kv,
-            "workspace": int(rt.workspace_gib * GiB),
-            "reserve": int(rt.gpu_reserve_gib * GiB),
-        }
-        free = profile.gpu_bytes - sum(fixed.values())
+        fixed = {**gpu_weights, "kv_cache": kv, "workspace": scratch(0), "reserve": int(rt.gpu_reserve_gib * GiB)}
         if rt.gpu_slots is not None:
             slots = min(rt.gpu_slots, n_experts)
         elif storage.fused_experts or rt.expert_bpw is not None:  # a what-if plans for a slot format
-            slots = max(0, min(n_experts, free // eb))
+            slots = max(0, min(n_experts, (profile.gpu_bytes - sum(fixed.values())) // eb))
+            # the pairs the slots serve (their share, uniform routing) need scratch too: fewer slots until it fits;
+            # each step's workspace is no larger than the last one's, so the last slot count fits with its own
+            for _ in range(3):
+                fixed["workspace"] = scratch(math.ceil(pairs * slots * eb / routed))
+                slots = min(slots, max(0, (profile.gpu_bytes - sum(fixed.values())) // eb))
+        if rt.gpu_slots is not None:
+            fixed["workspace"] = scratch(math.ceil(pairs * slots * eb / routed))
         gpu_budget = {**fixed, "expert_slots": slots * eb}
 
     # ---- RAM budget: fixed needs first, the rest is page cache for routed experts ------------------------------
@@ -233,9 +269,10 @@ def make_plan(
     ram_fixed = {"reserve": int(reserve_gib * GiB), **ram_weights}
     if on_gpu:
         ram_fixed["pinned_staging"] = 2 * k * eb  # double buffer for one layer's experts on their way to the GPU
+        ram_fixed["workspace"] = routed_scratch(cfg, chunk, pairs)  # the CPU experts' (all pairs: worst case)
     else:
         ram_fixed["kv_cache"] = kv
-        ram_fixed["workspace"] = int(rt.workspace_gib * GiB)
+        ram_fixed["workspace"] = scratch(pairs)
     ram_left = max(0, profile.ram_bytes - sum(ram_fixed.values()))
     page_cache = ram_left if rt.ram_budget_gb is None else int(rt.ram_budget_gb * 1e9)
     ram_budget = {**ram_fixed, "expert_page_cache": page_cache}
@@ -333,16 +370,18 @@ def make_plan(
         )
     if on_gpu:
         gpu_fixed = sum(v for key, v in gpu_budget.items() if key != "expert_slots")
-        max_context = (profile.gpu_bytes - (gpu_fixed - kv)) // kv_tok
+        others = gpu_fixed - kv - gpu_budget["workspace"]
+        max_context = _longest(lambda c: others + kv_tok * c + ws_at(c, 0) <= profile.gpu_bytes, cfg)
         if gpu_fixed > profile.gpu_bytes:
             problems.append(
                 f"needs {gpu_fixed / GiB:.1f} GiB of GPU memory (weights {sum(gpu_weights.values()) / GiB:.1f}, "
                 f"KV cache {kv / GiB:.1f} for {rt.context:,} tokens, workspace and reserve "
-                f"{(rt.workspace_gib + rt.gpu_reserve_gib):.1f}), the profile has {profile.gpu_memory_gib:g} GiB"
+                f"{(gpu_budget['workspace'] + gpu_budget['reserve']) / GiB:.1f}), the profile has "
+                f"{profile.gpu_memory_gib:g} GiB"
             )
     else:
-        max_context = (profile.ram_bytes - (sum(ram_fixed.values()) - kv)) // kv_tok
-    max_context = max(0, min(max_context, cfg.max_position_embeddings))
+        others = sum(ram_fixed.values()) - kv - ram_fixed["workspace"]
+        max_context = _longest(lambda c: others + kv_tok * c + ws_at(c, k * n_moe) <= profile.ram_bytes, cfg)
     ram_needed = sum(ram_fixed.values())
     if ram_needed > profile.ram_bytes:
         problems.append(

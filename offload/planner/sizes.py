@@ -75,3 +75,53 @@ def prefill_attention_flops(cfg: ModelConfig, tokens: int) -> int:
 def expert_params(cfg: ModelConfig) -> int:
     """Weights of one routed expert (gate, up, down)."""
     return 3 * cfg.hidden_size * cfg.moe_intermediate_size
+
+
+def routed_scratch(cfg: ModelConfig, tokens: int, pairs: int) -> int:
+    """Scratch of one MoE layer's routed experts on one device for `tokens` tokens of which `pairs` (token, expert)
+    pairs run there: the float32 input and sum [T, D], its int8 blocks with their scales (~2 bytes a value), the
+    pairs' gate and up [P, 2, I] and down outputs [P, D] in float32 (what the native grouped kernel allocates)."""
+    d, inter = cfg.hidden_size, cfg.moe_intermediate_size
+    return tokens * d * (4 + 2 + 4) + pairs * (2 * inter + d) * 4 if pairs else 0
+
+
+def workspace(cfg: ModelConfig, tokens: int, keys: int, esz: int, pairs: int) -> dict[str, int]:
+    """Peak scratch, by phase, of one pass of `tokens` tokens over `keys` keys with `esz`-byte activations, `pairs`
+    of its routed (token, expert) pairs computed on this device. The phases follow each other: the peak is
+    `stream` plus the largest other one (`workspace_peak`). Bounds from the model's own blocking: a head group's
+    expanded keys (offload.model.attention.head_group) and a query block's scores (query_rows)."""
+    from offload.model.attention import head_group, query_rows  # the model's own bounds (no cycle: model <- planner)
+
+    T, S, e = tokens, keys, esz
+    d, heads = cfg.hidden_size, cfg.num_attention_heads
+    nope, rope, v, rank = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    per_head_key = (2 * nope + v + rope) * e  # a key's expanded k and v: [nope + v] from kv_b, [nope + rope] catted
+    rows = min(T, query_rows(heads, S))
+    attention = (
+        2 * T * (cfg.q_lora_rank or 0) * e  # q_a and its norm
+        + T * heads * (2 * (nope + rope) + rope) * e  # q, its roped half, the catted query
+        + T * (2 * rank + 2 * rope) * e  # kv_a, the normed latent, roped k_pe
+        + head_group(heads, S, per_head_key) * S * per_head_key  # one head group's keys and values
+        + heads * rows * S * 4
+        + rows * S  # one query block's float32 scores and its mask
+        + 2 * T * heads * v * e  # the heads' outputs and their [T, H * v] copy for o
+    )
+    shared = cfg.n_shared_experts * cfg.moe_intermediate_size
+    moe = (
+        2 * T * cfg.n_routed_experts * 4  # router logits and scores
+        + 3 * T * shared * e  # the shared expert's gate, up and their product
+        + T * d * e  # the float32 sum back in the compute dtype
+        + routed_scratch(cfg, T, pairs)
+    )
+    return {
+        "stream": 3 * T * d * e,  # the residual stream, its norm, a sublayer's output [T, D]
+        "attention": attention,
+        "mlp": 3 * T * cfg.intermediate_size * e if cfg.first_k_dense_replace else 0,  # dense layers' gate, up, product
+        "moe": moe,
+        "logits": cfg.vocab_size * (4 + e),  # the last token's logits, in the compute dtype and float32
+    }
+
+
+def workspace_peak(phases: dict[str, int]) -> int:
+    """The stream plus the largest phase (they follow each other; the stream lives through all of them)."""
+    return phases["stream"] + max(v for key, v in phases.items() if key != "stream")
