@@ -461,3 +461,35 @@ def test_add_bos_token_starts_a_raw_prompt_with_bos(f32_file: Path, tmp_path: Pa
     tok = tokenizer_from_gguf(GgufFile(bos_file).metadata, bos_file)
     assert tok.add_bos and tok.encode_prompt("hello") == [tok.bos_id, *tok.encode("hello")]
     assert tok.encode_prompt("[BOS]hello", specials=True) == [tok.bos_id, *tok.encode("hello")]  # not twice
+
+
+def test_a_routing_profile_held_under_a_small_budget_is_invisible(src: Path, tmp_path: Path) -> None:
+    """A profile written from an uncapped run, read back, its hottest experts held (3 of a 6-expert budget) on
+    stacked Q4_0 experts with prefetch: the resident run's tokens; the held experts stay resident throughout."""
+    from offload.experts.config import OffloadConfig
+    from offload.experts.profile import load_profile, save_profile
+
+    q = write_gguf(src, tmp_path / "q4p.gguf", {"routed_experts": "q4_0"})[0]
+    with loaded(q, offloaded(None, False)) as (model, runtime):
+        want = greedy(model)
+        picks = runtime.stats().choices
+    with open_checkpoint(q) as ck:
+        cfg = ck.config
+    saved = save_profile(tmp_path / "profile.json", cfg, picks, 99, "test")
+    hot = load_profile(tmp_path / "profile.json", cfg).hottest()
+    assert hot == saved.hottest() and len(hot) > 3
+
+    def held(ckpt):  # type: ignore[no-untyped-def]
+        base = offloaded(6, True)(ckpt)
+        base.close()
+        config = dataclasses.replace(base.config, hot=tuple(hot), hold_share=0.5)
+        return OffloadedExperts(ckpt, torch.float32, config, base.cost)
+
+    with loaded(q, held) as (model, runtime):
+        assert isinstance(runtime.config, OffloadConfig)
+        assert runtime.store.held() == frozenset(hot[:3]) and runtime.store.capacity == 3
+        tokens, logits = greedy(model)
+        stats = runtime.stats()
+        assert all(runtime.store.resident(k) for k in hot[:3])
+    assert tokens == want[0] and float((logits - want[1]).abs().max()) < LOGIT_TOL
+    assert stats.held == 3 and stats.peak_resident_bytes <= 6 * stats.expert_bytes and stats.released_bytes > 0

@@ -38,9 +38,9 @@ class RunResult:
     experts: ExpertStats  # counters of this run alone
 
 
-def bench_prompt(engine: Engine, n: int) -> list[int]:
-    """n token ids of ordinary prose (repeated as needed)."""
-    ids = engine.tokenizer.encode(PROSE)
+def bench_prompt(engine: Engine, n: int, text: str = PROSE) -> list[int]:
+    """n token ids of ordinary prose (PROSE, or `text`; repeated as needed)."""
+    ids = engine.tokenizer.encode(text)
     return (ids * (n // max(1, len(ids)) + 1))[:n]
 
 

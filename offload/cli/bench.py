@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from offload.bench.limits import drop_checkpoint, measure, read_files, shard_files
-from offload.bench.runner import RunResult, bench_prompt, run_once, summarize
+from offload.bench.runner import PROSE, RunResult, bench_prompt, run_once, summarize
 from offload.bench.spec import BenchSpec
 from offload.cli.console import console, err, fail
 from offload.cli.load import load_engine, model_dir
@@ -22,6 +22,7 @@ from offload.cli.options import (
     run_options,
 )
 from offload.errors import OffloadError
+from offload.experts.profile import save_profile
 from offload.planner.plan import RuntimeConfig
 
 BENCH = BenchSpec()  # bench's defaults
@@ -40,6 +41,13 @@ def bench_cmd(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure, with units, to this file.")] = (
         None
     ),
+    prompt_text: Annotated[
+        Path | None, typer.Option(help="A UTF-8 text file whose tokens, repeated, make the prompt (default: prose).")
+    ] = None,
+    save_expert_profile: Annotated[
+        Path | None,
+        typer.Option(help="Write the measured runs' router picks per expert here (a routing profile, JSON)."),
+    ] = None,
     *,
     runtime: RuntimeConfig,
 ) -> None:
@@ -49,13 +57,37 @@ def bench_cmd(
         runtime = replace(runtime, context=prompt_len + gen_len + 1)  # a run's context is what it uses
     except OffloadError as e:
         raise fail(str(e)) from None
-    if json_path is not None and not json_path.parent.is_dir():  # checked now, not after minutes of runs
-        raise fail(f"--json {json_path}: the folder {json_path.parent} does not exist")
-    run_bench(model_dir=model_dir(model), profile=profile, spec=spec, runtime=runtime, json_path=json_path)
+    for flag, path in (("--json", json_path), ("--save-expert-profile", save_expert_profile)):
+        if path is not None and not path.parent.is_dir():  # checked now, not after minutes of runs
+            raise fail(f"{flag} {path}: the folder {path.parent} does not exist")
+    text = PROSE
+    if prompt_text is not None:
+        try:
+            text = prompt_text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise fail(f"--prompt-text {prompt_text}: cannot be read as UTF-8 text ({e})") from None
+        if not text.strip():
+            raise fail(f"--prompt-text {prompt_text}: the file is empty; give some text")
+    run_bench(
+        model_dir=model_dir(model),
+        profile=profile,
+        spec=spec,
+        runtime=runtime,
+        json_path=json_path,
+        text=text,
+        save_profile_to=save_expert_profile,
+    )
 
 
 def run_bench(
-    *, model_dir: Path, profile: str, spec: BenchSpec, runtime: RuntimeConfig, json_path: Path | None
+    *,
+    model_dir: Path,
+    profile: str,
+    spec: BenchSpec,
+    runtime: RuntimeConfig,
+    json_path: Path | None,
+    text: str = PROSE,
+    save_profile_to: Path | None = None,
 ) -> None:
     import psutil
 
@@ -81,7 +113,7 @@ def run_bench(
             f"exceed the context of {engine.max_context:,}; lower them"
         )
     with engine:
-        prompt = bench_prompt(engine, spec.prompt_len)
+        prompt = bench_prompt(engine, spec.prompt_len, text)
         if not spec.cold:
             run_once(engine, prompt[: min(32, len(prompt))], 4)  # warm-up: kernels built, first touches done
         before = engine.stats()
@@ -95,7 +127,20 @@ def run_bench(
                     progress.update(task, completed=n)
 
                 runs.append(run_once(engine, prompt, spec.gen_len, advance))
-        out = summarize(engine, spec, limits, runs, engine.stats() - before, left)
+        measured = engine.stats() - before
+        out = summarize(engine, spec, limits, runs, measured, left)
+        if save_profile_to is not None:
+            tokens = sum(r.prompt_tokens + r.generated for r in runs)
+            source = f"{model_dir.name}: bench, {spec.runs} x ({spec.prompt_len} prompt + {spec.gen_len} generated)"
+            try:
+                saved = save_profile(save_profile_to, engine.ckpt.config, measured.choices, tokens, source)
+            except (OSError, OffloadError) as e:
+                raise fail(f"--save-expert-profile {save_profile_to}: cannot be written ({e})") from None
+            top = saved.hottest(max(1, round(0.1 * sum(len(c) for c in saved.picks.values()))))
+            err.print(
+                f"[dim]wrote {save_profile_to}: {tokens:,} tokens' router picks; the most picked 10% of (layer, "
+                f"expert) pairs took {saved.share(top):.0%} of them[/]"
+            )
     console.print(_table(out))
     if json_path is not None:
         json_path.write_text(json.dumps(out, indent=1))
@@ -120,6 +165,11 @@ def _table(out: dict[str, Any]) -> Table:
         f"{'cold start' if s['cold'] else 'page cache warm'}; RAM budget {budget}, {s['gpu_slots']} GPU slots, "
         f"prefetch {'on' if s['prefetch'] else 'off'}",
     )
+    if ex.get("held_experts"):
+        t.add_row(
+            "routing profile",
+            f"{ex['held_experts']:,} hottest experts held in RAM, {ex['held_load_bytes'] / 1e9:.3f} GB read at load",
+        )
     t.add_row("decode", _rate(out, "decode_tok_s"))
     t.add_row("prefill", _rate(out, "prefill_tok_s"))
     t.add_row("time to first token", _rate(out, "ttft_s", "s"))

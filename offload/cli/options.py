@@ -62,6 +62,13 @@ ThreadsOpt = Annotated[
         help="CPU threads for torch and the native kernels (one OpenMP pool). Default: torch's, the physical cores."
     ),
 ]
+ExpertProfileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A routing profile (`bench --save-expert-profile`): under a RAM budget its hottest experts, up to half "
+        "the budget, are read at load time and never evicted."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
@@ -75,6 +82,7 @@ def runtime_config(
     prefill_chunk: int = RUNTIME.prefill_chunk,
     threads: int | None = RUNTIME.threads,
     cpu_weights: str = RUNTIME.cpu_weights,
+    expert_profile: Path | None = None,
 ) -> RuntimeConfig:
     """The run's RuntimeConfig from the shared options (it checks the strings itself, naming the choices)."""
     return RuntimeConfig(
@@ -87,6 +95,7 @@ def runtime_config(
         prefill_chunk=prefill_chunk,
         threads=threads,
         cpu_weights=cpu_weights,  # type: ignore[arg-type]
+        expert_profile=None if expert_profile is None else str(expert_profile),
     )
 
 
@@ -101,12 +110,13 @@ RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("prefill_chunk", PrefillChunkOpt, RUNTIME.prefill_chunk),
     ("threads", ThreadsOpt, RUNTIME.threads),
     ("cpu_weights", CpuWeightsOpt, RUNTIME.cpu_weights),
+    ("expert_profile", ExpertProfileOpt, None),
 )
 
 
 def run_options(context: bool = True) -> Callable[[F], F]:
     """Give a command the shared run options (--context unless `context=False`, --dtype, --device, --ram-budget,
-    --gpu-slots, --prefetch, --prefill-chunk, --threads, --cpu-weights) and call it with one checked
+    --gpu-slots, --prefetch, --prefill-chunk, --threads, --cpu-weights, --expert-profile) and call it with one checked
     `runtime: RuntimeConfig` instead. The options are listed after --profile (or last); a bad value is a one-line
     error, exit code 2."""
     names = [o for o in RUN_OPTIONS if context or o[0] != "context"]

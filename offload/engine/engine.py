@@ -21,6 +21,7 @@ from offload.engine.sampling import SamplingParams
 from offload.engine.tokenizer import Tokenizer
 from offload.errors import OffloadError
 from offload.experts.offloaded import OffloadedExperts
+from offload.experts.profile import load_profile
 from offload.experts.stats import ExpertStats
 from offload.model.loader import load_transformer
 from offload.planner.plan import Plan, RuntimeConfig, make_plan
@@ -87,7 +88,11 @@ class Engine:
             else:
                 self.tokenizer = Tokenizer.from_dir(self.folder)
                 self.chat_format = ChatFormat.from_dir(self.folder, self.tokenizer)
-            self.experts = OffloadedExperts(self.ckpt, self.dtype, self.plan.offload, self.plan.cost)
+            offload = self.plan.offload
+            if rt.expert_profile is not None:  # checked before anything is read: a bad file costs nothing
+                hot = load_profile(Path(rt.expert_profile), cfg).hottest()
+                offload = replace(offload, hot=tuple(hot))
+            self.experts = OffloadedExperts(self.ckpt, self.dtype, offload, self.plan.cost)
         except BaseException:
             self.ckpt.close()
             raise

@@ -57,6 +57,10 @@ class OffloadedExperts:
         self.moe_layers = list(cfg.moe_layers)
         self.cpu = CpuExecutor(ckpt, dtype)
         self.store = ExpertStore(ckpt, config.ram_budget)
+        if config.hot:
+            n = self.store.hold(config.hot, config.hold_share)
+            held_gb = self.store.counters.held_bytes / 1e9
+            log.info("experts: %d of a profile's hottest held in RAM (%.3f GB read)", n, held_gb)
         self.cost = cost
         self.predictor = Predictor(
             cfg.num_hidden_layers,
@@ -329,6 +333,8 @@ class OffloadedExperts:
             prefetched=sc.prefetched,
             prefetch_used=sc.prefetch_used,
             prefetch_skipped=sc.prefetch_skipped,
+            held=sc.held,
+            held_bytes=sc.held_bytes,
             device=str(self.device),
         )
 

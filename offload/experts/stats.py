@@ -75,6 +75,8 @@ class ExpertStats:
     prefetched: int = 0
     prefetch_used: int = 0  # prefetched experts used before being evicted
     prefetch_skipped: int = 0  # guesses dropped: the budget was full of experts in use or in flight
+    held: int = 0  # experts a routing profile named, held resident since load (state)
+    held_bytes: int = 0  # what reading them in at load time brought from disk
     device: str = "cpu"
 
     def __sub__(self, other: ExpertStats) -> ExpertStats:
@@ -129,6 +131,8 @@ class ExpertStats:
             "prefetched_experts": self.prefetched,
             "prefetch_used": self.prefetch_used,
             "prefetch_skipped": self.prefetch_skipped,
+            "held_experts": self.held,
+            "held_load_bytes": self.held_bytes,
         }
         for name, c in self.phases.items():
             d = {f.name: getattr(c, f.name) for f in fields(c)}
@@ -189,5 +193,10 @@ class ExpertStats:
             f"budget {budget}, released {self.released_bytes / 1e9:.3f} GB; GPU slots {self.gpu_slots} on "
             f"{self.device}; prefetch {'on' if self.prefetch else 'off'} ({self.prefetched:,} read ahead, "
             f"{self.prefetch_used:,} used, {self.prefetch_skipped:,} skipped for budget)"
+            + (
+                f"; {self.held:,} held from a routing profile ({self.held_bytes / 1e9:.3f} GB read at load)"
+                if self.held
+                else ""
+            )
         )
         return out

@@ -39,6 +39,9 @@ class StoreCounters:
     released: int = 0
     released_bytes: int = 0
     peak_bytes: int = 0  # most bytes accounted resident at once
+    held: int = 0  # experts a routing profile named, read in at load time and never given up (hold)
+    held_bytes: int = 0  # bytes those reads brought from disk
+    held_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class ExpertStore:
         self.resident_bytes = 0  # accounted: resident experts and those on their way in
         self._loading: dict[Key, threading.Event] = {}
         self._pinned: Counter[Key] = Counter()
+        self._held: set[Key] = set()  # a profile's hottest: never victims
         self._fresh: set[Key] = set()  # prefetched and not used yet
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)  # notified when a read ends
@@ -101,8 +105,8 @@ class ExpertStore:
 
     @property
     def capacity(self) -> int | None:
-        """Most experts one step may hold at once (None: unbounded)."""
-        return None if self.budget is None else self.budget // self.expert_bytes
+        """Most experts one step may hold at once (None: unbounded): the budget's, less the held ones."""
+        return None if self.budget is None else self.budget // self.expert_bytes - len(self._held)
 
     # ---- the compute path ----------------------------------------------------------------------------------------
     def acquire(self, keys: Sequence[Key]) -> list[str]:
@@ -252,6 +256,50 @@ class ExpertStore:
             self.counters.prefetch_s += time.perf_counter() - t0
         return read > 0
 
+    def hold(self, keys: Sequence[Key], share: float = 0.5) -> int:
+        """Keep the first of `keys` (a routing profile's hottest, most picked first) resident for good: read them
+        now, in file order (near-sequential reads at the disk's pace instead of faults in the middle of a token),
+        and never give them up for others. At most `share` of the budget is held, the rest stays the working set
+        the policy manages; unbounded, nothing is released anyway and nothing is held. Returns how many."""
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"share = {share}; hold a fraction of the budget in [0, 1)")
+        if self.budget is None:
+            return 0
+        t0 = time.perf_counter()
+        room = int(share * (self.budget // self.expert_bytes)) - len(self._held)
+        chosen = [k for k in dict.fromkeys(keys) if k not in self._held][: max(0, room)]
+        chosen.sort(key=lambda k: [(str(s.shard.path), s.start) for s in self.spans(k)])
+        held = 0
+        for key in chosen:
+            with self._lock:
+                if key in self.policy or key in self._loading:
+                    self._held.add(key)
+                    held += 1
+                    continue
+                if not self._reserve(key, for_compute=False):
+                    break
+                event = self._loading[key] = threading.Event()
+            try:
+                gaps = self._gaps(key)
+                for span, _ in gaps:
+                    pages.read(span.shard, span.start, span.end)
+            except BaseException:
+                self._finish(key, event, failed=True)
+                raise
+            self._finish(key, event)
+            with self._lock:
+                self._held.add(key)
+                self.counters.held_bytes += sum(n for _, n in gaps)
+            held += 1
+        with self._lock:
+            self.counters.held += held
+            self.counters.held_s += time.perf_counter() - t0
+        return held
+
+    def held(self) -> frozenset[Key]:
+        with self._lock:
+            return frozenset(self._held)
+
     def trim(self) -> int:
         """Release the pages of every routed expert the store does not count as resident (read-around from faults
         on the dense weights next to them brings such pages in). Returns the bytes released."""
@@ -301,7 +349,9 @@ class ExpertStore:
         if self.budget is not None:
 
             def keep(k: object) -> bool:
-                return k in self._pinned or k in self._loading or (not for_compute and k in self._fresh)
+                return (
+                    k in self._pinned or k in self._loading or k in self._held or (not for_compute and k in self._fresh)
+                )
 
             while self.resident_bytes + size > self.budget:
                 victim = self.policy.evict(keep)

@@ -50,6 +50,8 @@ class RuntimeConfig:
     prefetch_mode: Literal["advise", "read"] = "advise"  # advise: kernel readahead; read: reads on a worker thread
     cpu_weights: Literal["bf16", "int8"] = "bf16"  # non-expert Linears on the CPU: bf16, or int8 (Q8_0, native kernel)
     threads: int | None = None  # CPU threads for torch and the native kernels (one OpenMP pool); None: torch's default
+    expert_profile: str | None = None  # a routing profile (JSON, `bench --save-expert-profile`): under a RAM budget
+    # its hottest experts are read at load time and held; the engine reads it, the plan only carries the path
 
     def __post_init__(self) -> None:
         if self.context < 1:
