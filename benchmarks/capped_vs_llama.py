@@ -13,6 +13,10 @@ sequential read from a cold page cache, measured in the same run (the disk limit
 
     sudo python benchmarks/capped_vs_llama.py --gguf FILE --llama-bin DIR [--caps 0.3,0.5,0.7,none]
         [--threads 2] [--prompt-len 32] [--gen-len 16] [--timeout 300] [--json OUT]
+        [--runners llama,llama-mmap,ours,ours-profile,ours-baseline] [--expert-profile FILE] [--baseline DIR]
+
+ours-profile is ours with `--expert-profile FILE`; ours-baseline is ours run from another checkout (e.g.
+`git worktree add /tmp/base COMMIT`), so that one change is measured on its own in the same alternation.
 """
 
 from __future__ import annotations
@@ -153,7 +157,18 @@ def main() -> None:
     ap.add_argument("--runners", default="llama,llama-mmap,ours")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a thrashing run is killed")
+    ap.add_argument(
+        "--expert-profile", type=Path, help="runner ours-profile: ours with --expert-profile FILE (bench wrote it)"
+    )
+    ap.add_argument(
+        "--baseline", type=Path, help="runner ours-baseline: ours run from this checkout (an earlier commit's worktree)"
+    )
     args = ap.parse_args()
+    runners = args.runners.split(",")
+    if "ours-profile" in runners and args.expert_profile is None:
+        sys.exit("runner ours-profile needs --expert-profile FILE")
+    if "ours-baseline" in runners and (args.baseline is None or not (args.baseline / "offload").is_dir()):
+        sys.exit("runner ours-baseline needs --baseline DIR, a kimi-offload checkout")
     if os.geteuid() != 0:
         sys.exit("run as root: it writes cgroup limits and drops the page cache")
     size = args.gguf.stat().st_size
@@ -165,18 +180,23 @@ def main() -> None:
         limit = None if frac is None else int(size * frac)
         group = Cgroup("kimi-offload-bench", limit)
         try:
-            for runner in args.runners.split(","):
+            for runner in runners:
                 json_out = Path(tempfile.mkdtemp()) / "bench.json"
                 if runner == "llama":
                     cmd = llama_bench(args.llama_bin, args.gguf, args, [])
                 elif runner == "llama-mmap":
                     cmd = llama_bench(args.llama_bin, args.gguf, args, ["--repack", "0", "-lm", "mmap"])
-                else:
+                elif runner in ("ours", "ours-profile", "ours-baseline"):
                     cmd = [sys.executable, "-m", "offload.cli", "bench", "--model", str(args.gguf), "--cold"]
                     cmd += ["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--runs", "1"]
                     cmd += ["--device", "cpu", "--json", str(json_out)]
-                rc, stdout, read, faults, wall, oom, late = run_capped(cmd, group, args.timeout, cwd=ROOT)
-                if runner == "ours":
+                    if runner == "ours-profile":
+                        cmd += ["--expert-profile", str(args.expert_profile)]
+                else:
+                    sys.exit(f"unknown runner {runner!r}: llama, llama-mmap, ours, ours-profile, ours-baseline")
+                cwd = args.baseline if runner == "ours-baseline" else ROOT
+                rc, stdout, read, faults, wall, oom, late = run_capped(cmd, group, args.timeout, cwd=cwd)
+                if runner.startswith("ours"):
                     data = json.loads(json_out.read_text()) if rc == 0 and json_out.exists() else {}
                     tg, pp = data.get("decode_tok_s"), data.get("prefill_tok_s")
                     dgbs = data.get("decode_disk_gbs")
