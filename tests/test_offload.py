@@ -198,3 +198,9 @@ def test_routing_skew_by_hand():
     assert (now - then).choices[1] == (5, 1, 1, 1, 1, 1, 0, 0, 0, 0)
     assert (now - then).top_share(0.1) == pytest.approx(0.5) and (now - then).top_share(0.25) == pytest.approx(0.6)
     assert now.to_dict()["routing"]["picks"] == 11
+
+
+def test_mincore_counts_only_the_resident_bit():
+    """mincore's bytes: bit 0 is residency, the other bits are reserved; the count ignores them."""
+    assert pages._LOW_BIT == bytes(b & 1 for b in range(256))
+    assert bytes([0, 1, 2, 3, 0xFE, 0xFF]).translate(pages._LOW_BIT).count(1) == 3
