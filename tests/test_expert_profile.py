@@ -99,24 +99,30 @@ def test_saving_checks_the_picks_against_the_model(tmp_path: Path) -> None:
 def test_the_store_holds_the_hottest_within_its_share_and_never_evicts_them(mini_k25: Path) -> None:
     with open_checkpoint(mini_k25) as ckpt:
         cfg = ckpt.config
+        assert cfg.n_routed_experts == 384
         eb = ExpertStore(ckpt, None).expert_bytes
         assert ExpertStore(ckpt, None).hold([(1, 0)]) == 0  # unbounded: nothing is released, nothing held
-        store = ExpertStore(ckpt, 10 * eb)
         layer = cfg.moe_layers[0]
-        hot = [(layer, e) for e in (5, 3, 9, 1, 7, 2)]
+        hot = [(layer, e) for e in range(100, 130)]
+        small = ExpertStore(ckpt, 390 * eb)
+        assert small.hold(hot, 0.5) == 390 - 384  # the rest keeps one layer's 384 experts, whatever the share
+        store = ExpertStore(ckpt, 400 * eb)
         with pytest.raises(ValueError, match=r"share = 1\.0"):
             store.hold(hot, 1.0)
-        assert store.hold(hot + hot[:1], 0.4) == 4  # int(0.4 x 10) = 4, most picked first, duplicates once
-        assert store.held() == frozenset(hot[:4]) and store.capacity == 10 - 4
-        assert store.counters.held == 4 and store.resident_bytes == 4 * eb
-        # a working set many times the rest of the budget goes through: the held four are never given up
-        others = [(lay, e) for lay in cfg.moe_layers for e in range(cfg.n_routed_experts) if (lay, e) not in hot[:4]]
-        for i in range(0, 60, 6):
+        assert store.hold(hot[:10] + hot[:1], 0.02) == 8  # int(0.02 x 400) = 8, most picked first, duplicates once
+        assert store.held() == frozenset(hot[:8]) and store.capacity == 400 - 8
+        assert store.counters.held == 8 and store.resident_bytes == 8 * eb
+        assert store.hold(hot, 0.5) == 16 - 8  # up to 400 - 384 = 16 in all
+        held = hot[:16]
+        assert store.held() == frozenset(held) and store.capacity == 384
+        # a working set larger than the rest of the budget goes through: the held ones are never given up
+        others = [(lay, e) for lay in cfg.moe_layers for e in range(cfg.n_routed_experts) if (lay, e) not in held]
+        for i in range(0, 600, 6):
             keys = others[i : i + 6]
             store.acquire(keys)
             store.release(keys)
-            assert all(store.resident(k) for k in hot[:4]) and store.resident_bytes <= 10 * eb
-        assert store.counters.released >= 50
-        assert store.acquire(hot[:2]) == ["ram", "ram"]
-        store.release(hot[:2])
-        assert store.hold(hot, 0.4) == 0  # already at its share
+            assert store.resident_bytes <= 400 * eb
+        assert all(store.resident(k) for k in held) and store.counters.released >= 600 - 384
+        assert store.acquire(held[:2]) == ["ram", "ram"]
+        store.release(held[:2])
+        assert store.hold(hot, 0.5) == 0  # already at its share
