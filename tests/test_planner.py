@@ -456,3 +456,13 @@ def test_gpu_slots_and_ram_budget_overrides_by_hand():
         RuntimeConfig(gpu_slots=-1)
     with pytest.raises(ValueError, match="ram_budget_gb = 0"):
         RuntimeConfig(ram_budget_gb=0)
+
+
+def test_cpu_max_context_counts_one_layers_pairs_by_hand():
+    """With no GPU the longest context leaves room for its KV cache and a chunk's workspace, whose routed scratch
+    is one layer's 4096 x 8 pairs (the layers run one after another), not every layer's."""
+    box = Profile(**{**_fields(CPU_BOX), "ram_gib": 40})
+    plan = plan_for("kimi-k2.5", K25, box, RuntimeConfig(context=8192))
+    free = 40 * GiB - 4 * GiB - sum(BF16.values()) - VOCAB_H * 2  # less the reserve (10%) and the weights
+    m = (free - WS_CPU) // KV_TOKEN  # the MoE phase stays the largest at these key counts
+    assert plan.max_context == m == 187_022  # (40 - 4 - 21.83 GiB - 2.07 GB) // 70,272

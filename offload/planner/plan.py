@@ -241,24 +241,19 @@ def make_plan(
     pairs = chunk * k if n_moe else 0  # a chunk's routed (token, expert) pairs
     esz = 4 if rt.dtype == "float32" else 2
 
-    def ws_at(context: int, pairs_a_token: int) -> int:
-        """The workspace at another context (a chunk is at most the context), pairs_a_token routed pairs a token."""
+    def scratch(pairs_share: float, context: int = rt.context) -> int:
+        """Where the model computes: the peak of a chunk over `context` keys (a chunk is at most the context) of
+        whose routed pairs `pairs_share` run on that device (or the runtime's own figure)."""
         if rt.workspace_gib is not None:
             return int(rt.workspace_gib * GiB)
         c = min(rt.prefill_chunk, context)
-        return workspace_peak(workspace(cfg, c, context, esz, c * pairs_a_token))
-
-    def scratch(pairs_here: int) -> int:
-        """Where the model computes: its peak for a chunk of which pairs_here routed pairs run on that device."""
-        if rt.workspace_gib is not None:
-            return int(rt.workspace_gib * GiB)
-        return workspace_peak(workspace(cfg, chunk, rt.context, esz, pairs_here))
+        return workspace_peak(workspace(cfg, c, context, esz, math.ceil(c * k * pairs_share) if n_moe else 0))
 
     # ---- GPU budget ------------------------------------------------------------------------------------------
     gpu_budget: dict[str, int] = {}
     slots = 0
     if on_gpu:
-        fixed = {**gpu_weights, "kv_cache": kv, "workspace": scratch(0), "reserve": int(rt.gpu_reserve_gib * GiB)}
+        fixed = {**gpu_weights, "kv_cache": kv, "workspace": scratch(0.0), "reserve": int(rt.gpu_reserve_gib * GiB)}
         if rt.gpu_slots is not None:
             slots = min(rt.gpu_slots, n_experts)
         elif storage.fused_experts or rt.expert_bpw is not None:  # a what-if plans for a slot format
@@ -266,10 +261,10 @@ def make_plan(
             # the pairs the slots serve (their share, uniform routing) need scratch too: fewer slots until it fits;
             # each step's workspace is no larger than the last one's, so the last slot count fits with its own
             for _ in range(3):
-                fixed["workspace"] = scratch(math.ceil(pairs * slots * eb / routed))
+                fixed["workspace"] = scratch(slots * eb / routed)
                 slots = min(slots, max(0, (profile.gpu_bytes - sum(fixed.values())) // eb))
         if rt.gpu_slots is not None:
-            fixed["workspace"] = scratch(math.ceil(pairs * slots * eb / routed))
+            fixed["workspace"] = scratch(slots * eb / routed)
         gpu_budget = {**fixed, "expert_slots": slots * eb}
 
     # ---- RAM budget: fixed needs first, the rest is page cache for routed experts ------------------------------
@@ -282,7 +277,7 @@ def make_plan(
         ram_fixed["workspace"] = routed_scratch(cfg, chunk, pairs)  # the CPU experts' (all pairs: worst case)
     else:
         ram_fixed["kv_cache"] = kv
-        ram_fixed["workspace"] = scratch(pairs)
+        ram_fixed["workspace"] = scratch(1.0)
     ram_left = max(0, profile.ram_bytes - sum(ram_fixed.values()))
     page_cache = ram_left if rt.ram_budget_gb is None else int(rt.ram_budget_gb * 1e9)
     ram_budget = {**ram_fixed, "expert_page_cache": page_cache}
@@ -381,7 +376,7 @@ def make_plan(
     if on_gpu:
         gpu_fixed = sum(v for key, v in gpu_budget.items() if key != "expert_slots")
         others = gpu_fixed - kv - gpu_budget["workspace"]
-        max_context = _longest(lambda c: others + kv_tok * c + ws_at(c, 0) <= profile.gpu_bytes, cfg)
+        max_context = _longest(lambda c: others + kv_tok * c + scratch(0.0, c) <= profile.gpu_bytes, cfg)
         if gpu_fixed > profile.gpu_bytes:
             problems.append(
                 f"needs {gpu_fixed / GiB:.1f} GiB of GPU memory (weights {sum(gpu_weights.values()) / GiB:.1f}, "
@@ -391,7 +386,7 @@ def make_plan(
             )
     else:
         others = sum(ram_fixed.values()) - kv - ram_fixed["workspace"]
-        max_context = _longest(lambda c: others + kv_tok * c + ws_at(c, k * n_moe) <= profile.ram_bytes, cfg)
+        max_context = _longest(lambda c: others + kv_tok * c + scratch(1.0, c) <= profile.ram_bytes, cfg)
     ram_needed = sum(ram_fixed.values())
     if ram_needed > profile.ram_bytes:
         problems.append(
