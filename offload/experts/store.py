@@ -41,7 +41,6 @@ class StoreCounters:
     peak_bytes: int = 0  # most bytes accounted resident at once
     held: int = 0  # experts a routing profile named, read in at load time and never given up (hold)
     held_bytes: int = 0  # bytes those reads brought from disk
-    held_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +265,6 @@ class ExpertStore:
             raise ValueError(f"share = {share}; hold a fraction of the budget in [0, 1)")
         if self.budget is None:
             return 0
-        t0 = time.perf_counter()
         total = self.budget // self.expert_bytes
         # what is not held must still take one layer's every expert at once (a prefill chunk can route to all of
         # them): measured, holding half of a 481-expert budget (384 experts a layer) cost 7% of prefill
@@ -297,7 +295,6 @@ class ExpertStore:
             held += 1
         with self._lock:
             self.counters.held += held
-            self.counters.held_s += time.perf_counter() - t0
         return held
 
     def held(self) -> frozenset[Key]:

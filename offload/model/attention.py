@@ -35,6 +35,11 @@ def query_rows(heads: int, keys: int) -> int:
     return max(16, min(MAX_QUERY_ROWS, fit // 16 * 16))
 
 
+def expanded_key_bytes(nope: int, rope: int, v: int, esz: int) -> int:
+    """Bytes one key takes per head once expanded: kv_b's [nope + v] and the catted key's [nope + rope]."""
+    return (2 * nope + v + rope) * esz
+
+
 def head_group(heads: int, keys: int, per_head_key_bytes: int) -> int:
     """Heads whose expanded keys and values (per_head_key_bytes for each of `keys` keys) fit EXPAND_BYTES; >= 1."""
     return max(1, min(heads, EXPAND_BYTES // max(1, keys * per_head_key_bytes)))
@@ -134,7 +139,7 @@ class MLA:
         q = torch.cat((q_nope, q_pe), dim=-1).transpose(0, 1)  # [H, T, 192]
         out = q.new_empty(H, T, v_dim)  # [H, T, 128]
         rows = query_rows(H, S)
-        group = head_group(H, S, (2 * nope + v_dim + self.rope_dim) * latent.element_size())
+        group = head_group(H, S, expanded_key_bytes(nope, self.rope_dim, v_dim, latent.element_size()))
         kv_b = self.w.kv_b.view(H, nope + v_dim, self.rank)
         for h0 in range(0, H, group):
             h1 = min(H, h0 + group)

@@ -90,12 +90,12 @@ def workspace(cfg: ModelConfig, tokens: int, keys: int, esz: int, pairs: int) ->
     of its routed (token, expert) pairs computed on this device. The phases follow each other: the peak is
     `stream` plus the largest other one (`workspace_peak`). Bounds from the model's own blocking: a head group's
     expanded keys (offload.model.attention.head_group) and a query block's scores (query_rows)."""
-    from offload.model.attention import head_group, query_rows  # the model's own bounds (no cycle: model <- planner)
+    from offload.model.attention import expanded_key_bytes, head_group, query_rows  # the model's own bounds
 
     T, S, e = tokens, keys, esz
     d, heads = cfg.hidden_size, cfg.num_attention_heads
     nope, rope, v, rank = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
-    per_head_key = (2 * nope + v + rope) * e  # a key's expanded k and v: [nope + v] from kv_b, [nope + rope] catted
+    per_head_key = expanded_key_bytes(nope, rope, v, e)
     rows = min(T, query_rows(heads, S))
     attention = (
         2 * T * (cfg.q_lora_rank or 0) * e  # q_a and its norm
