@@ -80,13 +80,16 @@ def best_isa(flags: frozenset[str] | None = None) -> str | None:
 
 
 def build(source: Path, stem: str, flags: tuple[str, ...], isa: str = "avx2", force: bool = False) -> NativeBuild:
-    """Compile `source` with BASE_FLAGS + `flags` into the cache as `{stem}_{key}.so` unless it is there already.
+    """Compile `source` with BASE_FLAGS + `flags` into the cache as `{stem}_{key}.so` unless it is there already
+    (the key covers the source, the headers in its folder, the compiler and the flags).
     Raises RuntimeError saying why when it cannot."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', '')!r}; set CXX or install g++)")
     all_flags = (*BASE_FLAGS, *flags)
-    key = hashlib.sha256(source.read_bytes() + " ".join((cxx, *all_flags)).encode()).hexdigest()[:16]
+    # the headers beside the source are part of it (#include "x.h"): a change to one rebuilds
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join((cxx, *all_flags)).encode()).hexdigest()[:16]
     path = cache_dir() / f"{stem}_{key}.so"
     if path.exists() and not force:
         return NativeBuild(path, 0.0, isa)

@@ -1099,3 +1099,5 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
 }
 
 }  // extern "C"
+
+#include "mla_cpu.h"  // one decode token's attention in one call, on the tiles above

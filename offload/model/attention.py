@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from kernels.cpu_ggml import ggml_linear_batched_cpu
+from kernels.cpu_mla import MlaDecodeWeights, mla_decode_cpu
 from kernels.dequant import StoredWeight
 from kernels.ggml_encode import quantize_q8_0
 from offload.config import ModelConfig
 from offload.model.cache import LatentCache
 from offload.model.cancel import check
-from offload.model.linear import Weight, linear
+from offload.model.linear import QuantLinear, Weight, linear
 from offload.model.norm import LATENT_NORM_EPS, rms_norm
 from offload.model.rope import Rope, softmax_scale
 
@@ -62,9 +63,19 @@ class MLAWeights:
 class MLA:
     """Attention of one layer; caches only (normalised latent, roped k_pe) per token."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, w: MLAWeights, rope: Rope, absorb_int8: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        layer: int,
+        w: MLAWeights,
+        rope: Rope,
+        absorb_int8: bool = False,
+        native_decode: bool = True,
+    ) -> None:
         """absorb_int8: decode's absorbed per-head matrices as Q8_0 through the native ggml kernel (CPU; int8
-        activations), one batched call each instead of a bf16 einsum (~5x faster on the CPU)."""
+        activations), one batched call each instead of a bf16 einsum (~5x faster on the CPU). native_decode: with
+        those and every Linear a QuantLinear, a decode token's whole attention is one native call
+        (kernels/cpu_mla.py) instead of ~60 torch ops; False keeps the torch path (to compare the two)."""
         self.layer = layer
         self.w = w
         self.rope = rope
@@ -85,6 +96,38 @@ class MLA:
             uv = self.w_uv.reshape(-1, self.rank)
             self.uk_q = StoredWeight("q8_0", (uk.shape[0], self.nope), {"data": quantize_q8_0(uk)})
             self.uv_q = StoredWeight("q8_0", (uv.shape[0], self.rank), {"data": quantize_q8_0(uv)})
+        self.native = self._native_decode() if native_decode else None
+        self.hidden = self.native.check() if self.native is not None else 0
+
+    def _native_decode(self) -> MlaDecodeWeights | None:
+        """The whole decode token in one native call (kernels/cpu_mla.py), where every Linear is a QuantLinear and
+        the absorbed matrices are Q8_0; else None (the torch path)."""
+        w = self.w
+        linears = (w.q_b, w.kv_a, w.o) if w.q_a is None else (w.q_a, w.q_b, w.kv_a, w.o)
+        if self.uk_q is None or self.uv_q is None or not all(isinstance(lin, QuantLinear) for lin in linears):
+            return None
+        if (self.heads * self.v_dim) % 32 or self.rope_dim % 2 or w.kv_a_norm.device.type != "cpu":
+            return None
+        q_a = w.q_a.weight if isinstance(w.q_a, QuantLinear) else None
+        assert isinstance(w.q_b, QuantLinear) and isinstance(w.kv_a, QuantLinear) and isinstance(w.o, QuantLinear)
+        return MlaDecodeWeights(
+            q_a=q_a,
+            q_a_norm=None if w.q_a_norm is None or q_a is None else w.q_a_norm.float().contiguous(),
+            q_b=w.q_b.weight,
+            kv_a=w.kv_a.weight,
+            kv_a_norm=w.kv_a_norm.float().contiguous(),
+            uk=self.uk_q,
+            uv=self.uv_q,
+            o=w.o.weight,
+            heads=self.heads,
+            nope=self.nope,
+            rope=self.rope_dim,
+            v=self.v_dim,
+            rank=self.rank,
+            interleaved=self.rope.interleaved,
+            eps=LATENT_NORM_EPS,
+            scale=self.scale,
+        )
 
     def __call__(
         self,
@@ -98,6 +141,13 @@ class MLA:
         """x [T, D] at positions start .. start + T - 1 -> [T, D]; writes those positions to the cache.
         `stop` set by another thread ends a prefill between query blocks with Cancelled."""
         T = x.shape[0]
+        if T == 1 and self.native is not None and cache.latent.is_cpu:
+            cache.room(start, 1)
+            y = mla_decode_cpu(
+                x.float().contiguous(), self.native, cache.latent[self.layer], cache.k_pe[self.layer], start,
+                cos[0], sin[0], self.hidden,
+            )  # fmt: skip
+            return y.to(x.dtype)  # [1, D]
         w = self.w
         if w.q_a is not None:
             assert w.q_a_norm is not None

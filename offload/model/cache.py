@@ -30,14 +30,19 @@ class LatentCache:
 
     def write(self, layer: int, start: int, latent: torch.Tensor, k_pe: torch.Tensor) -> None:
         """Store tokens start .. start + T - 1 of one layer."""
-        end = start + latent.shape[0]
+        end = self.room(start, latent.shape[0])
+        self.latent[layer, start:end] = latent
+        self.k_pe[layer, start:end] = k_pe
+
+    def room(self, start: int, tokens: int) -> int:
+        """start + tokens, after checking that positions start .. start + tokens - 1 fit (else CacheFullError)."""
+        end = start + tokens
         if end > self.max_tokens:
             raise CacheFullError(
                 f"position {end - 1} does not fit a cache of {self.max_tokens} tokens; "
                 "start a new conversation or raise the context length"
             )
-        self.latent[layer, start:end] = latent
-        self.k_pe[layer, start:end] = k_pe
+        return end
 
     def passed(self, start: int, tokens: int) -> None:
         """A pass through every layer wrote positions start .. start + tokens - 1."""
