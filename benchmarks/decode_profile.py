@@ -85,10 +85,13 @@ def main() -> None:
         print(f"top-level aten ops per decode step: {per_step:.0f} ({per_step / layers:.1f} per layer)")
         for name, k in c.most_common(12):
             print(f"  {k / n:6.1f} per step  {name}")
+        print("aten ops by own CPU time per decode step (the native calls through ctypes are not aten ops):")
+        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]:
+            print(f"  {e.self_cpu_time_total / n / 1e3:6.2f} ms  {e.count / n:6.1f} calls  {e.key}")
         import time
 
         from kernels import cpu_ggml
-        from offload.model import attention, linear
+        from offload.model import attention, linear, router
 
         spent: collections.Counter[str] = collections.Counter()
 
@@ -104,6 +107,8 @@ def main() -> None:
 
         cpu_ggml.ggml_grouped_ffn_cpu = timed("MoE layers (ggml_grouped_ffn_cpu)", cpu_ggml.ggml_grouped_ffn_cpu)
         linear.ggml_linear_cpu = timed("Linears (ggml_linear_cpu)", linear.ggml_linear_cpu)
+        attention.mla_decode_cpu = timed("attention (mla_decode_cpu, one call per layer)", attention.mla_decode_cpu)
+        router.Router.select = timed("router scores and choice (Router.select)", router.Router.select)  # type: ignore[method-assign]
         attention.ggml_linear_batched_cpu = timed(
             "absorbed MLA (ggml_linear_batched_cpu)", attention.ggml_linear_batched_cpu
         )

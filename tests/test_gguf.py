@@ -24,7 +24,7 @@ from offload.experts.dequantized import DequantizedExperts
 from offload.experts.offloaded import OffloadedExperts
 from offload.model.linear import QuantLinear
 from offload.quant import ConfigError
-from offload.synth.generator import SynthOptions, write_model
+from offload.synth.generator import write_model
 from offload.synth.gguf_export import write_gguf
 from offload.synth.presets import preset_config
 from tests.harness import greedy, loaded
@@ -157,7 +157,7 @@ def test_fused_gate_up_experts(src: Path, f32_file: Path, tmp_path: Path) -> Non
 
 def test_a_split_set_equals_the_single_file(src: Path, f32_file: Path, tmp_path: Path) -> None:
     parts = write_gguf(src, tmp_path / "set" / "tiny.gguf", max_tensors_per_file=20)
-    assert len(parts) > 2 and parts[0].name.endswith("-00001-of-%05d.gguf" % len(parts))
+    assert len(parts) > 2 and parts[0].name.endswith(f"-00001-of-{len(parts):05d}.gguf")
     want = reference(f32_file)
     for opened in (parts[0], parts[-1], parts[0].parent):  # any part, or the folder
         tokens, logits = reference(opened)
@@ -216,8 +216,12 @@ def test_the_native_ggml_path_is_invisible_under_a_small_budget(src: Path, tmp_p
     want_tokens, want_logits = reference(q)
     # the prompt pass sees the same input in both (later steps follow each run's own tokens, which may part)
     first, want_first = runs[0][1][0], want_logits[0]
-    assert int(first.argmax()) == int(want_first.argmax()) == want_tokens[0] == runs[0][0][0]
-    assert float((first - want_first).abs().max()) < 0.05 * float(want_first.abs().max())
+    err = float((first - want_first).abs().max())
+    assert err < 0.05 * float(want_first.abs().max())
+    # random weights leave near-ties (this file's top two logits are 0.0014 apart): the int8 path's pick is the
+    # reference's or one that int8 rounding can lift above it
+    assert int(want_first.argmax()) == want_tokens[0] and int(first.argmax()) == runs[0][0][0]
+    assert float(want_first[int(first.argmax())]) >= float(want_first.max()) - 2 * err
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
@@ -284,7 +288,7 @@ def test_bad_magic_version_and_header(f32_file: Path, tmp_path: Path) -> None:
 
 
 def test_unsupported_arch_type_shape_and_missing_tensor(f32_file: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="general.architecture = 'llama' is not supported"):
+    with pytest.raises(ConfigError, match=r"general\.architecture = 'llama' is not supported"):
         open_checkpoint(_rewrite(f32_file, tmp_path / "llama.gguf", meta={"general.architecture": "llama"}))
     with pytest.raises(ConfigError, match="expert_gating_func = 1"):
         open_checkpoint(_rewrite(f32_file, tmp_path / "softmax.gguf", meta={"deepseek2.expert_gating_func": 1}))
@@ -324,7 +328,7 @@ def test_ud_shapes_by_hand_and_within_5_percent_of_the_published_sizes() -> None
     tq1 = 2 * 2048 * 28 * 56 + 7168 * 8 * 66  # IQ1_M gate/up, IQ2_XXS down
     q2 = 2 * 2048 * 28 * 84 + 7168 * 8 * 110  # Q2_K gate/up, Q3_K down
     for name, expert in (("kimi-k2.5-ud-tq1_0", tq1), ("kimi-k2.5-ud-q2_k_xl", q2)):
-        _, cfg, st = resolve_model(name)
+        _, _, st = resolve_model(name)
         assert st.expert_bytes == expert and not st.fused_experts
         total = st.nonexpert_bytes + expert * 384 * 60
         assert abs(total / 1e9 - GGUF_SHAPES[name].published_gb) / GGUF_SHAPES[name].published_gb < 0.05
