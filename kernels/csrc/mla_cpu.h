@@ -98,6 +98,56 @@ KI void axpy_f32(float alpha, const float* x, float* y, int64_t n) {  // y += al
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// float vectors of the build's width, for the attention over the cache (compute-bound at long contexts: each cached
+// row meets several heads while it is in registers)
+#if defined(__AVX512F__)
+using VF = __m512;
+constexpr int kW = 16;
+KI VF vload(const float* p) { return _mm512_loadu_ps(p); }
+KI void vstore(float* p, VF v) { _mm512_storeu_ps(p, v); }
+KI VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+KI VF vset1(float f) { return _mm512_set1_ps(f); }
+KI VF vzero() { return _mm512_setzero_ps(); }
+KI float vsum(VF v) { return _mm512_reduce_add_ps(v); }
+#else
+using VF = __m256;
+constexpr int kW = 8;
+KI VF vload(const float* p) { return _mm256_loadu_ps(p); }
+KI void vstore(float* p, VF v) { _mm256_storeu_ps(p, v); }
+KI VF vfma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+KI VF vset1(float f) { return _mm256_set1_ps(f); }
+KI VF vzero() { return _mm256_setzero_ps(); }
+KI float vsum(VF v) { return hsum(v); }
+#endif
+
+// out[i] = <q + i * n, row> for 4 consecutive vectors q (n a multiple of kW)
+KI void dot4(const float* q, const float* row, int64_t n, float* out) {
+  VF a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+  for (int64_t c = 0; c < n; c += kW) {
+    const VF r = vload(row + c);
+    a0 = vfma(vload(q + c), r, a0);
+    a1 = vfma(vload(q + n + c), r, a1);
+    a2 = vfma(vload(q + 2 * n + c), r, a2);
+    a3 = vfma(vload(q + 3 * n + c), r, a3);
+  }
+  out[0] = vsum(a0);
+  out[1] = vsum(a1);
+  out[2] = vsum(a2);
+  out[3] = vsum(a3);
+}
+
+// o + i * n += p[i * stride] * row for 4 consecutive vectors o (n a multiple of kW)
+KI void axpy4(const float* p, int64_t stride, const float* row, int64_t n, float* o) {
+  const VF p0 = vset1(p[0]), p1 = vset1(p[stride]), p2 = vset1(p[2 * stride]), p3 = vset1(p[3 * stride]);
+  for (int64_t c = 0; c < n; c += kW) {
+    const VF r = vload(row + c);
+    vstore(o + c, vfma(p0, r, vload(o + c)));
+    vstore(o + n + c, vfma(p1, r, vload(o + n + c)));
+    vstore(o + 2 * n + c, vfma(p2, r, vload(o + 2 * n + c)));
+    vstore(o + 3 * n + c, vfma(p3, r, vload(o + 3 * n + c)));
+  }
+}
+
 // x [n] *= rsqrt(mean(x^2) + eps) * w
 void rms_inplace(float* x, const float* w, int64_t n, float eps) {
   float ss = 0.0f;
@@ -239,7 +289,14 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
         for (int64_t p = 0; p < S; ++p) {
           load_row(cache_lat + p * rank * esz, bf, rank, row);
           load_row(cache_pe + p * rope * esz, bf, rope, row + rank);
-          for (int64_t h = h0; h < h1; ++h)
+          int64_t h = h0;
+          float d4[4];
+          for (; h + 4 <= h1 && rank % kW == 0; h += 4) {  // the latent row against 4 heads at a time
+            dot4(q_lat + h * rank, row, rank, d4);
+            for (int i = 0; i < 4; ++i)
+              sc[(h + i) * S + p] = a.scale * (d4[i] + dot_f32(q + (h + i) * qk + nope, row + rank, rope));
+          }
+          for (; h < h1; ++h)
             sc[h * S + p] = a.scale * (dot_f32(q_lat + h * rank, row, rank) +
                                        dot_f32(q + h * qk + nope, row + rank, rope));
         }
@@ -255,7 +312,9 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
         }
         for (int64_t p = 0; p < S; ++p) {
           load_row(cache_lat + p * rank * esz, bf, rank, row);
-          for (int64_t h = h0; h < h1; ++h) axpy_f32(sc[h * S + p], row, o_lat + h * rank, rank);
+          int64_t h = h0;
+          for (; h + 4 <= h1 && rank % kW == 0; h += 4) axpy4(sc + h * S + p, S, row, rank, o_lat + h * rank);
+          for (; h < h1; ++h) axpy_f32(sc[h * S + p], row, o_lat + h * rank, rank);
         }
         for (int64_t h = h0; h < h1; ++h) quantize_one(o_lat + h * rank, rank, ao.set, h);
       }
