@@ -107,7 +107,9 @@ def main() -> None:
 
         cpu_ggml.ggml_grouped_ffn_cpu = timed("MoE layers (ggml_grouped_ffn_cpu)", cpu_ggml.ggml_grouped_ffn_cpu)
         linear.ggml_linear_cpu = timed("Linears (ggml_linear_cpu)", linear.ggml_linear_cpu)
-        attention.mla_decode_cpu = timed("attention (mla_decode_cpu, one call per layer)", attention.mla_decode_cpu)
+        attention.MlaDecoder.__call__ = timed(
+            "attention (MlaDecoder, one call per layer)", attention.MlaDecoder.__call__
+        )  # type: ignore[method-assign]
         router.Router.select = timed("router scores and choice (Router.select)", router.Router.select)  # type: ignore[method-assign]
         attention.ggml_linear_batched_cpu = timed(
             "absorbed MLA (ggml_linear_batched_cpu)", attention.ggml_linear_batched_cpu

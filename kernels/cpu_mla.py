@@ -114,6 +114,56 @@ def _weight(lib: object, w: StoredWeight | None) -> _Weight:
     return _Weight(w.parts["data"].data_ptr(), lib.type_id(w.fmt), 0, w.shape[0], w.shape[1])  # type: ignore[attr-defined]
 
 
+class MlaDecoder:
+    """One layer's native decode call, its weights' part of the arguments prepared once (a decode step calls it
+    once per layer; building the argument block costs as much as a small kernel)."""
+
+    def __init__(self, w: MlaDecodeWeights, isa: str | None = None) -> None:
+        self.w = w
+        self.hidden = w.check()
+        self.lib = _lib(isa)
+        lib = self.lib
+        self.args = _Args(
+            _weight(lib, w.q_a), _weight(lib, w.q_b), _weight(lib, w.kv_a), _weight(lib, w.uk), _weight(lib, w.uv),
+            _weight(lib, w.o),
+            None if w.q_a_norm is None else w.q_a_norm.data_ptr(), w.kv_a_norm.data_ptr(),
+            w.heads, w.nope, w.rope, w.v, w.rank, None, None, int(w.interleaved), 0, w.eps, w.scale, None, None, 0,
+        )  # fmt: skip
+
+    def __call__(
+        self, x: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """x [1, D] float32 (normed) at position `pos` -> attention output [1, D] float32; writes row `pos` of this
+        layer's cache (latent [max_tokens, rank], k_pe [max_tokens, rope]: bf16 or float32, contiguous) and attends
+        to rows 0 .. pos. cos, sin: [rope / 2] float32 for `pos`."""
+        w, hidden = self.w, self.hidden
+        if x.dtype != torch.float32 or not x.is_contiguous() or x.numel() != hidden or not x.is_cpu:
+            raise ValueError(
+                f"x: expected a contiguous float32 CPU tensor of {hidden} values, got {x.dtype} {list(x.shape)}"
+            )
+        if latent.dtype != k_pe.dtype or latent.dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"the cache must be bf16 or float32 (latent {latent.dtype}, k_pe {k_pe.dtype})")
+        if (
+            latent.shape[-1] != w.rank
+            or k_pe.shape[-1] != w.rope
+            or not (latent.is_contiguous() and k_pe.is_contiguous())
+        ):
+            raise ValueError(f"cache rows: expected contiguous [*, {w.rank}] and [*, {w.rope}]")
+        if not 0 <= pos < min(latent.shape[0], k_pe.shape[0]):
+            raise ValueError(f"position {pos} is outside a cache of {latent.shape[0]} rows")
+        half = w.rope // 2
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.numel() != half or sin.numel() != half:
+            raise ValueError(f"cos and sin: expected float32 [{half}] each")
+        cos, sin = cos.contiguous(), sin.contiguous()
+        a = self.args
+        a.cos, a.sin, a.latent, a.k_pe = cos.data_ptr(), sin.data_ptr(), latent.data_ptr(), k_pe.data_ptr()
+        a.cache_bf16, a.pos = int(latent.dtype == torch.bfloat16), pos
+        y = torch.empty(1, hidden, dtype=torch.float32)
+        rc = self.lib.lib.kimi_mla_decode(ctypes.byref(a), x.data_ptr(), hidden, y.data_ptr(), torch.get_num_threads())
+        _raise_rc(rc, "mla_decode_cpu")
+        return y
+
+
 def mla_decode_cpu(
     x: torch.Tensor,
     w: MlaDecodeWeights,
@@ -122,38 +172,10 @@ def mla_decode_cpu(
     pos: int,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    hidden: int,
     isa: str | None = None,
 ) -> torch.Tensor:
-    """x [1, D] float32 (normed) at position `pos` -> attention output [1, D] float32; writes row `pos` of this
-    layer's cache (latent [max_tokens, rank], k_pe [max_tokens, rope]: bf16 or float32, contiguous) and attends to
-    rows 0 .. pos. cos, sin: [rope / 2] float32 for `pos`. `hidden`: D as `w.check()` returned it."""
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.numel() != hidden or not x.is_cpu:
-        raise ValueError(
-            f"x: expected a contiguous float32 CPU tensor of {hidden} values, got {x.dtype} {list(x.shape)}"
-        )
-    if latent.dtype != k_pe.dtype or latent.dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"the cache must be bf16 or float32 (latent {latent.dtype}, k_pe {k_pe.dtype})")
-    if latent.shape[-1] != w.rank or k_pe.shape[-1] != w.rope or not (latent.is_contiguous() and k_pe.is_contiguous()):
-        raise ValueError(f"cache rows: expected contiguous [*, {w.rank}] and [*, {w.rope}]")
-    if not 0 <= pos < min(latent.shape[0], k_pe.shape[0]):
-        raise ValueError(f"position {pos} is outside a cache of {latent.shape[0]} rows")
-    half = w.rope // 2
-    if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.numel() != half or sin.numel() != half:
-        raise ValueError(f"cos and sin: expected float32 [{half}] each")
-    cos, sin = cos.contiguous(), sin.contiguous()
-    lib = _lib(isa)
-    args = _Args(
-        _weight(lib, w.q_a), _weight(lib, w.q_b), _weight(lib, w.kv_a), _weight(lib, w.uk), _weight(lib, w.uv),
-        _weight(lib, w.o),
-        None if w.q_a_norm is None else w.q_a_norm.data_ptr(), w.kv_a_norm.data_ptr(),
-        w.heads, w.nope, w.rope, w.v, w.rank, cos.data_ptr(), sin.data_ptr(), int(w.interleaved),
-        int(latent.dtype == torch.bfloat16), w.eps, w.scale, latent.data_ptr(), k_pe.data_ptr(), pos,
-    )  # fmt: skip
-    y = torch.empty(1, hidden, dtype=torch.float32)
-    rc = lib.lib.kimi_mla_decode(ctypes.byref(args), x.data_ptr(), hidden, y.data_ptr(), torch.get_num_threads())
-    _raise_rc(rc, "mla_decode_cpu")
-    return y
+    """`MlaDecoder(w, isa)(x, latent, k_pe, pos, cos, sin)`: one call, the arguments prepared for it alone."""
+    return MlaDecoder(w, isa)(x, latent, k_pe, pos, cos, sin)
 
 
 # ---- NumPy reference ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kernels import cpu_ggml
-from kernels.cpu_mla import MlaDecodeWeights, mla_decode_cpu, mla_decode_ref
+from kernels.cpu_mla import MlaDecoder, MlaDecodeWeights, mla_decode_cpu, mla_decode_ref
 from kernels.dequant import StoredWeight
 from kernels.ggml_encode import quantize_q8_0
 from kernels.ggml_random import random_ggml_blocks
@@ -81,7 +81,7 @@ def test_matches_reference(D, H, nope, rope, v, rank, q_rank, interleaved, pos, 
     cos, sin = (torch.from_numpy(f(angles).astype(np.float32)) for f in (np.cos, np.sin))
     x = torch.from_numpy(rng.standard_normal((1, D)).astype(np.float32))
 
-    out = mla_decode_cpu(x, w, lat, pe, pos, cos, sin, D)
+    out = mla_decode_cpu(x, w, lat, pe, pos, cos, sin)
     rnd = _bf16_round if cache == torch.bfloat16 else None
     ref, ref_lat, ref_pe = mla_decode_ref(x.numpy()[0], w, before_lat, before_pe, pos, cos.numpy(), sin.numpy(), rnd)
 
@@ -112,7 +112,7 @@ def test_threads_do_not_change_the_result() -> None:
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            outs.append(mla_decode_cpu(x, w, lat.clone(), pe.clone(), 11, cos, sin, 256))
+            outs.append(mla_decode_cpu(x, w, lat.clone(), pe.clone(), 11, cos, sin))
     finally:
         torch.set_num_threads(n)
     assert all(torch.equal(outs[0], o) for o in outs[1:])
@@ -125,15 +125,15 @@ def test_bad_arguments_are_refused() -> None:
     cos, sin = torch.ones(8), torch.zeros(8)
     x = torch.randn(1, 256)
     with pytest.raises(ValueError, match="outside a cache of 4 rows"):
-        mla_decode_cpu(x, w, lat, pe, 4, cos, sin, 256)
+        mla_decode_cpu(x, w, lat, pe, 4, cos, sin)
     with pytest.raises(ValueError, match="bf16 or float32"):
-        mla_decode_cpu(x, w, lat.half(), pe.half(), 1, cos, sin, 256)
+        mla_decode_cpu(x, w, lat.half(), pe.half(), 1, cos, sin)
     with pytest.raises(ValueError, match="float32"):
-        mla_decode_cpu(x.double(), w, lat, pe, 1, cos, sin, 256)
+        mla_decode_cpu(x.double(), w, lat, pe, 1, cos, sin)
     bad = MlaDecodeWeights(**{**{f: getattr(w, f) for f in w.__slots__}, "uv": w.uk})  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="uv: expected shape"):
         bad.check()
-    assert math.isfinite(float(mla_decode_cpu(x, w, lat, pe, 1, cos, sin, 256).abs().sum()))
+    assert math.isfinite(float(mla_decode_cpu(x, w, lat, pe, 1, cos, sin).abs().sum()))
 
 
 def test_in_the_model_it_is_as_close_to_float32_as_the_torch_path() -> None:
@@ -141,7 +141,6 @@ def test_in_the_model_it_is_as_close_to_float32_as_the_torch_path() -> None:
     float32 model's greedy tokens: through the native call (every decode step, every layer) the logits are as close
     to the float32 model's as through the torch path it replaces (both round activations to int8; the torch path
     also to bf16 after every op), and pick the same tokens as often."""
-    import offload.model.attention as attention
     from offload.engine.engine import Engine
     from offload.planner.plan import RuntimeConfig
     from offload.synth.demo import demo_dir
@@ -161,17 +160,17 @@ def test_in_the_model_it_is_as_close_to_float32_as_the_torch_path() -> None:
         model = engine.model
         assert all(b.attn.native is not None for b in model.blocks)
         calls = []
-        real = mla_decode_cpu
+        real = MlaDecoder.__call__
 
         def counted(*a, **k):  # type: ignore[no-untyped-def]
             calls.append(1)
             return real(*a, **k)
 
-        attention.mla_decode_cpu = counted  # type: ignore[assignment]
+        MlaDecoder.__call__ = counted  # type: ignore[method-assign]
         try:
             native = forced(model, tokens)
         finally:
-            attention.mla_decode_cpu = real  # type: ignore[assignment]
+            MlaDecoder.__call__ = real  # type: ignore[method-assign]
         assert len(calls) == 24 * len(model.blocks)  # every decode step, every layer; never the prompt pass
         for b in model.blocks:
             b.attn.native = None

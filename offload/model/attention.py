@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.cpu_ggml import ggml_linear_batched_cpu
-from kernels.cpu_mla import MlaDecodeWeights, mla_decode_cpu
+from kernels.cpu_mla import MlaDecoder, MlaDecodeWeights
 from kernels.dequant import StoredWeight
 from kernels.ggml_encode import quantize_q8_0
 from offload.config import ModelConfig
@@ -96,8 +96,8 @@ class MLA:
             uv = self.w_uv.reshape(-1, self.rank)
             self.uk_q = StoredWeight("q8_0", (uk.shape[0], self.nope), {"data": quantize_q8_0(uk)})
             self.uv_q = StoredWeight("q8_0", (uv.shape[0], self.rank), {"data": quantize_q8_0(uv)})
-        self.native = self._native_decode() if native_decode else None
-        self.hidden = self.native.check() if self.native is not None else 0
+        weights = self._native_decode() if native_decode else None
+        self.native = MlaDecoder(weights) if weights is not None else None
 
     def _native_decode(self) -> MlaDecodeWeights | None:
         """The whole decode token in one native call (kernels/cpu_mla.py), where every Linear is a QuantLinear and
@@ -143,10 +143,9 @@ class MLA:
         T = x.shape[0]
         if T == 1 and self.native is not None and cache.latent.is_cpu:
             cache.room(start, 1)
-            y = mla_decode_cpu(
-                x.float().contiguous(), self.native, cache.latent[self.layer], cache.k_pe[self.layer], start,
-                cos[0], sin[0], self.hidden,
-            )  # fmt: skip
+            y = self.native(
+                x.float().contiguous(), cache.latent[self.layer], cache.k_pe[self.layer], start, cos[0], sin[0]
+            )
             return y.to(x.dtype)  # [1, D]
         w = self.w
         if w.q_a is not None:
