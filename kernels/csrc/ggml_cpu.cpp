@@ -69,6 +69,8 @@ struct Tables {
 Tables g_tab;
 int8_t g_iq1s8[2048][8];         // 8 * iq1s grid: IQ1's codes are 8 * grid +- 1
 int8_t g_sign_factors[256][8];   // bit j of the index set: factor j is -1, else +1
+alignas(32) int8_t g_iq1m_offsets[16][32];  // bit j of the index set: entry j's 8 offsets are -1, else +1
+uint64_t g_ksign_factors[128];   // the 8 factors of ksigns[i], as one word (IQ2 / IQ3 sign indices)
 bool g_tables_set = false;
 
 KI float f16(const uint8_t* p) {
@@ -775,6 +777,96 @@ float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g &
   return hsum(acc) - hsum(macc);
 }
 
+// IQ2_XXS in registers: per 32 weights, four 8-byte grid rows (unsigned magnitudes) side by side; their signs go
+// onto the activations instead (sign_epi8), so the codes meet them unsigned in one dpbusd / maddubs.
+KI uint64_t u64(const void* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+KI __m256i grid4x8(const int8_t (*grid)[8], const uint8_t* idx) {
+  return _mm256_set_epi64x(static_cast<int64_t>(u64(grid[idx[3]])), static_cast<int64_t>(u64(grid[idx[2]])),
+                           static_cast<int64_t>(u64(grid[idx[1]])), static_cast<int64_t>(u64(grid[idx[0]])));
+}
+KI __m256i ksigns4(uint32_t aux) {  // four 7-bit sign indices -> 32 factors +-1
+  const auto f = [&](int k) { return static_cast<int64_t>(g_ksign_factors[(aux >> (7 * k)) & 127]); };
+  return _mm256_set_epi64x(f(3), f(2), f(1), f(0));
+}
+float fused_iq2_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5 + ls) / 4 * grid * sign
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 66;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const float d = f16(b) * 0.25f;
+    for (int l = 0; l < 8; ++l) {
+      const uint8_t* g = b + 2 + 8 * l;
+      const uint32_t aux = u32(g + 4);
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const __m256i s = dot32u(grid4x8(g_tab.iq2xxs, g), _mm256_sign_epi8(av, ksigns4(aux)));
+      const float f = d * (0.5f + static_cast<float>(aux >> 28)) * a.d8[8 * (8 * k + l)];
+      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f), acc[l & 1]);
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+
+// IQ1_S / IQ1_M in registers: four 8-byte rows of 8 * grid side by side, plus their +-1 offsets, against the token.
+KI __m256i iq1_grid(int i0, int i1, int i2, int i3) {  // four 8-byte rows of 8 * grid
+  const auto r = [](int i) { return static_cast<int64_t>(u64(g_iq1s8[i])); };
+  return _mm256_set_epi64x(r(i3), r(i2), r(i1), r(i0));
+}
+float fused_iq1_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls + 1) / 8 * (8 grid +- 1)
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 50;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const float d = f16(b) * 0.125f;
+    for (int l = 0; l < 8; ++l) {
+      const unsigned qh = u16(b + 34 + 2 * l);
+      const int sgn = (qh & 0x8000) ? -1 : 1;
+      const uint8_t* qs = b + 2 + 4 * l;
+      const __m256i q = _mm256_add_epi8(iq1_grid(qs[0] | (qh & 7) << 8, qs[1] | ((qh >> 3) & 7) << 8,
+                                                 qs[2] | ((qh >> 6) & 7) << 8, qs[3] | ((qh >> 9) & 7) << 8),
+                                        _mm256_set1_epi8(static_cast<char>(sgn)));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const __m256i s = dot32(q, av);
+      const float f = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * a.d8[8 * (8 * k + l)];
+      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f), acc[l & 1]);
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per 16, offsets per 8
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 56;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    unsigned s4[4];
+    unsigned dbits = 0;
+    for (int j = 0; j < 4; ++j) {
+      s4[j] = u16(b + 48 + 2 * j);
+      dbits |= (s4[j] >> 12) << (4 * j);
+    }
+    const float d = _cvtsh_ss(static_cast<uint16_t>(dbits)) * 0.125f;
+    for (int l = 0; l < 8; ++l) {
+      const uint8_t h0 = b[32 + 2 * l], h1 = b[33 + 2 * l];  // entries 4l .. 4l + 3: 3 index bits + offset sign
+      const __m256i q = _mm256_add_epi8(
+          iq1_grid(b[4 * l] | (h0 & 7) << 8, b[4 * l + 1] | ((h0 >> 4) & 7) << 8, b[4 * l + 2] | (h1 & 7) << 8,
+                   b[4 * l + 3] | ((h1 >> 4) & 7) << 8),
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(g_iq1m_offsets[(h0 >> 3 & 1) | (h0 >> 6 & 2) |
+                                                                               (h1 >> 1 & 4) | (h1 >> 4 & 8)])));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const __m256i s = dot32(q, av);  // lanes 0-3: group 2l, 4-7: group 2l + 1
+      const float lo = static_cast<float>(2 * ((s4[l / 2] >> (6 * (l % 2))) & 7) + 1);
+      const float hi = static_cast<float>(2 * ((s4[l / 2] >> (6 * (l % 2) + 3)) & 7) + 1);
+      const __m256 f = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)),
+                                     _mm256_set1_ps(d * a.d8[8 * (8 * k + l)]));
+      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[l & 1]);
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+
 using FusedRow = float (*)(const uint8_t*, const Act&, int64_t);
 #define FUSED(dec, block, bytes, min, uns) fused_block_row<dec, block, bytes, min, uns>
 const FusedRow kFusedRows[NTYPES] = {
@@ -782,8 +874,8 @@ const FusedRow kFusedRows[NTYPES] = {
     FUSED(dec_q5_1, 32, 24, true, true),    nullptr /* q8_0: fused_rows */,         FUSED(dec_iq4_nl, 32, 18, false, false),
     FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              fused_q3_k /* registers */,
     fused_k4<false> /* registers */,        fused_k4<true> /* registers */,         fused_q6_k /* registers */,          
-    FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  FUSED(dec_iq1_s, 256, 50, false, false),
-    FUSED(dec_iq1_m, 256, 56, false, false), FUSED(dec_iq2_xxs, 256, 66, false, false), FUSED(dec_iq2_xs, 256, 74, false, false),
+    FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  fused_iq1_s /* registers */,
+    fused_iq1_m /* registers */, fused_iq2_xxs /* registers */, FUSED(dec_iq2_xs, 256, 74, false, false),
     FUSED(dec_iq2_s, 256, 82, false, false), FUSED(dec_iq3_xxs, 256, 98, false, false), FUSED(dec_iq3_s, 256, 110, false, false),
     FUSED(dec_iq4_xs, 256, 136, false, false),
 };
@@ -926,6 +1018,9 @@ void kimi_ggml_set_tables(const int8_t* iq1s, const int8_t* iq2xxs, const int8_t
     for (int j = 0; j < 8; ++j) g_iq1s8[i][j] = static_cast<int8_t>(8 * g_tab.iq1s[i][j]);
   for (int i = 0; i < 256; ++i)
     for (int j = 0; j < 8; ++j) g_sign_factors[i][j] = static_cast<int8_t>((i >> j) & 1 ? -1 : 1);
+  for (int i = 0; i < 128; ++i) std::memcpy(&g_ksign_factors[i], g_sign_factors[g_tab.ksigns[i]], 8);
+  for (int m = 0; m < 16; ++m)
+    for (int j = 0; j < 32; ++j) g_iq1m_offsets[m][j] = static_cast<int8_t>((m >> (j / 8)) & 1 ? -1 : 1);
   g_tables_set = true;
 }
 
