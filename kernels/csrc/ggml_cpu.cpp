@@ -810,6 +810,56 @@ float fused_iq2_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5
   return hsum(_mm256_add_ps(acc[0], acc[1]));
 }
 
+// IQ2_XS: per 8 weights a 9-bit grid index and a 7-bit sign index in one u16, 4-bit scales per 16.
+float fused_iq2_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5 + sc) / 4 * grid * sign
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 74;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const float d = f16(b) * 0.25f;
+    for (int l = 0; l < 8; ++l) {
+      unsigned v[4];
+      for (int j = 0; j < 4; ++j) v[j] = u16(b + 2 + 8 * l + 2 * j);
+      const auto g = [&](int j) { return static_cast<int64_t>(u64(g_tab.iq2xs[v[j] & 511])); };
+      const auto f = [&](int j) { return static_cast<int64_t>(g_ksign_factors[v[j] >> 9]); };
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const __m256i s = dot32u(_mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                               _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))));
+      const int sc = b[66 + l];  // lanes 0-3: group 2l (low nibble), 4-7: group 2l + 1
+      const __m256 fs = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(0.5f + static_cast<float>(sc >> 4)),
+                                                      _mm_set1_ps(0.5f + static_cast<float>(sc & 15))),
+                                      _mm256_set1_ps(d * a.d8[8 * (8 * k + l)]));
+      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), fs, acc[l & 1]);
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+
+// IQ3_XXS: per 32 weights eight 4-byte grid rows (one byte index each) and four 7-bit sign indices.
+float fused_iq3_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5 + ls) / 2 * grid * sign
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 98;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const float d = f16(b) * 0.5f;
+    for (int l = 0; l < 8; ++l) {
+      const uint8_t* idx = b + 2 + 8 * l;
+      const uint32_t aux = u32(b + 66 + 4 * l);
+      const auto g = [&](int j) {
+        int v;
+        std::memcpy(&v, g_tab.iq3xxs[idx[j]], 4);
+        return v;
+      };
+      const __m256i q = _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const __m256i s = dot32u(q, _mm256_sign_epi8(av, ksigns4(aux)));
+      const float f = d * (0.5f + static_cast<float>(aux >> 28)) * a.d8[8 * (8 * k + l)];
+      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f), acc[l & 1]);
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+
 // IQ1_S / IQ1_M in registers: four 8-byte rows of 8 * grid side by side, plus their +-1 offsets, against the token.
 KI __m256i iq1_grid(int i0, int i1, int i2, int i3) {  // four 8-byte rows of 8 * grid
   const auto r = [](int i) { return static_cast<int64_t>(u64(g_iq1s8[i])); };
@@ -875,8 +925,8 @@ const FusedRow kFusedRows[NTYPES] = {
     FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              fused_q3_k /* registers */,
     fused_k4<false> /* registers */,        fused_k4<true> /* registers */,         fused_q6_k /* registers */,          
     FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  fused_iq1_s /* registers */,
-    fused_iq1_m /* registers */, fused_iq2_xxs /* registers */, FUSED(dec_iq2_xs, 256, 74, false, false),
-    FUSED(dec_iq2_s, 256, 82, false, false), FUSED(dec_iq3_xxs, 256, 98, false, false), FUSED(dec_iq3_s, 256, 110, false, false),
+    fused_iq1_m /* registers */, fused_iq2_xxs /* registers */, fused_iq2_xs /* registers */,
+    FUSED(dec_iq2_s, 256, 82, false, false), fused_iq3_xxs /* registers */, FUSED(dec_iq3_s, 256, 110, false, false),
     FUSED(dec_iq4_xs, 256, 136, false, false),
 };
 #undef FUSED
