@@ -24,6 +24,10 @@ class QuantLinear:
     def shape(self) -> tuple[int, int]:
         return self.weight.shape
 
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, in] float32, contiguous -> [N, out] float32 (no dtype round trip)."""
+        return ggml_linear_cpu(x, self.weight, checked=True)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [N, in]
         y = ggml_linear_cpu(flat.float().contiguous(), self.weight, checked=True)  # [N, out] float32

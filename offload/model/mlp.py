@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from offload.experts.runtime import ExpertRuntime, NextLayer
-from offload.model.linear import Weight, linear
+from offload.model.linear import QuantLinear, Weight, linear
 from offload.model.norm import rms_norm
 from offload.model.router import Router
 
@@ -21,8 +21,18 @@ class MLP:
     up: Weight  # [I, D]
     down: Weight  # [D, I]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(F.silu(linear(x, self.gate)) * linear(x, self.up), self.down)
+    def __call__(self, x: torch.Tensor, float_out: bool = False) -> torch.Tensor:
+        """x [T, D] -> [T, D] in x's dtype, or float32 with `float_out` (the shared expert, summed in float32).
+        When all three are QuantLinears (CPU) the activations stay float32 between them: one conversion in, none
+        between the kernels."""
+        gate, up, down = self.gate, self.up, self.down
+        if isinstance(gate, QuantLinear) and isinstance(up, QuantLinear) and isinstance(down, QuantLinear):
+            xf = x.reshape(-1, x.shape[-1]).float().contiguous()  # [N, D]
+            h = F.silu(gate.matmul(xf)).mul_(up.matmul(xf))  # [N, I] float32
+            y = down.matmul(h).view(*x.shape[:-1], down.out_features)
+            return y if float_out else y.to(x.dtype)
+        y = linear(F.silu(linear(x, gate)) * linear(x, up), down)
+        return y.float() if float_out else y
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,11 @@ class MoE:
         shared = self.shared
         nxt = self.lookahead.bind(h) if self.lookahead is not None and h is not None else None
         out = self.experts.run(
-            self.layer, x, ids, weights, shared=(lambda: shared(x)) if shared is not None else None, next_layer=nxt
+            self.layer,
+            x,
+            ids,
+            weights,
+            shared=(lambda: shared(x, float_out=True)) if shared is not None else None,
+            next_layer=nxt,
         )  # [T, D] float32, shared expert included
         return out.to(x.dtype)
