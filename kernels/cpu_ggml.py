@@ -76,6 +76,8 @@ class _Native:
         lib.kimi_ggml_moe.restype = i32
         lib.kimi_mla_decode.argtypes = [p, p, i64, p, i32]  # csrc/mla_cpu.h, bound in kernels/cpu_mla.py
         lib.kimi_mla_decode.restype = i32
+        lib.kimi_int4_moe_decode.argtypes = [p, i64, i64, i64, p, p, p, i32]  # csrc/int4_q8.h, kernels/cpu_int4.py
+        lib.kimi_int4_moe_decode.restype = i32
         self.lib = lib
         self.type_ids = {fmt: int(lib.kimi_ggml_type_id(fmt.encode())) for fmt in NATIVE_TYPES}
         missing = [f for f, i in self.type_ids.items() if i < 0]

@@ -199,6 +199,42 @@ def test_grouped_ffn(native: None) -> None:
         int4_grouped_ffn_cpu(x, ids, weights[:, :2].contiguous(), experts)
 
 
+@pytest.mark.parametrize(("d", "i"), [(96, 160), (256, 64), (2048, 512)])
+def test_decode_with_int8_activations_is_the_int8_reference(d: int, i: int, native: None) -> None:
+    """One decode token through the int8-activation kernel (the ggml library's): what the grouped int8 reference
+    computes on the dequantized weights, to float rounding; absent experts skipped; the same on 1 and 2 threads."""
+    from kernels.cpu_ggml import ggml_grouped_ffn_int8_ref, native_build
+    from kernels.cpu_int4 import int4_grouped_ffn_q8_cpu
+
+    if native_build() is None:
+        pytest.skip("the ggml library does not build here")
+    g = torch.Generator().manual_seed(d + i)
+    experts = {e: random_int4_expert(d, i, g) for e in (0, 1, 3, 6)}
+    ids = torch.tensor([[6, 0, 4, 3]])  # 4 runs elsewhere
+    weights = torch.rand(1, 4, generator=g) + 0.1
+    x = _x(1, d, g, 0.2)
+    dense = {e: tuple(_dense(*lin) for lin in ex) for e, ex in experts.items()}
+    ref = ggml_grouped_ffn_int8_ref(x.numpy(), ids.numpy(), weights.numpy(), dense)
+    got = int4_grouped_ffn_q8_cpu(x, ids, weights, experts)
+    assert got is not None
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=2e-3 * float(np.abs(ref).max()))
+    # int8 activations move the result by far less than the float kernel's tolerance to the float definition
+    absent = {**dense, 4: tuple(np.zeros_like(m) for m in dense[0])}
+    exact = grouped_ffn_ref(x.numpy(), ids.numpy(), weights.numpy(), absent)
+    assert float(np.abs(got.numpy() - exact).max()) < 0.05 * float(np.abs(ref).max())
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = int4_grouped_ffn_q8_cpu(x, ids, weights, experts)
+    finally:
+        torch.set_num_threads(n)
+    assert one is not None and torch.equal(one, got)
+    none = int4_grouped_ffn_q8_cpu(x, torch.tensor([[4, 5]]), weights[:, :2].contiguous(), experts)
+    assert none is not None and torch.equal(none, torch.zeros(1, d))
+    with pytest.raises(ValueError, match=r"x: expected shape \[1, \*\]"):
+        int4_grouped_ffn_q8_cpu(_x(2, d, g), ids.expand(2, 4).contiguous(), weights.expand(2, 4).contiguous(), experts)
+
+
 # ---- the fallback ------------------------------------------------------------------------------------------------
 def test_fallback_without_compiler(no_compiler: None, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="kernels.cpu_int4"):

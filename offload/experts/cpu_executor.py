@@ -1,6 +1,7 @@
 """Routed experts computed on the CPU where they sit: straight from the mapped checkpoint, nothing copied.
 
-INT4 group-32 checkpoints (K2.5) go through the native INT4 kernel on the packed layout in place, GGUF experts
+INT4 group-32 checkpoints (K2.5) go through the native INT4 kernel on the packed layout in place (a decode token
+below float32 with int8 activations, `int4_grouped_ffn_q8_cpu`; prompts with float ones), GGUF experts
 (every ggml type) through the native ggml kernel on the file's blocks in place, with int8 activations; both take
 a whole layer's CPU experts in one call. Other formats, `--dtype float32` on GGUF experts (whose results must match
 the float reference exactly), or a machine where the kernels cannot be built, dequantize each expert and multiply.
@@ -14,7 +15,7 @@ from collections.abc import Collection
 import torch
 
 from kernels import cpu_ggml
-from kernels.cpu_int4 import Int4Expert, int4_grouped_ffn_cpu, native_build
+from kernels.cpu_int4 import Int4Expert, int4_grouped_ffn_cpu, int4_grouped_ffn_q8_cpu, native_build
 from kernels.dequant import dequantize
 from kernels.ffn import grouped_ffn
 from kernels.formats import GGML_BLOCKS
@@ -85,7 +86,12 @@ class CpuExecutor:
         """sum over (t, k) with ids[t, k] in `experts` of weights[t, k] * expert(x[t]): [T, D] float32 on the CPU."""
         if self.native:
             packed = {e: self.packed(layer, e) for e in experts}
-            return int4_grouped_ffn_cpu(x.float().contiguous(), ids.contiguous(), weights.float().contiguous(), packed)
+            xf, idc, wf = x.float().contiguous(), ids.contiguous(), weights.float().contiguous()
+            if x.shape[0] == 1 and self.dtype != torch.float32:  # decode: int8 activations, integer dot products
+                y = int4_grouped_ffn_q8_cpu(xf, idc, wf, packed)
+                if y is not None:
+                    return y
+            return int4_grouped_ffn_cpu(xf, idc, wf, packed)
         stored = {e: self.stored(layer, e) for e in experts} if self.native_ggml else {}
         if stored and isinstance(next(iter(stored.values())), cpu_ggml.CheckedExpert):  # a float layer: below
             return cpu_ggml.ggml_grouped_ffn_cpu(
