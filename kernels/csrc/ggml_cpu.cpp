@@ -860,6 +860,32 @@ float fused_iq3_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5
   return hsum(_mm256_add_ps(acc[0], acc[1]));
 }
 
+// IQ3_S: per 32 weights eight 4-byte grid rows (9-bit indices: a byte plus one bit of qh) and four 8-bit sign masks.
+float fused_iq3_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (1 + 2 sc) * grid * sign
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 110;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const float d = f16(b);
+    for (int l = 0; l < 8; ++l) {
+      const uint8_t* idx = b + 2 + 8 * l;
+      const unsigned qh = b[66 + l];
+      const auto g = [&](int j) {
+        int v;
+        std::memcpy(&v, g_tab.iq3s[idx[j] | ((qh >> j) & 1) << 8], 4);
+        return v;
+      };
+      const auto f = [&](int j) { return static_cast<int64_t>(u64(g_sign_factors[b[74 + 4 * l + j]])); };
+      const __m256i q = _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const __m256i s = dot32u(q, _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))));
+      const float sc = static_cast<float>(1 + 2 * ((b[106 + l / 2] >> (4 * (l % 2))) & 15));
+      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * sc * a.d8[8 * (8 * k + l)]), acc[l & 1]);
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1]));
+}
+
 // IQ1_S / IQ1_M in registers: four 8-byte rows of 8 * grid side by side, plus their +-1 offsets, against the token.
 KI __m256i iq1_grid(int i0, int i1, int i2, int i3) {  // four 8-byte rows of 8 * grid
   const auto r = [](int i) { return static_cast<int64_t>(u64(g_iq1s8[i])); };
@@ -926,7 +952,7 @@ const FusedRow kFusedRows[NTYPES] = {
     fused_k4<false> /* registers */,        fused_k4<true> /* registers */,         fused_q6_k /* registers */,          
     FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  fused_iq1_s /* registers */,
     fused_iq1_m /* registers */, fused_iq2_xxs /* registers */, fused_iq2_xs /* registers */,
-    FUSED(dec_iq2_s, 256, 82, false, false), fused_iq3_xxs /* registers */, FUSED(dec_iq3_s, 256, 110, false, false),
+    FUSED(dec_iq2_s, 256, 82, false, false), fused_iq3_xxs /* registers */, fused_iq3_s /* registers */,
     FUSED(dec_iq4_xs, 256, 136, false, false),
 };
 #undef FUSED
