@@ -4,8 +4,13 @@ builds in the source tree and fails after `pip install`, where the slow torch fa
 from __future__ import annotations
 
 import fnmatch
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as offload/planner/profile.py reads profiles
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
