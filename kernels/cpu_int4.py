@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kernels import cpu_ggml  # its library holds the int8-activation kernels
 from kernels.ffn import check_out_not_x, expert_ffn, run_bounds, sorted_pairs, sum_over_runs
 from kernels.int4 import dequantize_int4, dequantize_int4_ref, unpack_int4
 from kernels.native import NativeBuild, build
@@ -297,8 +298,6 @@ def int4_grouped_ffn_q8_cpu(
     integer dot products (csrc/int4_q8.h, in the ggml kernel's library; AVX2 or AVX-512 VNNI): [1, D] float32, or
     None where that library is not available (the caller keeps the float kernel). What it computes is
     `kernels.cpu_ggml.ggml_grouped_ffn_int8_ref` on the dequantized weights."""
-    from kernels import cpu_ggml  # the ggml library (int8 activations); a lazy import keeps this module light
-
     lib = cpu_ggml._native()
     if lib is None:
         return None

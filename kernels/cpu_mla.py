@@ -8,6 +8,7 @@ each; `mla_decode_ref` is the NumPy reference (float64, the same int8 rounding o
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,7 +215,7 @@ def mla_decode_ref(
     pos: int,
     cos: np.ndarray,
     sin: np.ndarray,
-    cache_round: object = None,
+    cache_round: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What the kernel computes, in float64: x [D] -> (out [D], the token's latent [rank], its k_pe [rope]).
     latent [>= pos, rank] and k_pe hold rows 0 .. pos - 1 (float64); `cache_round` (values -> values) is the
@@ -232,7 +233,7 @@ def mla_decode_ref(
     kv = _dense(w.kv_a) @ xq
     lat = _rms(kv[: w.rank], w.kv_a_norm.numpy().astype(np.float64), w.eps)
     pe = _rope(kv[w.rank :], c64, s64, w.interleaved)
-    rnd = cache_round if callable(cache_round) else (lambda a: a)
+    rnd = cache_round or (lambda a: a)
     all_lat = np.concatenate([latent[:pos], rnd(lat)[None]])  # [S, rank]
     all_pe = np.concatenate([k_pe[:pos], rnd(pe)[None]])  # [S, rope]
     q_pe = _rope(q[:, nope:], c64, s64, w.interleaved)  # [H, rope]

@@ -3,6 +3,7 @@ the model against the torch path it replaces."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -130,7 +131,7 @@ def test_bad_arguments_are_refused() -> None:
         mla_decode_cpu(x, w, lat.half(), pe.half(), 1, cos, sin)
     with pytest.raises(ValueError, match="float32"):
         mla_decode_cpu(x.double(), w, lat, pe, 1, cos, sin)
-    bad = MlaDecodeWeights(**{**{f: getattr(w, f) for f in w.__slots__}, "uv": w.uk})  # type: ignore[attr-defined]
+    bad = dataclasses.replace(w, uv=w.uk)
     with pytest.raises(ValueError, match="uv: expected shape"):
         bad.check()
     assert math.isfinite(float(mla_decode_cpu(x, w, lat, pe, 1, cos, sin).abs().sum()))

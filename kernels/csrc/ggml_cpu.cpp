@@ -22,6 +22,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "bf16.h"  // bf16 <-> float32 (the attention's cache rows, INT4 scales)
+
 namespace {
 
 #define KI inline __attribute__((always_inline))

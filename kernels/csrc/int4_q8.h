@@ -37,10 +37,8 @@ KI float int4_row(const uint8_t* packed, const uint16_t* scale, const Act& a, in
     const __m256i q = _mm256_sub_epi8(
         _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15)), _mm256_set1_epi8(8));
     const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * g));
-    const uint32_t sbits = static_cast<uint32_t>(scale[g]) << 16;
-    float sc;
-    std::memcpy(&sc, &sbits, 4);
-    acc[g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(q, av)), _mm256_set1_ps(sc * a.d8[8 * g]), acc[g & 1]);
+    acc[g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(q, av)), _mm256_set1_ps(bf16_to_f(scale[g]) * a.d8[8 * g]),
+                                 acc[g & 1]);
   }
   return hsum(_mm256_add_ps(acc[0], acc[1]));
 }

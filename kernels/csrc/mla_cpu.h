@@ -40,21 +40,6 @@ struct MlaArgs {
 
 namespace {
 
-KI float bf16_f32(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-KI uint16_t f32_bf16(float f) {  // round to nearest even, as torch's conversion; NaN stays NaN
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 64);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 // n cache values (bf16 or float32) -> float32
 KI void load_row(const void* row, bool bf16, int64_t n, float* out) {
   if (!bf16) {
@@ -63,11 +48,8 @@ KI void load_row(const void* row, bool bf16, int64_t n, float* out) {
   }
   const uint16_t* r = static_cast<const uint16_t*>(row);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
-    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
-  }
-  for (; i < n; ++i) out[i] = bf16_f32(r[i]);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load_bf16x8(r + i));
+  for (; i < n; ++i) out[i] = bf16_to_f(r[i]);
 }
 
 KI void store_row(void* row, bool bf16, int64_t n, const float* x) {
@@ -76,7 +58,7 @@ KI void store_row(void* row, bool bf16, int64_t n, const float* x) {
     return;
   }
   uint16_t* r = static_cast<uint16_t*>(row);
-  for (int64_t i = 0; i < n; ++i) r[i] = f32_bf16(x[i]);
+  for (int64_t i = 0; i < n; ++i) r[i] = f_to_bf16(x[i]);
 }
 
 KI float dot_f32(const float* a, const float* b, int64_t n) {
@@ -291,7 +273,7 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
           load_row(cache_pe + p * rope * esz, bf, rope, row + rank);
           int64_t h = h0;
           float d4[4];
-          for (; h + 4 <= h1 && rank % kW == 0; h += 4) {  // the latent row against 4 heads at a time
+          for (; h + 4 <= h1; h += 4) {  // the latent row against 4 heads at a time (rank % 32 == 0: whole vectors)
             dot4(q_lat + h * rank, row, rank, d4);
             for (int i = 0; i < 4; ++i)
               sc[(h + i) * S + p] = a.scale * (d4[i] + dot_f32(q + (h + i) * qk + nope, row + rank, rope));
@@ -313,7 +295,7 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
         for (int64_t p = 0; p < S; ++p) {
           load_row(cache_lat + p * rank * esz, bf, rank, row);
           int64_t h = h0;
-          for (; h + 4 <= h1 && rank % kW == 0; h += 4) axpy4(sc + h * S + p, S, row, rank, o_lat + h * rank);
+          for (; h + 4 <= h1; h += 4) axpy4(sc + h * S + p, S, row, rank, o_lat + h * rank);
           for (; h < h1; ++h) axpy_f32(sc[h * S + p], row, o_lat + h * rank, rank);
         }
         for (int64_t h = h0; h < h1; ++h) quantize_one(o_lat + h * rank, rank, ao.set, h);

@@ -63,19 +63,11 @@ class MLAWeights:
 class MLA:
     """Attention of one layer; caches only (normalised latent, roped k_pe) per token."""
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        layer: int,
-        w: MLAWeights,
-        rope: Rope,
-        absorb_int8: bool = False,
-        native_decode: bool = True,
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, w: MLAWeights, rope: Rope, absorb_int8: bool = False) -> None:
         """absorb_int8: decode's absorbed per-head matrices as Q8_0 through the native ggml kernel (CPU; int8
-        activations), one batched call each instead of a bf16 einsum (~5x faster on the CPU). native_decode: with
-        those and every Linear a QuantLinear, a decode token's whole attention is one native call
-        (kernels/cpu_mla.py) instead of ~60 torch ops; False keeps the torch path (to compare the two)."""
+        activations), one batched call each instead of a bf16 einsum (~5x faster on the CPU). With those and every
+        Linear a QuantLinear, a decode token's whole attention is one native call (`self.native`,
+        kernels/cpu_mla.py) instead of ~60 torch ops; setting `native` to None keeps the torch path."""
         self.layer = layer
         self.w = w
         self.rope = rope
@@ -96,7 +88,7 @@ class MLA:
             uv = self.w_uv.reshape(-1, self.rank)
             self.uk_q = StoredWeight("q8_0", (uk.shape[0], self.nope), {"data": quantize_q8_0(uk)})
             self.uv_q = StoredWeight("q8_0", (uv.shape[0], self.rank), {"data": quantize_q8_0(uv)})
-        weights = self._native_decode() if native_decode else None
+        weights = self._native_decode()
         self.native = MlaDecoder(weights) if weights is not None else None
 
     def _native_decode(self) -> MlaDecodeWeights | None:
