@@ -1,12 +1,13 @@
 """ggml-quantized Linears and MoE layers on the CPU, on a GGUF file's mapped bytes in place, with int8 activations.
 
 The native kernel (csrc/ggml_cpu.cpp) decodes each weight row into int8 codes with per-16 scales (and minimums),
-quantizes activations per 32 to int8 (as ggml's Q8_0) and takes integer dot products: AVX2, or AVX-512 VNNI where
+quantizes activations to int8 per 32 (as ggml's Q8_0) or, for the K- and IQ-types, per 256 (its Q8_K:
+`activation_block`) and takes integer dot products: AVX2, or AVX-512 VNNI where
 the CPU has it (the build is picked at run time, `kernels.native.best_isa`). One call computes a whole MoE layer's CPU
 experts: gate, up, SiLU times up, down and the weighted sum, no Python per expert.
 
-Accuracy: the only difference from the float computation is the activations' rounding. Quantizing a block of 32
-with scale s = amax / 127 moves each value by at most s / 2, so an output moves by at most
+Accuracy: the only difference from the float computation is the activations' rounding. Quantizing a block (32 or
+256) with scale s = amax / 127 moves each value by at most s / 2, so an output moves by at most
 sum_i |w_i| * s_block(i) / 2 (`activation_error_bound`), and the tests hold the kernel to that bound. The float path
 (dequantize, matmul: `kernels.ggml`) stays for `--dtype float32`, where results must match the reference exactly.
 
@@ -175,11 +176,17 @@ def ggml_linear_ref(x: np.ndarray, data: np.ndarray, fmt: str, in_features: int)
     return (x.astype(np.float64) @ w.T).astype(np.float32)
 
 
-def quantize_activations_ref(x: np.ndarray) -> np.ndarray:
-    """The kernel's int8 activations as values: per 32, d = amax / 127 (float32), q = round-half-even(x * (1 / d)),
-    returned as q * d [T, in] float64 (0 where a block is all zero)."""
+def activation_block(fmt: str) -> int:
+    """The block the kernel quantizes activations in before they meet `fmt`: 256 for the K- and IQ-types (ggml's
+    Q8_K), 32 for the others (its Q8_0)."""
+    return 256 if GGML_BLOCKS[fmt][0] == 256 else 32
+
+
+def quantize_activations_ref(x: np.ndarray, block: int = 32) -> np.ndarray:
+    """The kernel's int8 activations as values: per `block`, d = amax / 127 (float32), q = round-half-even(x * (1 /
+    d)), returned as q * d [T, in] float64 (0 where a block is all zero)."""
     t, width = x.shape
-    b = x.astype(np.float32).reshape(t, width // 32, 32)
+    b = x.astype(np.float32).reshape(t, width // block, block)
     d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)  # [T, blocks, 1] float32
     inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
     q = np.rint(b * inv)
@@ -189,33 +196,39 @@ def quantize_activations_ref(x: np.ndarray) -> np.ndarray:
 def ggml_linear_int8_ref(x: np.ndarray, data: np.ndarray, fmt: str, in_features: int) -> np.ndarray:
     """What the kernel computes, in float64: the int8-rounded activations @ W.T -> [T, out] float64."""
     w = dequantize_ggml_ref(data, fmt, in_features).astype(np.float64)
-    return quantize_activations_ref(x) @ w.T
+    return quantize_activations_ref(x, activation_block(fmt)) @ w.T
 
 
 def ggml_grouped_ffn_int8_ref(
-    x: np.ndarray, ids: np.ndarray, weights: np.ndarray, experts: Mapping[int, tuple[np.ndarray, ...]]
+    x: np.ndarray,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    experts: Mapping[int, tuple[np.ndarray, ...]],
+    blocks: tuple[int, int, int] = (32, 32, 32),
 ) -> np.ndarray:
     """What the grouped kernel computes, in float64: per (t, k) with an expert in `experts` (dense float
-    (gate, up, down)), weight * down(int8(silu(gate int8(x)) * up int8(x))) -> [T, D] float64."""
-    xq = quantize_activations_ref(x)
+    (gate, up, down)), weight * down(int8(silu(gate int8(x)) * up int8(x))) -> [T, D] float64, the activations
+    rounded per `blocks` (gate's, up's, down's: `activation_block` of their types)."""
+    xg, xu = (quantize_activations_ref(x, b) for b in blocks[:2])
     out = np.zeros(x.shape, dtype=np.float64)
     for t in range(x.shape[0]):
         for e, wt in zip(ids[t], weights[t], strict=True):
             if int(e) not in experts:
                 continue
             gate, up, down = (m.astype(np.float64) for m in experts[int(e)])
-            g, u = xq[t] @ gate.T, xq[t] @ up.T
+            g, u = xg[t] @ gate.T, xu[t] @ up.T
             with np.errstate(over="ignore"):  # e^-g overflows for g < -709: silu's limit, 0, comes out
                 h = (g / (1.0 + np.exp(-g)) * u)[None, :]
-            out[t] += float(wt) * (quantize_activations_ref(h)[0] @ down.T)
+            out[t] += float(wt) * (quantize_activations_ref(h, blocks[2])[0] @ down.T)
     return out
 
 
-def activation_error_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The most int8 activations per 32 can move x @ w.T: [T, out], sum_i |w[o, i]| * (amax of i's block / 254)."""
+def activation_error_bound(x: np.ndarray, w: np.ndarray, block: int = 32) -> np.ndarray:
+    """The most int8 activations per `block` can move x @ w.T: [T, out], sum_i |w[o, i]| * (amax of i's block /
+    254)."""
     t, width = x.shape
-    step = np.abs(x.astype(np.float64)).reshape(t, width // 32, 32).max(axis=-1) / 254.0  # [T, blocks]
-    half = np.repeat(step, 32, axis=1)  # [T, in]
+    step = np.abs(x.astype(np.float64)).reshape(t, width // block, block).max(axis=-1) / 254.0  # [T, blocks]
+    half = np.repeat(step, block, axis=1)  # [T, in]
     return half @ np.abs(w.astype(np.float64)).T
 
 

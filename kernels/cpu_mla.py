@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kernels.cpu_ggml import _lib, _raise_rc, check_ggml_weight, quantize_activations_ref
+from kernels.cpu_ggml import _lib, _raise_rc, activation_block, check_ggml_weight, quantize_activations_ref
 from kernels.dequant import StoredWeight
 from kernels.ggml import dequantize_ggml_ref
 
@@ -180,10 +180,11 @@ def mla_decode_cpu(
 
 
 # ---- NumPy reference ------------------------------------------------------------------------------------------------
-def _q(x: np.ndarray) -> np.ndarray:
-    """int8 per 32 as the kernel rounds activations, as float64 values; x [..., n]."""
+def _q(x: np.ndarray, reader: StoredWeight) -> np.ndarray:
+    """int8 as the kernel rounds activations for the weight that reads them (per 32 or 256), as float64 values;
+    x [..., n]."""
     flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
-    return quantize_activations_ref(flat).reshape(x.shape)
+    return quantize_activations_ref(flat, activation_block(reader.fmt)).reshape(x.shape)
 
 
 def _dense(w: StoredWeight) -> np.ndarray:
@@ -222,15 +223,14 @@ def mla_decode_ref(
     cache's rounding of the new row (bf16), applied before it is attended to."""
     H, nope, r, v = w.heads, w.nope, w.rope, w.v
     c64, s64 = cos.astype(np.float64), sin.astype(np.float64)
-    xq = _q(x[None])[0]
     if w.q_a is not None:
         assert w.q_a_norm is not None
-        qa = _rms(_dense(w.q_a) @ xq, w.q_a_norm.numpy().astype(np.float64), w.eps)
-        q = _dense(w.q_b) @ _q(qa[None])[0]
+        qa = _rms(_dense(w.q_a) @ _q(x, w.q_a), w.q_a_norm.numpy().astype(np.float64), w.eps)
+        q = _dense(w.q_b) @ _q(qa, w.q_b)
     else:
-        q = _dense(w.q_b) @ xq
+        q = _dense(w.q_b) @ _q(x, w.q_b)
     q = q.reshape(H, nope + r)
-    kv = _dense(w.kv_a) @ xq
+    kv = _dense(w.kv_a) @ _q(x, w.kv_a)
     lat = _rms(kv[: w.rank], w.kv_a_norm.numpy().astype(np.float64), w.eps)
     pe = _rope(kv[w.rank :], c64, s64, w.interleaved)
     rnd = cache_round or (lambda a: a)
@@ -238,11 +238,11 @@ def mla_decode_ref(
     all_pe = np.concatenate([k_pe[:pos], rnd(pe)[None]])  # [S, rope]
     q_pe = _rope(q[:, nope:], c64, s64, w.interleaved)  # [H, rope]
     uk = _dense(w.uk).reshape(H, w.rank, nope)
-    q_lat = np.einsum("hcd,hd->hc", uk, _q(q[:, :nope]))  # [H, rank]
+    q_lat = np.einsum("hcd,hd->hc", uk, _q(q[:, :nope], w.uk))  # [H, rank]
     scores = w.scale * (q_lat @ all_lat.T + q_pe @ all_pe.T)  # [H, S]
     p = np.exp(scores - scores.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     o_lat = p @ all_lat  # [H, rank]
     uv = _dense(w.uv).reshape(H, v, w.rank)
-    att = np.einsum("hvc,hc->hv", uv, _q(o_lat)).reshape(-1)  # [H * v]
-    return _dense(w.o) @ _q(att[None])[0], lat, pe
+    att = np.einsum("hvc,hc->hv", uv, _q(o_lat, w.uv)).reshape(-1)  # [H * v]
+    return _dense(w.o) @ _q(att, w.o), lat, pe

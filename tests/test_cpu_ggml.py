@@ -82,12 +82,13 @@ def test_linear_is_the_int8_reference_and_within_the_activation_bound(isa: str, 
     x = activations(t, w.shape[1], seed=3)
     y = ggml_linear_cpu(x, w, out=torch.full((t, 37), float("nan")), isa=isa).numpy().astype(np.float64)
     dense = dequantize_ggml_ref(data, fmt, w.shape[1]).astype(np.float64)
-    scale = np.abs(cpu_ggml.quantize_activations_ref(x.numpy())) @ np.abs(dense).T  # sum |x_i w_i| [T, out]
+    block = cpu_ggml.activation_block(fmt)  # the K- and IQ-types meet activations per 256, the others per 32
+    scale = np.abs(cpu_ggml.quantize_activations_ref(x.numpy(), block)) @ np.abs(dense).T  # sum |x_i w_i| [T, out]
     np.testing.assert_array_less(
         np.abs(y - ggml_linear_int8_ref(x.numpy(), data, fmt, w.shape[1])), 1e-5 * scale + 1e-30
     )
     exact = ggml_linear_ref(x.numpy(), data, fmt, w.shape[1]).astype(np.float64)
-    bound = activation_error_bound(x.numpy(), dense)
+    bound = activation_error_bound(x.numpy(), dense, block)
     np.testing.assert_array_less(np.abs(y - exact), bound * (1 + 1e-4) + 1e-5 * scale + 1e-30)
 
 
@@ -165,7 +166,10 @@ def test_grouped_ffn_is_the_int8_reference(isa: str, mix: tuple[str, str, str], 
     ids = torch.stack([torch.randperm(n, generator=g)[:3] for _ in range(t)])  # [T, 3] distinct
     wts = torch.rand(t, 3, generator=g)
     y = ggml_grouped_ffn_cpu(x, ids, wts, present, out=torch.full((t, d), float("nan")), isa=isa).numpy()
-    ref = ggml_grouped_ffn_int8_ref(x.numpy(), ids.numpy(), wts.numpy(), {e: dense(ex) for e, ex in present.items()})
+    blocks = tuple(cpu_ggml.activation_block(f) for f in mix)
+    ref = ggml_grouped_ffn_int8_ref(
+        x.numpy(), ids.numpy(), wts.numpy(), {e: dense(ex) for e, ex in present.items()}, blocks  # type: ignore[arg-type]
+    )
     # float32 against float64, and an intermediate that may round to the other int8 code at a near-tie
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-3 * float(np.abs(ref).max()))
     assert float(np.abs(y - ref).mean()) < 1e-4 * float(np.abs(ref).max())

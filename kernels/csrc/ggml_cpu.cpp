@@ -2,9 +2,10 @@
 //
 // Every supported type decodes a row into one common form: int8 codes q, a float scale per 16 weights and, for the
 // types with minimums, a float minimum per 16, so that w = scale * q - min exactly (IQ1's +-1/8 offset becomes an
-// integer: q = 8 * grid +- 1 with the scale divided by 8). Activations are quantized per 32 to int8 with a float
-// scale (amax / 127, as ggml's Q8_0), and their per-16 sums kept for the minimum term. One output is then
-//   sum_b  a_scale_b * sum_{g in b} scale_g * <q_g, a_g>   -   sum_g min_g * a_scale_{g/2} * sum(a_g)
+// integer: q = 8 * grid +- 1 with the scale divided by 8). Activations are quantized to int8 with a float scale
+// (amax / 127) per 32 for the 32-weight types (as ggml's Q8_0) and per 256 for the K- and IQ-types (as its Q8_K),
+// and their per-16 sums kept for the minimum term. One output is then
+//   sum_b  a_scale_b * sum_{g in b} scale_g * <q_g, a_g>   -   sum_g min_g * a_scale_b(g) * sum(a_g)
 // with the inner products in int32: AVX2 (maddubs/madd), or AVX-512 VNNI (dpbusd on 512-bit vectors) in the build
 // compiled with those flags; kernels/cpu_ggml.py picks the build the CPU can run.
 //
@@ -431,13 +432,18 @@ KI void decode_row(int type, const uint8_t* row, int64_t in, int8_t* q, float* s
   kRowDecoders[type](row, in, q, sc8, mn);
 }
 
-// ---- activations: int8 per 32 with a float scale --------------------------------------------------------------------
-// Per token: q [in] int8, d8 [in / 32 * 8] (the block's scale repeated 8 times), s16 [in / 16] = scale * sum of q.
+// ---- activations: int8 with a float scale per block ----------------------------------------------------------------
+// Per token: q [in] int8, d8 [in / 32 * 8] (the scale of each 32's block, repeated 8 times), s16 [in / 16] = scale *
+// sum of q, block = 32 (as ggml's Q8_0, for the legacy types) or 256 (as its Q8_K, for the K- and IQ-types: their
+// registers paths then sum a whole super-block in int32 and convert to float once).
 struct Act {
   int8_t* q;
   float* d8;
   float* s16;
+  int block;
 };
+
+KI int act_block(int type) { return kTypes[type].block == 256 ? 256 : 32; }
 
 KI float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -446,12 +452,20 @@ KI float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16) {
-  for (int64_t b = 0; b < in / 32; ++b) {
-    const float* xb = x + 32 * b;
+KI int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// in % block == 0 (valid() and the callers see to it)
+void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16, int block) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b0 = 0; b0 < in / block; ++b0) {
+    const float* xb = x + block * b0;
     __m256 amax = _mm256_setzero_ps();
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (int j = 0; j < 32; j += 8) amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(xb + j), absmask));
+    for (int j = 0; j < block; j += 8) amax = _mm256_max_ps(amax, _mm256_and_ps(_mm256_loadu_ps(xb + j), absmask));
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
@@ -459,20 +473,22 @@ void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16) 
     const float d = am / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     const __m256 vid = _mm256_set1_ps(id);
-    int32_t sums[2] = {0, 0};
-    for (int j = 0; j < 32; j += 8) {
-      const __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + j), vid),
-                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      alignas(32) int32_t iv[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(iv), v);
-      for (int k = 0; k < 8; ++k) {
-        q[32 * b + j + k] = static_cast<int8_t>(iv[k]);
-        sums[(j + k) / 16] += iv[k];
+    for (int64_t b = block / 32 * b0; b < block / 32 * (b0 + 1); ++b) {
+      int32_t sums[2] = {0, 0};
+      for (int j = 0; j < 32; j += 8) {
+        const __m256i v = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * b + j), vid),
+                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        alignas(32) int32_t iv[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(iv), v);
+        for (int k = 0; k < 8; ++k) {
+          q[32 * b + j + k] = static_cast<int8_t>(iv[k]);
+          sums[(j + k) / 16] += iv[k];
+        }
       }
+      for (int k = 0; k < 8; ++k) d8[8 * b + k] = d;
+      s16[2 * b] = d * static_cast<float>(sums[0]);
+      s16[2 * b + 1] = d * static_cast<float>(sums[1]);
     }
-    for (int k = 0; k < 8; ++k) d8[8 * b + k] = d;
-    s16[2 * b] = d * static_cast<float>(sums[0]);
-    s16[2 * b + 1] = d * static_cast<float>(sums[1]);
   }
 }
 
@@ -631,8 +647,9 @@ float fused_block_row(const uint8_t* row, const Act& a, int64_t in) {
   return hsum(acc) - (MIN ? hsum(macc) + mtail : 0.0f);
 }
 
-// The K-quants of Q4_K_M and Q2_K files, fully in registers: codes times activations in int16 pairs (maddubs), times
-// the block's integer sub-scales in int32 (madd), then one float multiply-add per 32 weights by d * activation scale.
+// The K-quants, fully in registers, against activations per 256 (Q8_K): codes times activations in int16 pairs
+// (maddubs), times the block's integer sub-scales in int32 (madd), summed over the super-block in int32, then one
+// float multiply-add per 256 weights by d * the activations' scale. The minimums meet the per-16 sums in float.
 KI __m256i pair16(int lo, int hi) {  // int16 lanes 0-7: lo (weights 0..15 of a 32), 8-15: hi (16..31)
   return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(hi)), _mm_set1_epi16(static_cast<int16_t>(lo)));
 }
@@ -665,9 +682,8 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
     uint32_t u[4];
     k4_unpack(b + 4, u);
     const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
-    const __m256 vd = _mm256_set1_ps(f16(b));
     const int8_t* aq = a.q + 256 * k;
-    const float* ad = a.d8 + 64 * k;
+    __m256i isum = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {  // weights 64c.. (low nibbles, scale 2c) and 64c + 32.. (high, scale 2c + 1)
       const __m256i v = load32(b + QS + 32 * c);
       __m256i q0 = _mm256_and_si256(v, m15), q1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
@@ -678,9 +694,9 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
       }
       const __m256i p0 = dot_scaled(q0, aq + 64 * c, _mm256_set1_epi16(sm[2 * c]));
       const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c)), acc);
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 16 * c + 8)), acc);
+      isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
     }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b) * a.d8[64 * k]), acc);
     macc = k4_min_term(sm + 8, f16(b + 2), a.s16 + 16 * k, macc);
   }
   return hsum(acc) - hsum(macc);
@@ -695,20 +711,19 @@ float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g -
     alignas(32) int16_t sc[16];
     q3_scales(b + 96, sc);
     const float d = f16(b + 108);
-    const __m256 vd = _mm256_set1_ps(d);
     const __m256i hm = load32(b);
     const int8_t* aq = a.q + 256 * k;
-    const float* ad = a.d8 + 64 * k;
+    __m256i isum = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i v = load32(b + 32 + 32 * h);
       for (int j = 0; j < 4; ++j) {
         const int sub = 4 * h + j;  // weights 32 sub..: low bits 2j of byte 32h + l, high bit `sub` of hmask[l]
         const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, sub), one), 2);
         const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * j), three), hb);
-        const __m256i p = dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1]));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 8 * sub)), acc);
+        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1])));
       }
     }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d8[64 * k]), acc);
     const __m256 v4d = _mm256_set1_ps(4.0f * d);  // the -4 offset: 4 d sc_g per weight
     const float* s16 = a.s16 + 16 * k;
     const __m256i sv = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc));
@@ -728,19 +743,18 @@ float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * 
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
     const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
     const float d = f16(b + 208);
-    const __m256 vd = _mm256_set1_ps(d);
     const int8_t* aq = a.q + 256 * k;
-    const float* ad = a.d8 + 64 * k;
+    __m256i isum = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i l0 = load32(b + 64 * h), l1 = load32(b + 64 * h + 32), hv = load32(b + 128 + 32 * h);
       const __m256i low[4] = {lo_nib(l0), lo_nib(l1), hi_nib(l0), hi_nib(l1)};
       for (int s = 0; s < 4; ++s) {
         const int sub = 4 * h + s;  // weights 32 sub.., groups 2 sub and 2 sub + 1
         const __m256i q = _mm256_or_si256(low[s], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * s), three), 4));
-        const __m256i p = dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1]));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 8 * sub)), acc);
+        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1])));
       }
     }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d8[64 * k]), acc);
     const __m128i sv = load16(b + 192);
     const __m256 v32d = _mm256_set1_ps(32.0f * d);
     const float* s16 = a.s16 + 16 * k;
@@ -757,18 +771,17 @@ float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g &
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 84;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const __m256 vd = _mm256_set1_ps(f16(b + 80));
     const int8_t* aq = a.q + 256 * k;
-    const float* ad = a.d8 + 64 * k;
+    __m256i isum = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i v = load32(b + 16 + 32 * h);
       for (int s = 0; s < 4; ++s) {
         const int sub = 4 * h + s;
         const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), three);
-        const __m256i p = dot_scaled(q, aq + 32 * sub, pair16(b[2 * sub] & 15, b[2 * sub + 1] & 15));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(vd, _mm256_loadu_ps(ad + 8 * sub)), acc);
+        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(b[2 * sub] & 15, b[2 * sub + 1] & 15)));
       }
     }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b + 80) * a.d8[64 * k]), acc);
     const __m128i mins = _mm_and_si128(_mm_srli_epi16(load16(b), 4), _mm_set1_epi8(15));
     const __m256 vdm = _mm256_set1_ps(f16(b + 82));
     const float* s16 = a.s16 + 16 * k;
@@ -794,56 +807,68 @@ KI __m256i ksigns4(uint32_t aux) {  // four 7-bit sign indices -> 32 factors +-1
   const auto f = [&](int k) { return static_cast<int64_t>(g_ksign_factors[(aux >> (7 * k)) & 127]); };
   return _mm256_set_epi64x(f(3), f(2), f(1), f(0));
 }
-float fused_iq2_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5 + ls) / 4 * grid * sign
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+// The IQ types against activations per 256 (Q8_K), as the K-quants: each 32's integer dot times its integer scale
+// (2 ls + 1 and the like) in int32 (madd on the int16 pairs), summed over the super-block, one float multiply-add.
+KI __m256i dot32u_sc(__m256i q, __m256i a, __m256i sc16) {  // q in 0..127; int32 lanes 0-3: weights 0..15, 4-7: 16..31
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc16);
+}
+KI __m256i dot32_sc(__m256i q, __m256i a, __m256i sc16) {  // q signed
+  return dot32u_sc(_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q), sc16);
+}
+KI __m256i odd16(int ls) { return _mm256_set1_epi16(static_cast<int16_t>(2 * ls + 1)); }
+KI __m256i odd16x2(int lo, int hi) { return pair16(2 * lo + 1, 2 * hi + 1); }  // lanes 0-7: 2 lo + 1, 8-15: 2 hi + 1
+KI void fma_block(__m256i s0, __m256i s1, float f, __m256& acc) {  // acc += (s0 + s1) * f
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), _mm256_set1_ps(f), acc);
+}
+
+float fused_iq2_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls + 1) / 8 * grid * sign
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 66;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const float d = f16(b) * 0.25f;
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       const uint8_t* g = b + 2 + 8 * l;
       const uint32_t aux = u32(g + 4);
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const __m256i s = dot32u(grid4x8(g_tab.iq2xxs, g), _mm256_sign_epi8(av, ksigns4(aux)));
-      const float f = d * (0.5f + static_cast<float>(aux >> 28)) * a.d8[8 * (8 * k + l)];
-      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f), acc[l & 1]);
+      is[l & 1] = _mm256_add_epi32(
+          is[l & 1], dot32u_sc(grid4x8(g_tab.iq2xxs, g), _mm256_sign_epi8(av, ksigns4(aux)), odd16(aux >> 28)));
     }
+    fma_block(is[0], is[1], f16(b) * 0.125f * a.d8[64 * k], acc);
   }
-  return hsum(_mm256_add_ps(acc[0], acc[1]));
+  return hsum(acc);
 }
 
 // IQ2_XS: per 8 weights a 9-bit grid index and a 7-bit sign index in one u16, 4-bit scales per 16.
-float fused_iq2_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5 + sc) / 4 * grid * sign
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+float fused_iq2_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 sc + 1) / 8 * grid * sign
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 74;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const float d = f16(b) * 0.25f;
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       unsigned v[4];
       for (int j = 0; j < 4; ++j) v[j] = u16(b + 2 + 8 * l + 2 * j);
       const auto g = [&](int j) { return static_cast<int64_t>(u64(g_tab.iq2xs[v[j] & 511])); };
       const auto f = [&](int j) { return static_cast<int64_t>(g_ksign_factors[v[j] >> 9]); };
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const __m256i s = dot32u(_mm256_set_epi64x(g(3), g(2), g(1), g(0)),
-                               _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))));
-      const int sc = b[66 + l];  // lanes 0-3: group 2l (low nibble), 4-7: group 2l + 1
-      const __m256 fs = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(0.5f + static_cast<float>(sc >> 4)),
-                                                      _mm_set1_ps(0.5f + static_cast<float>(sc & 15))),
-                                      _mm256_set1_ps(d * a.d8[8 * (8 * k + l)]));
-      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), fs, acc[l & 1]);
+      const int sc = b[66 + l];  // low nibble: group 2l (lanes 0-3), high: group 2l + 1
+      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32u_sc(_mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                                                        _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))),
+                                                        odd16x2(sc & 15, sc >> 4)));
     }
+    fma_block(is[0], is[1], f16(b) * 0.125f * a.d8[64 * k], acc);
   }
-  return hsum(_mm256_add_ps(acc[0], acc[1]));
+  return hsum(acc);
 }
 
 // IQ3_XXS: per 32 weights eight 4-byte grid rows (one byte index each) and four 7-bit sign indices.
-float fused_iq3_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5 + ls) / 2 * grid * sign
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+float fused_iq3_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls + 1) / 4 * grid * sign
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 98;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const float d = f16(b) * 0.5f;
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       const uint8_t* idx = b + 2 + 8 * l;
       const uint32_t aux = u32(b + 66 + 4 * l);
@@ -854,21 +879,20 @@ float fused_iq3_xxs(const uint8_t* row, const Act& a, int64_t in) {  // d * (0.5
       };
       const __m256i q = _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const __m256i s = dot32u(q, _mm256_sign_epi8(av, ksigns4(aux)));
-      const float f = d * (0.5f + static_cast<float>(aux >> 28)) * a.d8[8 * (8 * k + l)];
-      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f), acc[l & 1]);
+      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32u_sc(q, _mm256_sign_epi8(av, ksigns4(aux)), odd16(aux >> 28)));
     }
+    fma_block(is[0], is[1], f16(b) * 0.25f * a.d8[64 * k], acc);
   }
-  return hsum(_mm256_add_ps(acc[0], acc[1]));
+  return hsum(acc);
 }
 
 // IQ3_S: per 32 weights eight 4-byte grid rows (9-bit indices: a byte plus one bit of qh) and four 8-bit sign masks.
 float fused_iq3_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (1 + 2 sc) * grid * sign
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 110;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const float d = f16(b);
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       const uint8_t* idx = b + 2 + 8 * l;
       const unsigned qh = b[66 + l];
@@ -880,12 +904,13 @@ float fused_iq3_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (1 + 2
       const auto f = [&](int j) { return static_cast<int64_t>(u64(g_sign_factors[b[74 + 4 * l + j]])); };
       const __m256i q = _mm256_set_epi32(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0));
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const __m256i s = dot32u(q, _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))));
-      const float sc = static_cast<float>(1 + 2 * ((b[106 + l / 2] >> (4 * (l % 2))) & 15));
-      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * sc * a.d8[8 * (8 * k + l)]), acc[l & 1]);
+      is[l & 1] = _mm256_add_epi32(
+          is[l & 1], dot32u_sc(q, _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))),
+                               odd16((b[106 + l / 2] >> (4 * (l % 2))) & 15)));
     }
+    fma_block(is[0], is[1], f16(b) * a.d8[64 * k], acc);
   }
-  return hsum(_mm256_add_ps(acc[0], acc[1]));
+  return hsum(acc);
 }
 
 // IQ1_S / IQ1_M in registers: four 8-byte rows of 8 * grid side by side, plus their +-1 offsets, against the token.
@@ -894,11 +919,11 @@ KI __m256i iq1_grid(int i0, int i1, int i2, int i3) {  // four 8-byte rows of 8 
   return _mm256_set_epi64x(r(i3), r(i2), r(i1), r(i0));
 }
 float fused_iq1_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls + 1) / 8 * (8 grid +- 1)
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 50;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const float d = f16(b) * 0.125f;
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       const unsigned qh = u16(b + 34 + 2 * l);
       const int sgn = (qh & 0x8000) ? -1 : 1;
@@ -907,15 +932,14 @@ float fused_iq1_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls 
                                                  qs[2] | ((qh >> 6) & 7) << 8, qs[3] | ((qh >> 9) & 7) << 8),
                                         _mm256_set1_epi8(static_cast<char>(sgn)));
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const __m256i s = dot32(q, av);
-      const float f = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1) * a.d8[8 * (8 * k + l)];
-      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f), acc[l & 1]);
+      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, odd16((qh >> 12) & 7)));
     }
+    fma_block(is[0], is[1], f16(b) * 0.125f * a.d8[64 * k], acc);
   }
-  return hsum(_mm256_add_ps(acc[0], acc[1]));
+  return hsum(acc);
 }
 float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per 16, offsets per 8
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 56;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
@@ -925,7 +949,7 @@ float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per
       s4[j] = u16(b + 48 + 2 * j);
       dbits |= (s4[j] >> 12) << (4 * j);
     }
-    const float d = _cvtsh_ss(static_cast<uint16_t>(dbits)) * 0.125f;
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       const uint8_t h0 = b[32 + 2 * l], h1 = b[33 + 2 * l];  // entries 4l .. 4l + 3: 3 index bits + offset sign
       const __m256i q = _mm256_add_epi8(
@@ -934,15 +958,12 @@ float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per
           _mm256_load_si256(reinterpret_cast<const __m256i*>(g_iq1m_offsets[(h0 >> 3 & 1) | (h0 >> 6 & 2) |
                                                                                (h1 >> 1 & 4) | (h1 >> 4 & 8)])));
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const __m256i s = dot32(q, av);  // lanes 0-3: group 2l, 4-7: group 2l + 1
-      const float lo = static_cast<float>(2 * ((s4[l / 2] >> (6 * (l % 2))) & 7) + 1);
-      const float hi = static_cast<float>(2 * ((s4[l / 2] >> (6 * (l % 2) + 3)) & 7) + 1);
-      const __m256 f = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)),
-                                     _mm256_set1_ps(d * a.d8[8 * (8 * k + l)]));
-      acc[l & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[l & 1]);
+      const unsigned sc = s4[l / 2] >> (6 * (l % 2));  // group 2l: bits 0-2, group 2l + 1: bits 3-5
+      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, odd16x2(sc & 7, (sc >> 3) & 7)));
     }
+    fma_block(is[0], is[1], _cvtsh_ss(static_cast<uint16_t>(dbits)) * 0.125f * a.d8[64 * k], acc);
   }
-  return hsum(_mm256_add_ps(acc[0], acc[1]));
+  return hsum(acc);
 }
 
 using FusedRow = float (*)(const uint8_t*, const Act&, int64_t);
@@ -984,18 +1005,25 @@ struct Scratch {  // per thread: kR decoded rows
   }
 };
 
-struct ActSet {  // T quantized tokens of width `in`
+struct ActSet {  // T quantized tokens of width `in`, scales per `block`
   int8_t* q;
   float* d8;
   float* s16;
   int64_t in;
-  Act at(int64_t t) const { return Act{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16)}; }
+  int block;
+  Act at(int64_t t) const { return Act{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), block}; }
+  ActSet from(int64_t t) const { return ActSet{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), in, block}; }
+  void quantize(int64_t t, const float* x) const {  // token t = x [in]
+    quantize_act(x, in, q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), block);
+  }
 };
 
 struct ActBuf {
-  ActSet set{nullptr, nullptr, nullptr, 0};
-  bool alloc(int64_t T, int64_t in) {
+  ActSet set{nullptr, nullptr, nullptr, 0, 32};
+  // `block`: act_block of the weight type the tokens meet
+  bool alloc(int64_t T, int64_t in, int block) {
     set.in = in;
+    set.block = block;
     set.q = static_cast<int8_t*>(std::malloc(std::max<int64_t>(T * in, 1)));
     set.d8 = static_cast<float*>(std::malloc(std::max<int64_t>(T * (in / 32) * 8, 1) * sizeof(float)));
     set.s16 = static_cast<float*>(std::malloc(std::max<int64_t>(T * (in / 16), 1) * sizeof(float)));
@@ -1022,7 +1050,7 @@ void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, cons
     }
     return;
   }
-  if (T == 1 && kFusedRows[type]) {
+  if (T == 1 && kFusedRows[type] && acts.block == act_block(type)) {  // (the 256-block ones sum per super-block)
     const Act a = acts.at(toks ? toks[0] : 0);
     for (int r = 0; r < n; ++r) y[r0 + r] = kFusedRows[type](w + (r0 + r) * row_bytes, a, in);
     return;
@@ -1128,15 +1156,14 @@ int kimi_ggml_linear(const float* x, int64_t T, int64_t in, const uint8_t* w, in
   if (!valid(type, in)) return 2;
   if (!g_tables_set) return 3;
   ActBuf act;
-  if (!act.alloc(T, in)) return 1;
+  if (!act.alloc(T, in, act_block(type))) return 1;
   const int64_t rb = row_bytes_of(type, in);
   const int64_t tiles = (out + kR - 1) / kR;
   int failed = 0;
 #pragma omp parallel num_threads(n_threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t) quantize_act(x + t * in, in, act.set.q + t * in, act.set.d8 + t * (in / 32) * 8,
-                                                 act.set.s16 + t * (in / 16));
+    for (int64_t t = 0; t < T; ++t) act.set.quantize(t, x + t * in);
     Scratch s;
     if (!s.alloc(in)) {
 #pragma omp atomic write
@@ -1161,15 +1188,14 @@ int kimi_ggml_linear_batched(const float* x, int64_t H, int64_t T, int64_t in, c
   if (!valid(type, in)) return 2;
   if (!g_tables_set) return 3;
   ActBuf act;
-  if (!act.alloc(H * T, in)) return 1;
+  if (!act.alloc(H * T, in, act_block(type))) return 1;
   const int64_t rb = row_bytes_of(type, in);
   const int64_t tiles = (out + kR - 1) / kR;
   int failed = 0;
 #pragma omp parallel num_threads(n_threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < H * T; ++t) quantize_act(x + t * in, in, act.set.q + t * in,
-                                                     act.set.d8 + t * (in / 32) * 8, act.set.s16 + t * (in / 16));
+    for (int64_t t = 0; t < H * T; ++t) act.set.quantize(t, x + t * in);
     Scratch s;
     if (!s.alloc(in)) {
 #pragma omp atomic write
@@ -1180,9 +1206,8 @@ int kimi_ggml_linear_batched(const float* x, int64_t H, int64_t T, int64_t in, c
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < H * tiles; ++k) {
         const int64_t h = k / tiles, r0 = (k % tiles) * kR;
-        const ActSet head{act.set.q + h * T * in, act.set.d8 + h * T * (in / 32) * 8, act.set.s16 + h * T * (in / 16),
-                          in};
-        tile(type, w + h * out * rb, rb, r0, static_cast<int>(std::min<int64_t>(kR, out - r0)), head, T, nullptr,
+        tile(type, w + h * out * rb, rb, r0, static_cast<int>(std::min<int64_t>(kR, out - r0)), act.set.from(h * T), T,
+             nullptr,
              y + h * T * out, out, s);
       }
     }
@@ -1200,10 +1225,12 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
   if (!g_tables_set) return 3;
   const int64_t P = E ? end[E - 1] - begin[0] : 0;  // pairs
   const int64_t p0 = E ? begin[0] : 0;
-  ActBuf ax, ah;
+  ActBuf ax, axu, ah;  // x for gate (and for up when its block is the same), x for up otherwise, silu(g) * u
+  const bool one_x = act_block(types[0]) == act_block(types[1]);
   float* gu = static_cast<float*>(std::malloc(std::max<int64_t>(P * 2 * I, 1) * sizeof(float)));  // [P, 2, I]
   float* yd = static_cast<float*>(std::malloc(std::max<int64_t>(P * D, 1) * sizeof(float)));      // [P, D]
-  if (!ax.alloc(T, D) || !ah.alloc(std::max<int64_t>(P, 1), I) || !gu || !yd) {
+  if (!ax.alloc(T, D, act_block(types[0])) || (!one_x && !axu.alloc(T, D, act_block(types[1]))) ||
+      !ah.alloc(std::max<int64_t>(P, 1), I, act_block(types[2])) || !gu || !yd) {
     std::free(gu);
     std::free(yd);
     return 1;
@@ -1218,8 +1245,11 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
 #pragma omp parallel num_threads(n_threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t)
-      quantize_act(x + t * D, D, ax.set.q + t * D, ax.set.d8 + t * (D / 32) * 8, ax.set.s16 + t * (D / 16));
+    for (int64_t t = 0; t < T; ++t) {
+      ax.set.quantize(t, x + t * D);
+      if (!one_x) axu.set.quantize(t, x + t * D);
+    }
+    const ActSet& xs_u = one_x ? ax.set : axu.set;
     Scratch s;
     if (!s.alloc(std::max(D, I))) {
 #pragma omp atomic write
@@ -1231,8 +1261,8 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
       auto gate_up = [&](int64_t k) {
         const int64_t e = k / (2 * tiles_i), proj = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
         const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + proj]);
-        tile(types[proj], w, proj ? rb_u : rb_g, r0, static_cast<int>(std::min<int64_t>(kR, I - r0)), ax.set,
-             end[e] - begin[e], tokens + begin[e], gu + (begin[e] - p0) * 2 * I + proj * I, 2 * I, s);
+        tile(types[proj], w, proj ? rb_u : rb_g, r0, static_cast<int>(std::min<int64_t>(kR, I - r0)),
+             proj ? xs_u : ax.set, end[e] - begin[e], tokens + begin[e], gu + (begin[e] - p0) * 2 * I + proj * I, 2 * I, s);
       };
 #pragma omp for schedule(runtime)  // set below: static when even, else dynamic
       for (int64_t k = 0; k < E * 2 * tiles_i; ++k) gate_up(k);
@@ -1241,15 +1271,14 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
       for (int64_t p = 0; p < P; ++p) {
         float* g = gu + p * 2 * I;
         for (int64_t i = 0; i < I; ++i) g[i] = silu(g[i]) * g[I + i];
-        quantize_act(g, I, ah.set.q + p * I, ah.set.d8 + p * (I / 32) * 8, ah.set.s16 + p * (I / 16));
+        ah.set.quantize(p, g);
       }
       // down: item = (expert, row tile); output yd[(p - p0) * D + row]
       auto down = [&](int64_t k) {
         const int64_t e = k / tiles_d, r0 = (k % tiles_d) * kR;
         const uint8_t* w = reinterpret_cast<const uint8_t*>(ptrs[3 * e + 2]);
-        const ActSet hs = ActSet{ah.set.q + (begin[e] - p0) * I, ah.set.d8 + (begin[e] - p0) * (I / 32) * 8,
-                                 ah.set.s16 + (begin[e] - p0) * (I / 16), I};
-        tile(types[2], w, rb_d, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), hs, end[e] - begin[e],
+        tile(types[2], w, rb_d, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), ah.set.from(begin[e] - p0),
+             end[e] - begin[e],
              nullptr, yd + (begin[e] - p0) * D, D, s);
       };
 #pragma omp for schedule(runtime)

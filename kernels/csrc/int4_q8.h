@@ -65,7 +65,7 @@ int kimi_int4_moe_decode(const float* x, int64_t D, int64_t I, int64_t E, const 
   int8_t* hp = static_cast<int8_t*>(std::malloc(std::max<int64_t>(E * I, 1)));
   float* gu = static_cast<float*>(std::malloc(std::max<int64_t>(E * 2 * I, 1) * sizeof(float)));  // [E, 2, I]
   float* yd = static_cast<float*>(std::malloc(std::max<int64_t>(E * D, 1) * sizeof(float)));      // [E, D]
-  if (!ax.alloc(1, D) || !ah.alloc(std::max<int64_t>(E, 1), I) || !xp || !hp || !gu || !yd) {
+  if (!ax.alloc(1, D, 32) || !ah.alloc(std::max<int64_t>(E, 1), I, 32) || !xp || !hp || !gu || !yd) {
     std::free(xp);
     std::free(hp);
     std::free(gu);
@@ -81,10 +81,10 @@ int kimi_int4_moe_decode(const float* x, int64_t D, int64_t I, int64_t E, const 
   {
 #pragma omp single
     {
-      quantize_act(x, D, ax.set.q, ax.set.d8, ax.set.s16);
+      ax.set.quantize(0, x);
       evens_odds(ax.set.q, D, xp);
     }
-    const Act a{xp, ax.set.d8, ax.set.s16};
+    const Act a{xp, ax.set.d8, ax.set.s16, 32};
 #pragma omp for schedule(static)  // contiguous shares: each thread streams its experts' rows
     for (int64_t k = 0; k < E * 2 * tiles_i; ++k) {
       const int64_t e = k / (2 * tiles_i), p = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
@@ -95,13 +95,13 @@ int kimi_int4_moe_decode(const float* x, int64_t D, int64_t I, int64_t E, const 
     for (int64_t e = 0; e < E; ++e) {
       float* g = gu + e * 2 * I;
       for (int64_t i = 0; i < I; ++i) g[i] = silu(g[i]) * g[I + i];
-      quantize_act(g, I, ah.set.q + e * I, ah.set.d8 + e * (I / 32) * 8, ah.set.s16 + e * (I / 16));
+      ah.set.quantize(e, g);
       evens_odds(ah.set.q + e * I, I, hp + e * I);
     }
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < E * tiles_d; ++k) {
       const int64_t e = k / tiles_d, r0 = (k % tiles_d) * kR;
-      const Act h{hp + e * I, ah.set.d8 + e * (I / 32) * 8, ah.set.s16 + e * (I / 16)};
+      const Act h{hp + e * I, ah.set.d8 + e * (I / 32) * 8, ah.set.s16 + e * (I / 16), 32};
       int4_tile(mat(e, 2), I, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), h, yd + e * D);
     }
     // the weighted sum: each thread owns a range of columns, experts in order

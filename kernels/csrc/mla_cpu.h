@@ -118,6 +118,14 @@ KI void dot4(const float* q, const float* row, int64_t n, float* out) {
   out[3] = vsum(a3);
 }
 
+// <q, row> summed as dot4 sums each of its four (n a multiple of kW): a head's score does not depend on whether
+// its thread took it in a group of 4 or alone, so the thread count does not change the result
+KI float dot1(const float* q, const float* row, int64_t n) {
+  VF a = vzero();
+  for (int64_t c = 0; c < n; c += kW) a = vfma(vload(q + c), vload(row + c), a);
+  return vsum(a);
+}
+
 // o + i * n += p[i * stride] * row for 4 consecutive vectors o (n a multiple of kW)
 KI void axpy4(const float* p, int64_t stride, const float* row, int64_t n, float* o) {
   const VF p0 = vset1(p[0]), p1 = vset1(p[stride]), p2 = vset1(p[2 * stride]), p3 = vset1(p[3 * stride]);
@@ -147,14 +155,6 @@ void rope_inplace(float* x, int64_t d, const float* cos, const float* sin, bool 
     *pa = a * cos[i] - b * sin[i];
     *pb = b * cos[i] + a * sin[i];
   }
-}
-
-KI void quantize_one(const float* x, int64_t in, const ActSet& a, int64_t t) {
-  quantize_act(x, in, a.q + t * in, a.d8 + t * (in / 32) * 8, a.s16 + t * (in / 16));
-}
-
-KI ActSet act_row(const ActSet& a, int64_t t) {  // token t of a set, as a set of one
-  return ActSet{a.q + t * a.in, a.d8 + t * (a.in / 32) * 8, a.s16 + t * (a.in / 16), a.in};
 }
 
 KI int64_t tiles_of(int64_t rows) { return (rows + kR - 1) / kR; }
@@ -193,16 +193,20 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
   const bool has_qa = a.q_a.data != nullptr, bf = a.cache_bf16 != 0;
   const int64_t qr = has_qa ? a.q_a.out : 0;
   const size_t esz = bf ? 2 : 4;
-  ActBuf ax, aq, an, ao;
+  // activations by the block of the weight that reads them; x once more when q's weight and kv_a's differ in it
+  const MlaWeight& qx = has_qa ? a.q_a : a.q_b;
+  const bool one_x = act_block(qx.type) == act_block(a.kv_a.type);
+  ActBuf ax, axq, aq, an, ao;
   float* f = static_cast<float*>(std::malloc(
       (qr + rank + rope + H * qk + H * rank * 2 + H * S + H * a.v + 1) * sizeof(float)));
-  if (!f || !ax.alloc(1, D) || !aq.alloc(1, std::max<int64_t>(qr, 32)) || !an.alloc(H, nope) ||
-      !ao.alloc(H, rank) || (!ax.set.q)) {
+  if (!f || !ax.alloc(1, D, act_block(a.kv_a.type)) || (!one_x && !axq.alloc(1, D, act_block(qx.type))) ||
+      !aq.alloc(1, std::max<int64_t>(qr, 32), has_qa ? act_block(a.q_b.type) : 32) ||
+      !an.alloc(H, nope, act_block(a.uk.type)) || !ao.alloc(H, rank, act_block(a.uv.type))) {
     std::free(f);
     return 1;
   }
   ActBuf av;
-  if (!av.alloc(1, H * a.v)) {
+  if (!av.alloc(1, H * a.v, act_block(a.o.type))) {
     std::free(f);
     return 1;
   }
@@ -224,15 +228,19 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
 #pragma omp atomic write
       failed = 1;
     }
+    const ActSet& xq = one_x ? ax.set : axq.set;
 #pragma omp single
-    quantize_one(x, D, ax.set, 0);
+    {
+      ax.set.quantize(0, x);
+      if (!one_x) axq.set.quantize(0, x);
+    }
     // (implicit barrier) q_a and kv_a read the same token: one loop over both
     if (!failed) {
       const int64_t ta = has_qa ? tiles_of(qr) : 0, tk = tiles_of(rank + rope);
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < ta + tk; ++k) {
         if (k < ta) {
-          w_tile(a.q_a, k, ax.set, y_qa, s);
+          w_tile(a.q_a, k, xq, y_qa, s);
         } else {
           w_tile(a.kv_a, k - ta, ax.set, kv, s);
         }
@@ -241,20 +249,20 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
       {
         if (has_qa) {
           rms_inplace(y_qa, a.q_a_norm, qr, a.eps);
-          quantize_one(y_qa, qr, aq.set, 0);
+          aq.set.quantize(0, y_qa);
         }
         rms_inplace(kv, a.kv_a_norm, rank, a.eps);
         rope_inplace(kv + rank, rope, a.cos, a.sin, a.interleaved != 0);
         store_row(cache_lat + a.pos * rank * esz, bf, rank, kv);
         store_row(cache_pe + a.pos * rope * esz, bf, rope, kv + rank);
       }
-      const ActSet& qin = has_qa ? aq.set : ax.set;
+      const ActSet& qin = has_qa ? aq.set : xq;
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < tiles_of(H * qk); ++k) w_tile(a.q_b, k, qin, q, s);
 #pragma omp for schedule(static)
       for (int64_t h = 0; h < H; ++h) {
         rope_inplace(q + h * qk + nope, rope, a.cos, a.sin, a.interleaved != 0);
-        quantize_one(q + h * qk, nope, an.set, h);
+        an.set.quantize(h, q + h * qk);
       }
       // q_lat [H, rank] = uk_h @ q_nope_h
       const int64_t tr = tiles_of(rank), rb_uk = row_bytes_of(a.uk.type, nope);
@@ -262,7 +270,7 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
       for (int64_t k = 0; k < H * tr; ++k) {
         const int64_t h = k / tr, r0 = (k % tr) * kR;
         tile(a.uk.type, a.uk.data + h * rank * rb_uk, rb_uk, r0, static_cast<int>(std::min<int64_t>(kR, rank - r0)),
-             act_row(an.set, h), 1, nullptr, q_lat + h * rank, rank, s);
+             an.set.from(h), 1, nullptr, q_lat + h * rank, rank, s);
       }
       // attention, by heads: this thread's heads [h0, h1) read each cache row once
       const int nt = omp_get_num_threads(), me = omp_get_thread_num();
@@ -279,8 +287,7 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
               sc[(h + i) * S + p] = a.scale * (d4[i] + dot_f32(q + (h + i) * qk + nope, row + rank, rope));
           }
           for (; h < h1; ++h)
-            sc[h * S + p] = a.scale * (dot_f32(q_lat + h * rank, row, rank) +
-                                       dot_f32(q + h * qk + nope, row + rank, rope));
+            sc[h * S + p] = a.scale * (dot1(q_lat + h * rank, row, rank) + dot_f32(q + h * qk + nope, row + rank, rope));
         }
         for (int64_t h = h0; h < h1; ++h) {
           float* sh = sc + h * S;
@@ -298,7 +305,7 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
           for (; h + 4 <= h1; h += 4) axpy4(sc + h * S + p, S, row, rank, o_lat + h * rank);
           for (; h < h1; ++h) axpy_f32(sc[h * S + p], row, o_lat + h * rank, rank);
         }
-        for (int64_t h = h0; h < h1; ++h) quantize_one(o_lat + h * rank, rank, ao.set, h);
+        for (int64_t h = h0; h < h1; ++h) ao.set.quantize(h, o_lat + h * rank);
       }
 #pragma omp barrier
       // att [H, v] = uv_h @ o_lat_h
@@ -307,10 +314,10 @@ int kimi_mla_decode(const MlaArgs* args, const float* x, int64_t D, float* out, 
       for (int64_t k = 0; k < H * tv; ++k) {
         const int64_t h = k / tv, r0 = (k % tv) * kR;
         tile(a.uv.type, a.uv.data + h * a.v * rb_uv, rb_uv, r0, static_cast<int>(std::min<int64_t>(kR, a.v - r0)),
-             act_row(ao.set, h), 1, nullptr, att + h * a.v, a.v, s);
+             ao.set.from(h), 1, nullptr, att + h * a.v, a.v, s);
       }
 #pragma omp single
-      quantize_one(att, H * a.v, av.set, 0);
+      av.set.quantize(0, att);
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < tiles_of(D); ++k) w_tile(a.o, k, av.set, out, s);
     }
