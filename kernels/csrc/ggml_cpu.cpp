@@ -966,6 +966,27 @@ float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per
   return hsum(acc);
 }
 
+// IQ4_XS: per 32 weights 16 bytes of nibble planes through the IQ4_NL table (one shuffle), a 6-bit scale - 32.
+float fused_iq4_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (ls - 32) * iq4nl[nibble]
+  const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g_tab.iq4nl)));
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t k = 0; k < in / 256; ++k) {
+    const uint8_t* b = row + k * 136;
+    _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const unsigned sh = u16(b + 2);
+    __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int l = 0; l < 8; ++l) {  // low nibbles are weights 0..15 of the 32, high ones 16..31
+      const __m128i v = load16(b + 8 + 16 * l);
+      const __m256i q = _mm256_shuffle_epi8(tab, _mm256_set_m128i(hi_nib(v), lo_nib(v)));
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
+      const int ls = (((b[4 + l / 2] >> (4 * (l % 2))) & 15) | ((sh >> (2 * l)) & 3) << 4) - 32;
+      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, _mm256_set1_epi16(static_cast<int16_t>(ls))));
+    }
+    fma_block(is[0], is[1], f16(b) * a.d8[64 * k], acc);
+  }
+  return hsum(acc);
+}
+
 using FusedRow = float (*)(const uint8_t*, const Act&, int64_t);
 #define FUSED(dec, block, bytes, min, uns) fused_block_row<dec, block, bytes, min, uns>
 const FusedRow kFusedRows[NTYPES] = {
@@ -976,7 +997,7 @@ const FusedRow kFusedRows[NTYPES] = {
     FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  fused_iq1_s /* registers */,
     fused_iq1_m /* registers */, fused_iq2_xxs /* registers */, fused_iq2_xs /* registers */,
     FUSED(dec_iq2_s, 256, 82, false, false), fused_iq3_xxs /* registers */, fused_iq3_s /* registers */,
-    FUSED(dec_iq4_xs, 256, 136, false, false),
+    fused_iq4_xs /* registers */,
 };
 #undef FUSED
 
