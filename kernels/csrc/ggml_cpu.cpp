@@ -434,12 +434,13 @@ KI void decode_row(int type, const uint8_t* row, int64_t in, int8_t* q, float* s
 
 // ---- activations: int8 with a float scale per block ----------------------------------------------------------------
 // Per token: q [in] int8, d8 [in / 32 * 8] (the scale of each 32's block, repeated 8 times), s16 [in / 16] = scale *
-// sum of q, block = 32 (as ggml's Q8_0, for the legacy types) or 256 (as its Q8_K, for the K- and IQ-types: their
+// sum of q, bs [in / 16] = sum of q (int16: at most 16 * 127), block = 32 (as ggml's Q8_0, for the legacy types) or 256 (as its Q8_K, for the K- and IQ-types: their
 // registers paths then sum a whole super-block in int32 and convert to float once).
 struct Act {
   int8_t* q;
   float* d8;
   float* s16;
+  int16_t* bs;
   int block;
 };
 
@@ -460,7 +461,7 @@ KI int hsum_i32(__m256i v) {
 }
 
 // in % block == 0 (valid() and the callers see to it)
-void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16, int block) {
+void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16, int16_t* bs, int block) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t b0 = 0; b0 < in / block; ++b0) {
     const float* xb = x + block * b0;
@@ -488,6 +489,8 @@ void quantize_act(const float* x, int64_t in, int8_t* q, float* d8, float* s16, 
       for (int k = 0; k < 8; ++k) d8[8 * b + k] = d;
       s16[2 * b] = d * static_cast<float>(sums[0]);
       s16[2 * b + 1] = d * static_cast<float>(sums[1]);
+      bs[2 * b] = static_cast<int16_t>(sums[0]);
+      bs[2 * b + 1] = static_cast<int16_t>(sums[1]);
     }
   }
 }
@@ -656,25 +659,29 @@ KI __m256i pair16(int lo, int hi) {  // int16 lanes 0-7: lo (weights 0..15 of a 
 KI __m256i dot_scaled(__m256i q, const int8_t* a, __m256i scales) {  // q: unsigned codes <= 63
   return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))), scales);
 }
-KI __m256 bytes8_to_ps(__m128i v, bool is_signed) {  // the low 8 bytes of v as floats
-  return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v));
-}
 
-// dmin * m_j for both groups of 16 of each sub-block j, against the token's per-16 sums
-KI __m256 k4_min_term(const uint8_t* mins8, float dmin, const float* s16, __m256 macc) {
-  const __m128i mb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins8));
-  const __m128i m2 = _mm_unpacklo_epi8(mb, mb);
-  const __m256 vdm = _mm256_set1_ps(dmin);
-  macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(m2, false), vdm), _mm256_loadu_ps(s16), macc);
-  return _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(m2, 8), false), vdm), _mm256_loadu_ps(s16 + 8),
-                         macc);
+// The minimums' term of a super-block in int32, against the token's integer per-16 sums bs [16]:
+// sum_j m_j * (bs_2j + bs_2j+1) for Q4_K's / Q5_K's 8 mins (bytes; 4 lanes) ...
+KI __m128i k4_min_dot(const uint8_t* mins8, const int16_t* bs) {
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs));
+  const __m128i s32 = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));  // per-32 sums
+  return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins8))), s32);
+}
+// ... and sum_g c_g * bs_g for 16 int16 coefficients c (8 lanes)
+KI __m256i min_dot16(__m256i c, const int16_t* bs) {
+  return _mm256_madd_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs)));
+}
+KI float hsum128(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
 }
 
 // Q4_K, and Q5_K (FIVE: the 5th bit of sub-block j is bit j of qh[32]); both share the 6-bit scales and mins.
 template <bool FIVE>
 float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
   constexpr int BYTES = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  __m256 acc = _mm256_setzero_ps();
+  __m128 macc = _mm_setzero_ps();
   const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * BYTES;
@@ -696,14 +703,15 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
       const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
       isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
     }
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b) * a.d8[64 * k]), acc);
-    macc = k4_min_term(sm + 8, f16(b + 2), a.s16 + 16 * k, macc);
+    const float da = a.d8[64 * k];
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b) * da), acc);
+    macc = _mm_fmadd_ps(_mm_cvtepi32_ps(k4_min_dot(sm + 8, a.bs + 16 * k)), _mm_set1_ps(f16(b + 2) * da), macc);
   }
-  return hsum(acc) - hsum(macc);
+  return hsum(acc) - hsum128(macc);
 }
 
 float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g - 32) * (low + 4 h - 4)
-  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  __m256 acc = _mm256_setzero_ps();
   const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 110;
@@ -723,20 +731,16 @@ float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g -
         isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1])));
       }
     }
+    // the -4 offset: 4 sc_g per weight, against the per-16 sums, in the same int32 sum
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(min_dot16(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc)),
+                                                              a.bs + 16 * k), 2));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d8[64 * k]), acc);
-    const __m256 v4d = _mm256_set1_ps(4.0f * d);  // the -4 offset: 4 d sc_g per weight
-    const float* s16 = a.s16 + 16 * k;
-    const __m256i sv = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc));
-    const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sv)));
-    const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(sv, 1)));
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(f0, v4d), _mm256_loadu_ps(s16), macc);
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(f1, v4d), _mm256_loadu_ps(s16 + 8), macc);
   }
-  return hsum(acc) - hsum(macc);
+  return hsum(acc);
 }
 
 float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * (n - 32), n = 4 low bits | 2 high << 4
-  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  __m256 acc = _mm256_setzero_ps();
   const __m256i three = _mm256_set1_epi8(3);
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 210;
@@ -754,15 +758,11 @@ float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * 
         isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1])));
       }
     }
+    // the -32 offset: 32 sc_g per weight, against the per-16 sums, in the same int32 sum
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(min_dot16(_mm256_cvtepi8_epi16(load16(b + 192)), a.bs + 16 * k), 5));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d8[64 * k]), acc);
-    const __m128i sv = load16(b + 192);
-    const __m256 v32d = _mm256_set1_ps(32.0f * d);
-    const float* s16 = a.s16 + 16 * k;
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(sv, true), v32d), _mm256_loadu_ps(s16), macc);
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(sv, 8), true), v32d), _mm256_loadu_ps(s16 + 8),
-                           macc);
   }
-  return hsum(acc) - hsum(macc);
+  return hsum(acc);
 }
 
 float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g & 15) * q - dmin * (sc_g >> 4)
@@ -781,13 +781,10 @@ float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g &
         isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(b[2 * sub] & 15, b[2 * sub + 1] & 15)));
       }
     }
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b + 80) * a.d8[64 * k]), acc);
-    const __m128i mins = _mm_and_si128(_mm_srli_epi16(load16(b), 4), _mm_set1_epi8(15));
-    const __m256 vdm = _mm256_set1_ps(f16(b + 82));
-    const float* s16 = a.s16 + 16 * k;
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(mins, false), vdm), _mm256_loadu_ps(s16), macc);
-    macc = _mm256_fmadd_ps(_mm256_mul_ps(bytes8_to_ps(_mm_srli_si128(mins, 8), false), vdm), _mm256_loadu_ps(s16 + 8),
-                           macc);
+    const float da = a.d8[64 * k];
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b + 80) * da), acc);
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load16(b), 4), _mm_set1_epi8(15)));
+    macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_dot16(mins, a.bs + 16 * k)), _mm256_set1_ps(f16(b + 82) * da), macc);
   }
   return hsum(acc) - hsum(macc);
 }
@@ -1030,17 +1027,20 @@ struct ActSet {  // T quantized tokens of width `in`, scales per `block`
   int8_t* q;
   float* d8;
   float* s16;
+  int16_t* bs;
   int64_t in;
   int block;
-  Act at(int64_t t) const { return Act{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), block}; }
-  ActSet from(int64_t t) const { return ActSet{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), in, block}; }
+  Act at(int64_t t) const { return Act{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), bs + t * (in / 16), block}; }
+  ActSet from(int64_t t) const {
+    return ActSet{q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), bs + t * (in / 16), in, block};
+  }
   void quantize(int64_t t, const float* x) const {  // token t = x [in]
-    quantize_act(x, in, q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), block);
+    quantize_act(x, in, q + t * in, d8 + t * (in / 32) * 8, s16 + t * (in / 16), bs + t * (in / 16), block);
   }
 };
 
 struct ActBuf {
-  ActSet set{nullptr, nullptr, nullptr, 0, 32};
+  ActSet set{nullptr, nullptr, nullptr, nullptr, 0, 32};
   // `block`: act_block of the weight type the tokens meet
   bool alloc(int64_t T, int64_t in, int block) {
     set.in = in;
@@ -1048,12 +1048,14 @@ struct ActBuf {
     set.q = static_cast<int8_t*>(std::malloc(std::max<int64_t>(T * in, 1)));
     set.d8 = static_cast<float*>(std::malloc(std::max<int64_t>(T * (in / 32) * 8, 1) * sizeof(float)));
     set.s16 = static_cast<float*>(std::malloc(std::max<int64_t>(T * (in / 16), 1) * sizeof(float)));
-    return set.q && set.d8 && set.s16;
+    set.bs = static_cast<int16_t*>(std::malloc(std::max<int64_t>(T * (in / 16), 1) * sizeof(int16_t) + 32));
+    return set.q && set.d8 && set.s16 && set.bs;
   }
   ~ActBuf() {
     std::free(set.q);
     std::free(set.d8);
     std::free(set.s16);
+    std::free(set.bs);
   }
 };
 

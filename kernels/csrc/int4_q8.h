@@ -84,7 +84,7 @@ int kimi_int4_moe_decode(const float* x, int64_t D, int64_t I, int64_t E, const 
       ax.set.quantize(0, x);
       evens_odds(ax.set.q, D, xp);
     }
-    const Act a{xp, ax.set.d8, ax.set.s16, 32};
+    const Act a{xp, ax.set.d8, ax.set.s16, ax.set.bs, 32};
 #pragma omp for schedule(static)  // contiguous shares: each thread streams its experts' rows
     for (int64_t k = 0; k < E * 2 * tiles_i; ++k) {
       const int64_t e = k / (2 * tiles_i), p = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
@@ -101,7 +101,7 @@ int kimi_int4_moe_decode(const float* x, int64_t D, int64_t I, int64_t E, const 
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < E * tiles_d; ++k) {
       const int64_t e = k / tiles_d, r0 = (k % tiles_d) * kR;
-      const Act h{hp + e * I, ah.set.d8 + e * (I / 32) * 8, ah.set.s16 + e * (I / 16), 32};
+      const Act h{hp + e * I, ah.set.d8 + e * (I / 32) * 8, ah.set.s16 + e * (I / 16), ah.set.bs + e * (I / 16), 32};
       int4_tile(mat(e, 2), I, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), h, yd + e * D);
     }
     // the weighted sum: each thread owns a range of columns, experts in order
