@@ -179,12 +179,18 @@ KI void dec_q2_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {
   }
 }
 // Q3_K's 12 bytes of 6-bit scales (4 low bits, then 2 high bits four at a time) -> 16 signed scales
-KI void q3_scales(const uint8_t* s, int16_t* sc) {
-  for (int g = 0; g < 16; ++g) {
-    const int lo = g < 8 ? (s[g] & 15) : (s[g - 8] >> 4);
-    const int hi = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
-    sc[g] = static_cast<int16_t>((lo | hi << 4) - 32);
-  }
+// Q3_K's 12 bytes of 6-bit scales (4 low bits of group g: bytes 0-7, low nibbles then high ones; 2 high bits: byte
+// 8 + g % 4, bits 2 (g / 4)) -> 16 bytes, group g's 6 bits in byte g (before the -32)
+KI __m128i q3_scale_bytes(const uint8_t* s) {
+  uint32_t a[3], u[4];
+  std::memcpy(a, s, 12);
+  for (int j = 0; j < 4; ++j)
+    u[j] = ((a[j % 2] >> (4 * (j / 2))) & 0x0f0f0f0fu) | (((a[2] >> (2 * j)) & 0x03030303u) << 4);
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+}
+KI void q3_scales(const uint8_t* s, int16_t* sc) {  // -> 16 signed scales
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(sc),
+                      _mm256_sub_epi16(_mm256_cvtepu8_epi16(q3_scale_bytes(s)), _mm256_set1_epi16(32)));
 }
 KI void dec_q3_k(const uint8_t* b, int8_t* q, float* sc, float* mn) {  // scale * (low + 4h - 4)
   planes2(b + 32, q, 0);
@@ -653,9 +659,22 @@ float fused_block_row(const uint8_t* row, const Act& a, int64_t in) {
 // The K-quants, fully in registers, against activations per 256 (Q8_K): codes times activations in int16 pairs
 // (maddubs), times the block's integer sub-scales in int32 (madd), summed over the super-block in int32, then one
 // float multiply-add per 256 weights by d * the activations' scale. The minimums meet the per-16 sums in float.
-KI __m256i pair16(int lo, int hi) {  // int16 lanes 0-7: lo (weights 0..15 of a 32), 8-15: hi (16..31)
-  return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(hi)), _mm_set1_epi16(static_cast<int16_t>(lo)));
-}
+// A super-block's 16 int16 scales (one per 16 weights) as the madd vector of each 32-weight sub-block s (int16 lanes
+// 0-7: scale 2s, 8-15: scale 2s + 1): scales 0-7 (and 8-15) sit in both 128-bit halves of a register, and one byte
+// shuffle per sub-block picks a pair (no broadcasts from scalars).
+struct Scales16 {
+  __m256i lo, hi;
+  KI explicit Scales16(__m256i s16)
+      : lo(_mm256_permute4x64_epi64(s16, 0x44)), hi(_mm256_permute4x64_epi64(s16, 0xEE)) {}
+  KI __m256i sub(int s) const {
+    return _mm256_shuffle_epi8(s < 4 ? lo : hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(kPick[s & 3])));
+  }
+  // pair j: bytes 4j, 4j + 1 (scale 2j) in the low half, 4j + 2, 4j + 3 (scale 2j + 1) in the high one
+#define P2(a) a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1
+  alignas(32) static constexpr int8_t kPick[4][32] = {{P2(0), P2(2)}, {P2(4), P2(6)}, {P2(8), P2(10)},
+                                                      {P2(12), P2(14)}};
+#undef P2
+};
 KI __m256i dot_scaled(__m256i q, const int8_t* a, __m256i scales) {  // q: unsigned codes <= 63
   return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))), scales);
 }
@@ -689,6 +708,8 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
     uint32_t u[4];
     k4_unpack(b + 4, u);
     const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
+    const __m128i s8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm));  // one scale per 32: each twice
+    const Scales16 scales(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(s8, s8)));
     const int8_t* aq = a.q + 256 * k;
     __m256i isum = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {  // weights 64c.. (low nibbles, scale 2c) and 64c + 32.. (high, scale 2c + 1)
@@ -699,8 +720,8 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
         q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), one), 4));
         q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c + 1), one), 4));
       }
-      const __m256i p0 = dot_scaled(q0, aq + 64 * c, _mm256_set1_epi16(sm[2 * c]));
-      const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, _mm256_set1_epi16(sm[2 * c + 1]));
+      const __m256i p0 = dot_scaled(q0, aq + 64 * c, scales.sub(2 * c));
+      const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, scales.sub(2 * c + 1));
       isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
     }
     const float da = a.d8[64 * k];
@@ -716,8 +737,8 @@ float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g -
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 110;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    alignas(32) int16_t sc[16];
-    q3_scales(b + 96, sc);
+    const __m256i sv = _mm256_sub_epi16(_mm256_cvtepu8_epi16(q3_scale_bytes(b + 96)), _mm256_set1_epi16(32));
+    const Scales16 scales(sv);
     const float d = f16(b + 108);
     const __m256i hm = load32(b);
     const int8_t* aq = a.q + 256 * k;
@@ -728,12 +749,11 @@ float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g -
         const int sub = 4 * h + j;  // weights 32 sub..: low bits 2j of byte 32h + l, high bit `sub` of hmask[l]
         const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, sub), one), 2);
         const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * j), three), hb);
-        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1])));
+        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, scales.sub(sub)));
       }
     }
     // the -4 offset: 4 sc_g per weight, against the per-16 sums, in the same int32 sum
-    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(min_dot16(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc)),
-                                                              a.bs + 16 * k), 2));
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(min_dot16(sv, a.bs + 16 * k), 2));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d8[64 * k]), acc);
   }
   return hsum(acc);
@@ -745,7 +765,8 @@ float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * 
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 210;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
-    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+    const __m256i sv = _mm256_cvtepi8_epi16(load16(b + 192));
+    const Scales16 scales(sv);
     const float d = f16(b + 208);
     const int8_t* aq = a.q + 256 * k;
     __m256i isum = _mm256_setzero_si256();
@@ -755,11 +776,11 @@ float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * 
       for (int s = 0; s < 4; ++s) {
         const int sub = 4 * h + s;  // weights 32 sub.., groups 2 sub and 2 sub + 1
         const __m256i q = _mm256_or_si256(low[s], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * s), three), 4));
-        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(sc[2 * sub], sc[2 * sub + 1])));
+        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, scales.sub(sub)));
       }
     }
     // the -32 offset: 32 sc_g per weight, against the per-16 sums, in the same int32 sum
-    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(min_dot16(_mm256_cvtepi8_epi16(load16(b + 192)), a.bs + 16 * k), 5));
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(min_dot16(sv, a.bs + 16 * k), 5));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d8[64 * k]), acc);
   }
   return hsum(acc);
@@ -771,6 +792,8 @@ float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g &
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 84;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const __m128i sb = load16(b);  // per 16: scale (low nibble) and minimum (high nibble)
+    const Scales16 scales(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(15))));
     const int8_t* aq = a.q + 256 * k;
     __m256i isum = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
@@ -778,12 +801,12 @@ float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g &
       for (int s = 0; s < 4; ++s) {
         const int sub = 4 * h + s;
         const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), three);
-        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, pair16(b[2 * sub] & 15, b[2 * sub + 1] & 15)));
+        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, scales.sub(sub)));
       }
     }
     const float da = a.d8[64 * k];
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b + 80) * da), acc);
-    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load16(b), 4), _mm_set1_epi8(15)));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(15)));
     macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_dot16(mins, a.bs + 16 * k)), _mm256_set1_ps(f16(b + 82) * da), macc);
   }
   return hsum(acc) - hsum(macc);
@@ -813,7 +836,6 @@ KI __m256i dot32_sc(__m256i q, __m256i a, __m256i sc16) {  // q signed
   return dot32u_sc(_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q), sc16);
 }
 KI __m256i odd16(int ls) { return _mm256_set1_epi16(static_cast<int16_t>(2 * ls + 1)); }
-KI __m256i odd16x2(int lo, int hi) { return pair16(2 * lo + 1, 2 * hi + 1); }  // lanes 0-7: 2 lo + 1, 8-15: 2 hi + 1
 KI void fma_block(__m256i s0, __m256i s1, float f, __m256& acc) {  // acc += (s0 + s1) * f
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), _mm256_set1_ps(f), acc);
 }
@@ -842,6 +864,10 @@ float fused_iq2_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 sc
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 74;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
+    const __m128i s8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 66));  // group 2l: low nibble of byte l
+    const __m256i s16 = _mm256_cvtepu8_epi16(
+        _mm_unpacklo_epi8(_mm_and_si128(s8, _mm_set1_epi8(15)), _mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(15))));
+    const Scales16 scales(_mm256_add_epi16(_mm256_slli_epi16(s16, 1), _mm256_set1_epi16(1)));  // 2 sc + 1
     __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       unsigned v[4];
@@ -849,10 +875,9 @@ float fused_iq2_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 sc
       const auto g = [&](int j) { return static_cast<int64_t>(u64(g_tab.iq2xs[v[j] & 511])); };
       const auto f = [&](int j) { return static_cast<int64_t>(g_ksign_factors[v[j] >> 9]); };
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const int sc = b[66 + l];  // low nibble: group 2l (lanes 0-3), high: group 2l + 1
       is[l & 1] = _mm256_add_epi32(is[l & 1], dot32u_sc(_mm256_set_epi64x(g(3), g(2), g(1), g(0)),
                                                         _mm256_sign_epi8(av, _mm256_set_epi64x(f(3), f(2), f(1), f(0))),
-                                                        odd16x2(sc & 15, sc >> 4)));
+                                                        scales.sub(l)));
     }
     fma_block(is[0], is[1], f16(b) * 0.125f * a.d8[64 * k], acc);
   }
@@ -935,6 +960,19 @@ float fused_iq1_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls 
   }
   return hsum(acc);
 }
+// IQ1_M's 16 3-bit scales (group g: bits 3 (g % 4) of u16 g / 4; the top 4 bits of each u16 are the block
+// scale's) -> int16 lanes 2 s + 1: each u16 spread to its 4 lanes, shifted up by 13 - 3 (g % 4) (a multiply), down 13
+KI __m256i iq1m_scales(const uint8_t* s8) {
+#define S4(j) 2 * (j), 2 * (j) + 1, 2 * (j), 2 * (j) + 1, 2 * (j), 2 * (j) + 1, 2 * (j), 2 * (j) + 1
+  alignas(32) static constexpr int8_t kSpread[32] = {S4(0), S4(1), S4(2), S4(3)};
+#undef S4
+  alignas(32) static constexpr int16_t kUp[16] = {8192, 1024, 128, 16, 8192, 1024, 128, 16,
+                                                  8192, 1024, 128, 16, 8192, 1024, 128, 16};
+  const __m256i u = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s8))),
+                                        _mm256_load_si256(reinterpret_cast<const __m256i*>(kSpread)));
+  const __m256i s3 = _mm256_srli_epi16(_mm256_mullo_epi16(u, _mm256_load_si256(reinterpret_cast<const __m256i*>(kUp))), 13);
+  return _mm256_add_epi16(_mm256_slli_epi16(s3, 1), _mm256_set1_epi16(1));
+}
 float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per 16, offsets per 8
   __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
@@ -946,6 +984,7 @@ float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per
       s4[j] = u16(b + 48 + 2 * j);
       dbits |= (s4[j] >> 12) << (4 * j);
     }
+    const Scales16 scales(iq1m_scales(b + 48));
     __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
       const uint8_t h0 = b[32 + 2 * l], h1 = b[33 + 2 * l];  // entries 4l .. 4l + 3: 3 index bits + offset sign
@@ -955,8 +994,7 @@ float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per
           _mm256_load_si256(reinterpret_cast<const __m256i*>(g_iq1m_offsets[(h0 >> 3 & 1) | (h0 >> 6 & 2) |
                                                                                (h1 >> 1 & 4) | (h1 >> 4 & 8)])));
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
-      const unsigned sc = s4[l / 2] >> (6 * (l % 2));  // group 2l: bits 0-2, group 2l + 1: bits 3-5
-      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, odd16x2(sc & 7, (sc >> 3) & 7)));
+      is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, scales.sub(l)));
     }
     fma_block(is[0], is[1], _cvtsh_ss(static_cast<uint16_t>(dbits)) * 0.125f * a.d8[64 * k], acc);
   }
