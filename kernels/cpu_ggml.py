@@ -348,6 +348,59 @@ def _check_experts(
     return first.inter, checked
 
 
+def _decode_ffn(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    experts: Mapping[int, GgmlExpert | CheckedExpert],
+    out: torch.Tensor | None,
+    isa: str | None,
+) -> torch.Tensor | None:
+    """ggml_grouped_ffn_cpu for one token with checked experts, its arguments in ctypes arrays built from lists (a
+    decode step's MoE layer: some ten torch ops fewer); None where the general path must run (it raises the errors)."""
+    lib = _native(isa)
+    if lib is None or not (isinstance(ids, torch.Tensor) and isinstance(weights, torch.Tensor)):
+        return None
+    if ids.dtype != torch.int64 or weights.dtype != torch.float32 or ids.shape != weights.shape or ids.ndim != 2:
+        return None
+    if ids.shape[0] != 1 or not ids.is_cpu or not weights.is_cpu:
+        return None
+    if out is None:
+        out = torch.empty(x.shape, dtype=torch.float32)
+    else:
+        shared = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        if shared or tuple(out.shape) != tuple(x.shape) or out.dtype != torch.float32 or not out.is_contiguous():
+            return None
+    row, wrow = ids.tolist()[0], weights.tolist()[0]
+    if len(set(row)) != len(row):
+        return None
+    pairs = sorted((e, wt) for e, wt in zip(row, wrow, strict=True) if e in experts)
+    if not pairs:
+        return out.zero_()
+    checked: list[CheckedExpert] = []
+    for e, _ in pairs:
+        c = experts[e]
+        if not isinstance(c, CheckedExpert):
+            return None
+        checked.append(c)
+    first = checked[0]
+    if any(c.hidden != x.shape[1] or c.inter != first.inter or c.fmts != first.fmts for c in checked):
+        return None
+    n = len(pairs)
+    i64 = ctypes.c_int64 * n
+    ptrs = (ctypes.c_int64 * (3 * n))(*(p for c in checked for p in c.ptrs))
+    types = (ctypes.c_int * 3)(*(lib.type_id(f) for f in first.fmts))
+    begin, end, tokens = i64(*range(n)), i64(*range(1, n + 1)), i64()
+    wts = (ctypes.c_float * n)(*(wt for _, wt in pairs))
+    rc = lib.lib.kimi_ggml_moe(
+        x.data_ptr(), 1, x.shape[1], first.inter, n,
+        ctypes.addressof(ptrs), ctypes.addressof(types), ctypes.addressof(begin), ctypes.addressof(end),
+        ctypes.addressof(tokens), ctypes.addressof(wts), out.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _raise_rc(rc, "ggml_grouped_ffn_cpu")
+    return out
+
+
 def ggml_grouped_ffn_cpu(
     x: torch.Tensor,
     ids: torch.Tensor,
@@ -362,6 +415,10 @@ def ggml_grouped_ffn_cpu(
         raise ValueError(f"x: expected [tokens, hidden], got {getattr(x, 'shape', type(x).__name__)}")
     xt = _check_x(x, x.shape[1])
     n_tok, d = xt.shape
+    if n_tok == 1:
+        done = _decode_ffn(xt, ids, weights, experts, out, isa)
+        if done is not None:
+            return done
     runs, tokens, wts = sorted_pairs(ids, weights, n_tok, experts)
     check_out_not_x(out, xt)
     y = torch.empty(n_tok, d, dtype=torch.float32) if out is None else out

@@ -175,6 +175,35 @@ def test_grouped_ffn_is_the_int8_reference(isa: str, mix: tuple[str, str, str], 
     assert float(np.abs(y - ref).mean()) < 1e-4 * float(np.abs(ref).max())
 
 
+@pytest.mark.parametrize("mix", MIXES, ids=["-".join(m) for m in MIXES])
+def test_decode_token_with_checked_experts_takes_the_same_sums(isa: str, mix: tuple[str, str, str]) -> None:
+    """One token with checked experts (a decode step's call: its arguments go over as ctypes arrays) gives what the
+    general path gives, bit for bit, and the int8 reference; absent experts and bad ids are handled the same."""
+    d, i, n = 512, 256, 6
+    bank = experts(mix, n, d, i, seed=13)
+    present = {e: bank[e] for e in (0, 2, 3, 5)}
+    checked = {e: cpu_ggml.check_expert(ex, d) for e, ex in present.items()}
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(1, d, generator=g) * 0.05
+    ids = torch.tensor([[5, 1, 0, 3]])  # 1 runs elsewhere
+    wts = torch.rand(1, 4, generator=g)
+    fast = ggml_grouped_ffn_cpu(x, ids, wts, checked, isa=isa)
+    general = ggml_grouped_ffn_cpu(x, ids, wts, present, isa=isa)
+    assert torch.equal(fast, general)
+    blocks = tuple(cpu_ggml.activation_block(f) for f in mix)
+    ref = ggml_grouped_ffn_int8_ref(
+        x.numpy(), ids.numpy(), wts.numpy(), {e: dense(ex) for e, ex in present.items()}, blocks  # type: ignore[arg-type]
+    )
+    np.testing.assert_allclose(fast.numpy(), ref, rtol=0, atol=2e-3 * float(np.abs(ref).max()))
+    out = torch.full((1, d), float("nan"))
+    assert ggml_grouped_ffn_cpu(x, ids, wts, checked, out=out, isa=isa) is out and torch.equal(out, fast)
+    assert torch.equal(ggml_grouped_ffn_cpu(x, torch.tensor([[1, 4]]), wts[:, :2], checked, isa=isa), torch.zeros(1, d))
+    with pytest.raises(ValueError, match="ids lists an expert twice"):
+        ggml_grouped_ffn_cpu(x, torch.tensor([[0, 0]]), wts[:, :2], checked, isa=isa)
+    with pytest.raises(ValueError, match="out shares memory with x"):
+        ggml_grouped_ffn_cpu(x, ids, wts, checked, out=x, isa=isa)
+
+
 def test_grouped_ffn_edge_cases_and_errors(isa: str) -> None:
     bank = experts(("q4_k", "q4_k", "q6_k"), 3, 256, 256, seed=12)
     x = torch.randn(4, 256) * 0.1
