@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.cpu_router import route_cpu
 from offload.config import ModelConfig
+
+NATIVE_DTYPES = (torch.float32, torch.bfloat16)  # the inputs kernels.cpu_router takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +27,8 @@ class Router:
     @classmethod
     def build(cls, cfg: ModelConfig, weight: torch.Tensor, bias: torch.Tensor) -> Router:
         return cls(
-            weight.float(),
-            bias.float(),
+            weight.float().contiguous(),
+            bias.float().contiguous(),
             cfg.num_experts_per_tok,
             cfg.n_group,
             cfg.topk_group,
@@ -34,7 +37,16 @@ class Router:
         )
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [T, D] -> (expert ids [T, k] int64, weights [T, k] float32)."""
+        """x [T, D] -> (expert ids [T, k] int64, weights [T, k] float32). A decode token on the CPU takes one native
+        call (kernels.cpu_router) where the library builds, else the torch ops below."""
+        groups_fit = self.n_group == 1 or (self.n_group <= 64 and self.weight.shape[0] // self.n_group >= 2)
+        native_fits = self.top_k <= 64 and groups_fit
+        if x.shape[0] == 1 and x.is_cpu and self.weight.is_cpu and x.dtype in NATIVE_DTYPES and native_fits:
+            native = route_cpu(
+                x, self.weight, self.bias, self.top_k, self.n_group, self.topk_group, self.norm_topk_prob, self.scaling
+            )
+            if native is not None:
+                return native
         ids, scores = self.select(x)
         w = scores.gather(1, ids)  # the unbiased scores weight the outputs
         if self.norm_topk_prob:
