@@ -111,6 +111,7 @@ def main() -> None:
             "attention (MlaDecoder, one call per layer)", attention.MlaDecoder.__call__
         )  # type: ignore[method-assign]
         router.Router.select = timed("router scores and choice (Router.select)", router.Router.select)  # type: ignore[method-assign]
+        router.route_cpu = timed("router, native (route_cpu)", router.route_cpu)
         attention.ggml_linear_batched_cpu = timed(
             "absorbed MLA (ggml_linear_batched_cpu)", attention.ggml_linear_batched_cpu
         )
