@@ -3,6 +3,9 @@ of 512 x 2048, one token each) per type through `ggml_grouped_ffn_cpu`, copies r
 from DRAM, rounds alternating in random order, medians (a benchmark, not a CI test).
 
     python benchmarks/kernel_ab.py --rev HEAD~1 --types q4_0,iq2_xxs [--rounds 16] [--isa avx512vnni]
+
+The type `int4` is the safetensors release's INT4 group-32 layout (random packed words and bf16 scales) through
+`int4_grouped_ffn_q8_cpu`, the decode path with int8 activations in the same library.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernels import cpu_ggml  # noqa: E402
+from kernels.cpu_int4 import int4_grouped_ffn_q8_cpu  # noqa: E402
 from kernels.dequant import StoredWeight  # noqa: E402
 from kernels.ggml_random import random_ggml_blocks  # noqa: E402
 from kernels.native import best_isa, build  # noqa: E402
@@ -77,12 +81,26 @@ def main() -> None:
         return StoredWeight(fmt, (rows, cols), {"data": torch.from_numpy(random_ggml_blocks(fmt, rows, cols, rng))})
 
     orig = cpu_ggml._native
+
+    def int4(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:  # packed int32 [rows, cols / 8], bf16 scales
+        packed = torch.from_numpy(
+            rng.integers(-(2**31), 2**31, size=(rows, cols // 8), dtype=np.int64).astype(np.int32)
+        )
+        return packed, (torch.rand(rows, cols // 32) * 0.02 + 0.001).bfloat16()
+
     for fmt in args.types.split(","):
-        sets = [
-            {e: cpu_ggml.check_expert((weight(fmt, 512, 2048), weight(fmt, 512, 2048), weight(fmt, 2048, 512)), 2048)
-             for e in range(8)}
-            for _ in range(40)
-        ]  # fmt: skip
+        if fmt == "int4":
+            sets: list[dict] = [
+                {e: (int4(512, 2048), int4(512, 2048), int4(2048, 512)) for e in range(8)} for _ in range(40)
+            ]
+            run = int4_grouped_ffn_q8_cpu
+        else:
+            shapes = ((512, 2048), (512, 2048), (2048, 512))
+            sets = [
+                {e: cpu_ggml.check_expert(tuple(weight(fmt, *sh) for sh in shapes), 2048) for e in range(8)}  # type: ignore[arg-type]
+                for _ in range(40)
+            ]
+            run = cpu_ggml.ggml_grouped_ffn_cpu
         x, ids, wts = torch.randn(1, 2048) * 0.1, torch.arange(8)[None], torch.rand(1, 8)
         times: dict[str, list[float]] = {n: [] for n in libs}
         for _ in range(args.rounds):
@@ -92,7 +110,7 @@ def main() -> None:
                 cpu_ggml._native = lambda isa=None, lib=libs[n]: lib  # type: ignore[assignment]
                 t0 = time.perf_counter()
                 for s in sets:
-                    cpu_ggml.ggml_grouped_ffn_cpu(x, ids, wts, s)
+                    run(x, ids, wts, s)
                 times[n].append((time.perf_counter() - t0) / len(sets) * 1e6)
         cpu_ggml._native = orig
         print(fmt, "  ".join(f"{n}: {statistics.median(v):.0f} us" for n, v in times.items()), flush=True)
