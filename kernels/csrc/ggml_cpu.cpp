@@ -1027,17 +1027,26 @@ float fused_iq4_xs(const uint8_t* row, const Act& a, int64_t in) {  // d * (ls -
 }
 
 using FusedRow = float (*)(const uint8_t*, const Act&, int64_t);
-#define FUSED(dec, block, bytes, min, uns) fused_block_row<dec, block, bytes, min, uns>
-const FusedRow kFusedRows[NTYPES] = {
-    nullptr /* q4_0: fused_rows */,         FUSED(dec_q4_1, 32, 20, true, true),     FUSED(dec_q5_0, 32, 22, false, false),
-    FUSED(dec_q5_1, 32, 24, true, true),    nullptr /* q8_0: fused_rows */,         FUSED(dec_iq4_nl, 32, 18, false, false),
-    FUSED(dec_mxfp4, 32, 17, false, false), fused_q2_k /* registers */,              fused_q3_k /* registers */,
-    fused_k4<false> /* registers */,        fused_k4<true> /* registers */,         fused_q6_k /* registers */,          
-    FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  fused_iq1_s /* registers */,
-    fused_iq1_m /* registers */, fused_iq2_xxs /* registers */, fused_iq2_xs /* registers */,
-    FUSED(dec_iq2_s, 256, 82, false, false), fused_iq3_xxs /* registers */, fused_iq3_s /* registers */,
-    fused_iq4_xs /* registers */,
+// A tile's rows through one row function, inlined into the loop (a decode step's down projections have rows of 2
+// super-blocks: a call and its setup per row cost as much as a tenth of the row's work)
+template <FusedRow FN>
+void fused_rows_of(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const Act& a, int64_t in, float* y) {
+  for (int r = 0; r < n; ++r) y[r0 + r] = FN(w + (r0 + r) * row_bytes, a, in);
+}
+using FusedTile = void (*)(const uint8_t*, int64_t, int64_t, int, const Act&, int64_t, float*);
+#define FUSED(dec, block, bytes, min, uns) fused_rows_of<fused_block_row<dec, block, bytes, min, uns>>
+#define REG(fn) fused_rows_of<fn> /* registers */
+const FusedTile kFusedTiles[NTYPES] = {
+    fused_tile<Q4_0>,                       FUSED(dec_q4_1, 32, 20, true, true),    FUSED(dec_q5_0, 32, 22, false, false),
+    FUSED(dec_q5_1, 32, 24, true, true),    fused_tile<Q8_0>,                       FUSED(dec_iq4_nl, 32, 18, false, false),
+    FUSED(dec_mxfp4, 32, 17, false, false), REG(fused_q2_k),                        REG(fused_q3_k),
+    REG(fused_k4<false>),                   REG(fused_k4<true>),                    REG(fused_q6_k),
+    FUSED(dec_tq1_0, 256, 54, true, true),  FUSED(dec_tq2_0, 256, 66, true, true),  REG(fused_iq1_s),
+    REG(fused_iq1_m),                       REG(fused_iq2_xxs),                     REG(fused_iq2_xs),
+    FUSED(dec_iq2_s, 256, 82, false, false), REG(fused_iq3_xxs),                    REG(fused_iq3_s),
+    REG(fused_iq4_xs),
 };
+#undef REG
 #undef FUSED
 
 // ---- one matmul: y[t, row] for rows [r0, r1) of a weight, every token of an activation set ------------------------
@@ -1106,18 +1115,8 @@ struct ActBuf {
 void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
           const int64_t* toks, float* y, int64_t y_stride, Scratch& s) {
   const int64_t in = acts.in;
-  if (T == 1 && (type == Q4_0 || type == Q8_0)) {
-    const Act a = acts.at(toks ? toks[0] : 0);
-    if (type == Q4_0) {
-      fused_tile<Q4_0>(w, row_bytes, r0, n, a, in, y);
-    } else {
-      fused_tile<Q8_0>(w, row_bytes, r0, n, a, in, y);
-    }
-    return;
-  }
-  if (T == 1 && kFusedRows[type] && acts.block == act_block(type)) {  // (the 256-block ones sum per super-block)
-    const Act a = acts.at(toks ? toks[0] : 0);
-    for (int r = 0; r < n; ++r) y[r0 + r] = kFusedRows[type](w + (r0 + r) * row_bytes, a, in);
+  if (T == 1 && acts.block == act_block(type)) {  // one token: registers (the 256-block types sum per super-block)
+    kFusedTiles[type](w, row_bytes, r0, n, acts.at(toks ? toks[0] : 0), in, y);
     return;
   }
   Rows rows[kR];
