@@ -202,6 +202,10 @@ def test_decode_token_with_checked_experts_takes_the_same_sums(isa: str, mix: tu
         ggml_grouped_ffn_cpu(x, torch.tensor([[0, 0]]), wts[:, :2], checked, isa=isa)
     with pytest.raises(ValueError, match="out shares memory with x"):
         ggml_grouped_ffn_cpu(x, ids, wts, checked, out=x, isa=isa)
+    other = "q8_0" if mix[0] != "q8_0" else "q4_0"  # one expert of other types: the general path's error
+    odd = cpu_ggml.check_expert(experts((other, other, other), 1, d, i, seed=15)[0], d)
+    with pytest.raises(ValueError, match="differ from"):
+        ggml_grouped_ffn_cpu(x, ids, wts, {**checked, 3: odd}, isa=isa)
 
 
 def test_grouped_ffn_edge_cases_and_errors(isa: str) -> None:
