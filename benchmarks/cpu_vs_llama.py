@@ -5,7 +5,9 @@ For each model given, per round: `llama-bench -t N -p P -n G -r 1` (its defaults
 and `--repack 0` too with --no-repack-too unset), then `kimi-offload bench --device cpu --prompt-len P --gen-len G
 --runs 1`, each a fresh process; medians over the rounds and the ratio ours / llama.cpp are printed as one JSON line
 per model, and a table at the end. A safetensors folder is benchmarked by kimi-offload only and compared with the
-llama.cpp figures of the GGUF given with `--peer` (the same weights, converted).
+llama.cpp figures of the GGUF given with `--peer` (the same weights, converted). Before a model's rounds its files
+are read through once, so that both runtimes find them in the page cache (on a machine whose RAM holds a file but
+not all the files of a session, the experts neither runtime has touched yet would otherwise come from disk).
 
     python benchmarks/cpu_vs_llama.py --llama-bin DIR --model FILE.gguf [--model FILE2.gguf ...]
         [--model SAFETENSORS_DIR --peer FILE.gguf] [--threads 2] [--prompt-len 128] [--gen-len 32] [--rounds 3]
@@ -56,6 +58,20 @@ def figure(data: dict[str, Any], key: str) -> float:
     return float(value["median"] if isinstance(value, dict) else value)
 
 
+def warm(*paths: Path) -> float:
+    """Read every file of `paths` (a file, or a folder's files) once, into the page cache; GB read."""
+    total = 0
+    buf = bytearray(1 << 24)
+    for p in paths:
+        for f in sorted(p.iterdir()) if p.is_dir() else [p]:
+            if not f.is_file():
+                continue
+            with open(f, "rb", buffering=0) as fh:
+                while n := fh.readinto(buf):
+                    total += n
+    return total / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-bin", type=Path, required=True)
@@ -76,6 +92,7 @@ def main() -> None:
         if gguf is None:
             raise SystemExit(f"{model} is not a GGUF file: give --peer FILE.gguf for llama.cpp's side")
         runs: dict[str, list[tuple[float, float]]] = {"llama": [], "llama_repack0": [], "ours": []}
+        warm(*dict.fromkeys((gguf, model)))
         for _ in range(args.rounds):
             runs["llama"].append(llama(args.llama_bin, gguf, args, []))
             if not args.no_repack_too:
