@@ -440,8 +440,9 @@ KI void decode_row(int type, const uint8_t* row, int64_t in, int8_t* q, float* s
 
 // ---- activations: int8 with a float scale per block ----------------------------------------------------------------
 // Per token: q [in] int8, d8 [in / 32 * 8] (the scale of each 32's block, repeated 8 times), s16 [in / 16] = scale *
-// sum of q, bs [in / 16] = sum of q (int16: at most 16 * 127), block = 32 (as ggml's Q8_0, for the legacy types) or 256 (as its Q8_K, for the K- and IQ-types: their
-// registers paths then sum a whole super-block in int32 and convert to float once).
+// sum of q, bs [in / 16] = sum of q (int16: at most 16 * 127); block = 32 (as ggml's Q8_0, for the legacy types)
+// or 256 (as its Q8_K, for the K- and IQ-types: their registers paths then sum a whole super-block in int32 and
+// convert to float once).
 struct Act {
   int8_t* q;
   float* d8;
@@ -457,13 +458,6 @@ KI float hsum(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
-}
-
-KI int hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
-  return _mm_cvtsi128_si32(s);
 }
 
 // in % block == 0 (valid() and the callers see to it)
@@ -584,18 +578,25 @@ constexpr int kR = 4;  // rows decoded per tile
 // ---- one token against Q4_0 / Q8_0 rows, decoded in registers --------------------------------------------------
 // A decode step's most common types (Q4_0 experts, Q8_0 everything else) skip the decoded tile: each 32-weight block
 // becomes one vector of codes and meets the token's block at once (no stores, no reloads, no scale arrays).
+// 32 weights as 16 bytes of nibbles (low ones 0..15, high ones 16..31), scale dw, against the token's block b with
+// the codes taken unsigned (0..15): the 8 they are too high comes off later, through corr += dw * block sum
+// (Q4_0's blocks, and the INT4 release's groups in int4_q8.h)
+KI __m256 nibbles_block(const uint8_t* nib, float dw, const Act& a, int64_t b, __m256 acc, float& corr) {
+  const __m128i v = load16(nib);
+  const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
+  const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * b));
+  corr += dw * (a.s16[2 * b] + a.s16[2 * b + 1]);
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32u(q, av)), _mm256_set1_ps(dw * a.d8[8 * b]), acc);
+}
+
 template <int TYPE>
 KI __m256 fused_block(const uint8_t* blk, const Act& a, int64_t b, __m256 acc, float& corr) {
-  const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * b));
-  const float dw = f16(blk);
-  const __m256 f = _mm256_set1_ps(dw * a.d8[8 * b]);
   if constexpr (TYPE == Q8_0) {
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(load32(blk + 2), av)), f, acc);
-  } else {  // low nibbles are weights 0..15, high ones 16..31, codes 0..15 (the -8 goes into corr)
-    const __m128i v = load16(blk + 2);
-    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
-    corr += dw * (a.s16[2 * b] + a.s16[2 * b + 1]);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32u(q, av)), f, acc);
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * b));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32(load32(blk + 2), av)), _mm256_set1_ps(f16(blk) * a.d8[8 * b]),
+                           acc);
+  } else {
+    return nibbles_block(blk + 2, f16(blk), a, b, acc, corr);
   }
 }
 
@@ -662,7 +663,8 @@ float fused_block_row(const uint8_t* row, const Act& a, int64_t in) {
 
 // The K-quants, fully in registers, against activations per 256 (Q8_K): codes times activations in int16 pairs
 // (maddubs), times the block's integer sub-scales in int32 (madd), summed over the super-block in int32, then one
-// float multiply-add per 256 weights by d * the activations' scale. The minimums meet the per-16 sums in float.
+// float multiply-add per 256 weights by d * the activations' scale. The minimums meet the integer per-16 sums in
+// int32 too.
 // A super-block's 16 int16 scales (one per 16 weights) as the madd vector of each 32-weight sub-block s (int16 lanes
 // 0-7: scale 2s, 8-15: scale 2s + 1): scales 0-7 (and 8-15) sit in both 128-bit halves of a register, and one byte
 // shuffle per sub-block picks a pair (no broadcasts from scalars).

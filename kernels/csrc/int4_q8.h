@@ -28,16 +28,6 @@ void evens_odds(const int8_t* q, int64_t in, int8_t* out) {
   }
 }
 
-// one group: codes taken unsigned (0..15) against the token; the 8 they are too high comes off through corr (the
-// scale times the activations' block sum, which the permutation within the block does not change)
-KI __m256 int4_group(const uint8_t* blk, float sc, const Act& a, int64_t g, __m256 acc, float& corr) {
-  const __m128i v = load16(blk);
-  const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
-  const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 32 * g));
-  corr += sc * (a.s16[2 * g] + a.s16[2 * g + 1]);
-  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32u(q, av)), _mm256_set1_ps(sc * a.d8[8 * g]), acc);
-}
-
 // two groups per step into two accumulators, one prefetch per 64-byte line (as ggml_cpu.cpp's Q4_0 row)
 KI float int4_row(const uint8_t* packed, const uint16_t* scale, const Act& a, int64_t nb) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -46,10 +36,10 @@ KI float int4_row(const uint8_t* packed, const uint16_t* scale, const Act& a, in
   for (; g + 2 <= nb; g += 2) {
     const uint8_t* blk = packed + 16 * g;
     if (g % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetch), _MM_HINT_T0);
-    acc0 = int4_group(blk, bf16_to_f(scale[g]), a, g, acc0, c0);
-    acc1 = int4_group(blk + 16, bf16_to_f(scale[g + 1]), a, g + 1, acc1, c1);
+    acc0 = nibbles_block(blk, bf16_to_f(scale[g]), a, g, acc0, c0);
+    acc1 = nibbles_block(blk + 16, bf16_to_f(scale[g + 1]), a, g + 1, acc1, c1);
   }
-  if (g < nb) acc0 = int4_group(packed + 16 * g, bf16_to_f(scale[g]), a, g, acc0, c0);
+  if (g < nb) acc0 = nibbles_block(packed + 16 * g, bf16_to_f(scale[g]), a, g, acc0, c0);
   return hsum(_mm256_add_ps(acc0, acc1)) - 8.0f * (c0 + c1);
 }
 

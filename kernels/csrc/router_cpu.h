@@ -2,21 +2,10 @@
 // routing, float32: scores = sigmoid(x @ W.T), the choice ranks scores + bias (group-limited when n_group > 1: only
 // the topk_group groups with the best sums of their two best choices), the k best chosen in descending order, and
 // their unbiased scores, normalized to sum 1 when asked, times `scaling`, as the weights.
-// Bound in kernels/cpu_router.py; the torch path (offload/model/router.py) is the reference the tests hold it to.
+// dot_f32 and load_row come from mla_cpu.h, included before. Bound in kernels/cpu_router.py; the torch path
+// (offload/model/router.py) is the reference the tests hold it to.
 
 namespace {
-
-KI float dot_rows_f32(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  float t = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; ++i) t += a[i] * b[i];
-  return t;
-}
 
 // indices of the k largest of v [n] (k <= n), largest first; ties to the lower index
 void top_k(const float* v, int64_t n, int k, int64_t* out) {
@@ -60,7 +49,7 @@ int kimi_route(const void* x, int x_bf16, int64_t T, int64_t D, const float* W, 
   for (int64_t e = 0; e < E; ++e) {  // each thread streams its share of W's rows once for all tokens
     const float* w = W + e * D;
     for (int64_t t = 0; t < T; ++t) {
-      const float s = 1.0f / (1.0f + std::exp(-dot_rows_f32(xf + t * D, w, D)));
+      const float s = 1.0f / (1.0f + std::exp(-dot_f32(xf + t * D, w, D)));
       scores[t * E + e] = s;
       choice[t * E + e] = s + bias[e];
     }
