@@ -82,6 +82,12 @@ class _Native:
         f32 = ctypes.c_float
         lib.kimi_route.argtypes = [p, i32, i64, i64, p, p, i64, i32, i32, i32, i32, f32, p, p, p, i32]  # router_cpu.h
         lib.kimi_route.restype = i32
+        lib.kimi_ggml_mlp.argtypes = [p, p, i64, i64, p, i32]  # csrc/layer_cpu.h, bound in kernels/cpu_layer.py
+        lib.kimi_ggml_mlp.restype = i32
+        lib.kimi_decode_attn.argtypes = [p, p, i64, p, p, p, i32]
+        lib.kimi_decode_attn.restype = i32
+        lib.kimi_decode_ffn.argtypes = [p, p, p, i64, i64, p, p, i32]
+        lib.kimi_decode_ffn.restype = i32
         self.lib = lib
         self.type_ids = {fmt: int(lib.kimi_ggml_type_id(fmt.encode())) for fmt in NATIVE_TYPES}
         missing = [f for f, i in self.type_ids.items() if i < 0]

@@ -96,6 +96,11 @@ def _check_expert(x: object, gate: Int4Linear, up: Int4Linear, down: Int4Linear)
     return xt, d, i
 
 
+def check_expert(x: object, gate: Int4Linear, up: Int4Linear, down: Int4Linear) -> tuple[int, int]:
+    """(D, I) of an expert for x [T, D] float32, after checking its packed weights and scales (ValueError)."""
+    return _check_expert(x, gate, up, down)[1:]
+
+
 # ---- the native kernel: built once per machine, loaded once per process --------------------------------------------
 def build_native(force: bool = False) -> NativeBuild:
     """Compile csrc/int4_cpu.cpp into the cache (keyed by source, flags and compiler) unless it is there already.

@@ -137,11 +137,26 @@ class MlaDecoder:
         """x [1, D] float32 (normed) at position `pos` -> attention output [1, D] float32; writes row `pos` of this
         layer's cache (latent [max_tokens, rank], k_pe [max_tokens, rope]: bf16 or float32, contiguous) and attends
         to rows 0 .. pos. cos, sin: [rope / 2] float32 for `pos`."""
-        w, hidden = self.w, self.hidden
+        hidden = self.hidden
         if x.dtype != torch.float32 or not x.is_contiguous() or x.numel() != hidden or not x.is_cpu:
             raise ValueError(
                 f"x: expected a contiguous float32 CPU tensor of {hidden} values, got {x.dtype} {list(x.shape)}"
             )
+        cos, sin = cos.contiguous(), sin.contiguous()  # alive through the call
+        self.set_position(latent, k_pe, pos, cos, sin)
+        y = torch.empty(1, hidden, dtype=torch.float32)
+        rc = self.lib.lib.kimi_mla_decode(
+            ctypes.byref(self.args), x.data_ptr(), hidden, y.data_ptr(), torch.get_num_threads()
+        )
+        _raise_rc(rc, "mla_decode_cpu")
+        return y
+
+    def set_position(
+        self, latent: torch.Tensor, k_pe: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor
+    ) -> None:
+        """The call's per-token part of the arguments, checked: the cache (as in __call__), `pos`, cos and sin (the
+        tensors must outlive the call that reads them)."""
+        w = self.w
         if latent.dtype != k_pe.dtype or latent.dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"the cache must be bf16 or float32 (latent {latent.dtype}, k_pe {k_pe.dtype})")
         if (
@@ -155,14 +170,11 @@ class MlaDecoder:
         half = w.rope // 2
         if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.numel() != half or sin.numel() != half:
             raise ValueError(f"cos and sin: expected float32 [{half}] each")
-        cos, sin = cos.contiguous(), sin.contiguous()
+        if not (cos.is_contiguous() and sin.is_contiguous()):
+            raise ValueError("cos and sin: expected contiguous vectors")
         a = self.args
         a.cos, a.sin, a.latent, a.k_pe = cos.data_ptr(), sin.data_ptr(), latent.data_ptr(), k_pe.data_ptr()
         a.cache_bf16, a.pos = int(latent.dtype == torch.bfloat16), pos
-        y = torch.empty(1, hidden, dtype=torch.float32)
-        rc = self.lib.lib.kimi_mla_decode(ctypes.byref(a), x.data_ptr(), hidden, y.data_ptr(), torch.get_num_threads())
-        _raise_rc(rc, "mla_decode_cpu")
-        return y
 
 
 def mla_decode_cpu(

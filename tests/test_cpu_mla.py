@@ -160,6 +160,7 @@ def test_in_the_model_it_is_as_close_to_float32_as_the_torch_path() -> None:
     with Engine(demo_dir(), RuntimeConfig(device="cpu", cpu_weights="int8", context=256)) as engine:
         model = engine.model
         assert all(b.attn.native is not None for b in model.blocks)
+        model.native_decode = False  # the module path (the native layers match it bit for bit: test_cpu_layer.py)
         calls = []
         real = MlaDecoder.__call__
 

@@ -1371,3 +1371,5 @@ int kimi_ggml_moe(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, co
 #include "mla_cpu.h"  // one decode token's attention in one call, on the tiles above
 #include "int4_q8.h"  // INT4 experts of the safetensors release, one decode token, int8 activations
 #include "router_cpu.h"  // a MoE layer's routing for a few tokens in one call
+#include "norm_row.h"   // a bf16 row's RMSNorm (norm_cpu.cpp's)
+#include "layer_cpu.h"  // a decode token's layer in two calls, and the SwiGLU MLP in one

@@ -16,6 +16,7 @@ import torch
 
 from kernels import cpu_ggml
 from kernels.cpu_int4 import Int4Expert, int4_grouped_ffn_cpu, int4_grouped_ffn_q8_cpu, native_build
+from kernels.cpu_int4 import check_expert as check_int4_expert
 from kernels.dequant import dequantize
 from kernels.ffn import grouped_ffn
 from kernels.formats import GGML_BLOCKS
@@ -44,6 +45,7 @@ class CpuExecutor:
         self.native_ggml = bool(ggml and native is not False and cpu_ggml.native_build() is not None)
         self._views: dict[tuple[int, int], Int4Expert] = {}
         self._stored: dict[tuple[int, int], cpu_ggml.GgmlExpert | cpu_ggml.CheckedExpert] = {}
+        self._pointers: dict[tuple[int, int], tuple[int, ...]] = {}
         log.info(
             "CPU experts: %s",
             "native INT4 kernel"
@@ -78,6 +80,44 @@ class CpuExecutor:
             if all(w.fmt in GGML_BLOCKS for w in found):
                 found = cpu_ggml.check_expert(found, gate.shape[1], f"layer {layer} expert {expert}")
             self._stored[(layer, expert)] = found
+        return found
+
+    def native_kind(self, layer: int) -> tuple[str, tuple[str, str, str], int] | None:
+        """How a decode token's native layer (kernels/cpu_layer.py) takes this layer's experts: ("int4", ("", "",
+        ""), I) or ("ggml", (gate, up, down types), I); None where the experts go through torch (or float32)."""
+        if self.dtype == torch.float32:
+            return None
+        if self.native:
+            inter = self.ckpt.config.moe_intermediate_size
+            hidden = self.ckpt.config.hidden_size
+            return ("int4", ("", "", ""), inter) if inter % 32 == 0 and hidden % 32 == 0 else None
+        if self.native_ggml:
+            first = self.stored(layer, 0)
+            if isinstance(first, cpu_ggml.CheckedExpert):
+                return "ggml", first.fmts, first.inter
+        return None
+
+    def pointers(self, layer: int, expert: int) -> tuple[int, ...]:
+        """The expert's weight pointers as kernels/cpu_layer.py's DecodeLayer.finish takes them: (gate, up, down)
+        data for ggml types, (packed, scale) of each for INT4; checked once (shape, and the layer's ggml types)."""
+        found = self._pointers.get((layer, expert))
+        if found is not None:
+            return found
+        if self.native:
+            gate, up, down = self.packed(layer, expert)
+            x = torch.empty(1, self.ckpt.config.hidden_size)
+            check_int4_expert(x, gate, up, down)
+            found = tuple(t.data_ptr() for pair in (gate, up, down) for t in pair)
+        else:
+            c = self.stored(layer, expert)
+            kind = self.native_kind(layer)
+            if not isinstance(c, cpu_ggml.CheckedExpert) or kind is None or c.fmts != kind[1] or c.inter != kind[2]:
+                raise ValueError(
+                    f"layer {layer} expert {expert}: its weights are not of the layer's types and shape "
+                    f"{kind}; one native call takes one layer's experts of one kind"
+                )
+            found = c.ptrs
+        self._pointers[(layer, expert)] = found
         return found
 
     def compute(

@@ -36,3 +36,18 @@ class DequantizedExperts(CpuExecutor):
         self.expert_runs += len(needed)
         out = self.compute(layer, x, ids, weights, needed)  # [T, D] float32
         return out if shared is None else out + shared().float()
+
+    def native_experts(self, layer: int) -> None:
+        """Never: this reference runtime keeps every decode token on `run` (the model's torch-and-kernels path),
+        which the offloading runtime's native decode layers must match bit for bit."""
+        return None
+
+    def run_decode(
+        self,
+        layer: int,
+        ids: list[int],
+        weights: list[float],
+        finish: Callable[[list[int], list[float]], None],
+        next_layer: NextLayer | None = None,
+    ) -> None:
+        raise NotImplementedError("DequantizedExperts has no native decode layers (native_experts is None)")

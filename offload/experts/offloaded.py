@@ -116,22 +116,7 @@ class OffloadedExperts:
         n_tok = x.shape[0]
         name = "decode" if n_tok == 1 else "prefill"
         phase = self._phases[name]
-        if layer == self.first_layer:
-            if self._passes == 1:
-                # the first pass faulted in every dense weight; read-around brought neighbouring expert pages in
-                # with them, uncounted: give those back once, so the budget holds in the kernel's view too
-                self.store.trim()
-            self._passes += 1
-            phase.tokens += n_tok
-            phase.passes += 1
-            self.predictor.forget_pending()  # guesses of a pass that stopped early
-        self.calls += 1
-        if next_layer is not None and self.predicting:  # first, so the prefetcher reads while this layer computes
-            if self.device.type != "cpu":
-                next_layer = _prior_to(next_layer, self.device)
-            guess = self.predictor.guess(next_layer)
-            if self.prefetcher is not None:
-                self.prefetcher.submit(Job(next_layer.layer, tuple(guess), n_tok, self._on_prefetched(phase)))
+        self._begin(layer, n_tok, phase, next_layer)
         counts = torch.bincount(ids.reshape(-1), minlength=self.n_experts).cpu()  # [E]: the layer's one host sync
         needed = torch.nonzero(counts).flatten().tolist()
         self.expert_runs += len(needed)
@@ -161,7 +146,71 @@ class OffloadedExperts:
             side = shared() if shared is not None else None
         return out if side is None else out + side.float()
 
+    def native_experts(self, layer: int) -> tuple[str, tuple[str, str, str], int] | None:
+        """How `run_decode` hands this layer's experts to a native decode layer (CpuExecutor.native_kind); None
+        where decode tokens take `run` (experts on a GPU, GPU slots, a budget below one token's experts, torch
+        experts)."""
+        if self.device.type != "cpu" or self.slots is not None:
+            return None
+        if self.store.capacity is not None and self.store.capacity < self.predictor.top_k:
+            return None
+        return self.cpu.native_kind(layer)
+
+    def run_decode(
+        self,
+        layer: int,
+        ids: list[int],
+        weights: list[float],
+        finish: Callable[[list[int], list[float]], None],
+        next_layer: NextLayer | None = None,
+    ) -> None:
+        """One decode token's routed experts `ids` (weights `weights`), where native_experts(layer) said how:
+        guesses and prefetches the next layer as `run` does, pins the experts in the store (reading the missing
+        ones), and calls finish(pointers, weights) with their weight pointers (CpuExecutor.pointers, sorted by
+        expert id) and weights in that order, the native layer's second half, which adds their sum (and the
+        shared expert) to the residual stream itself."""
+        phase = self._phases["decode"]
+        self._begin(layer, 1, phase, next_layer)
+        pairs = sorted(zip(ids, weights, strict=True))
+        needed = [e for e, _ in pairs]
+        if len(set(needed)) != len(needed):
+            raise ValueError(f"layer {layer}: the router listed an expert twice ({ids}); top-k picks distinct ones")
+        self.expert_runs += len(needed)
+        self.predictor.observe(layer, needed, None, "decode")
+        t0 = time.perf_counter()
+        keys = [(layer, e) for e in needed]
+        before = self.store.counters.disk_bytes, self.store.counters.disk_s
+        sources = self.store.acquire(keys)
+        try:
+            finish([p for e in needed for p in self.cpu.pointers(layer, e)], [w for _, w in pairs])
+        finally:
+            self.store.release(keys)
+        for source in sources:
+            self._count_source(phase, source, None)
+        self._count_disk(phase, before)
+        phase.cpu_s += time.perf_counter() - t0
+
     # ---- steps ----------------------------------------------------------------------------------------------------
+    def _begin(self, layer: int, n_tok: int, phase: PhaseCounts, next_layer: NextLayer | None) -> None:
+        """A MoE layer's call begins: pass bookkeeping at the first MoE layer, then the next layer's guess handed to
+        the prefetcher (first, so that it reads while this layer computes)."""
+        if layer == self.first_layer:
+            if self._passes == 1:
+                # the first pass faulted in every dense weight; read-around brought neighbouring expert pages in
+                # with them, uncounted: give those back once, so the budget holds in the kernel's view too
+                self.store.trim()
+            self._passes += 1
+            phase.tokens += n_tok
+            phase.passes += 1
+            self.predictor.forget_pending()  # guesses of a pass that stopped early
+        self.calls += 1
+        if next_layer is not None and self.predicting:
+            if self.device.type != "cpu":
+                next_layer = _prior_to(next_layer, self.device)
+            guess = self.predictor.guess(next_layer)
+            if self.prefetcher is not None:
+                self.prefetcher.submit(Job(next_layer.layer, tuple(guess), n_tok, self._on_prefetched(phase)))
+
     def _split(
         self, layer: int, needed: list[int], counts: torch.Tensor, phase: PhaseCounts
     ) -> tuple[list[int], list[int]]:

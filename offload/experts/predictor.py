@@ -75,10 +75,13 @@ class Predictor:
         self._pending[nxt.layer] = set(ranked)
         return ranked
 
-    def observe(self, layer: int, chosen: list[int], counts: torch.Tensor, phase: str) -> None:
-        """The router of `layer` chose the set `chosen`, `counts` [E] times each: update frequencies, score the
-        guess made for this layer, if any."""
-        self.counts[layer] += counts.to(self.counts.dtype)
+    def observe(self, layer: int, chosen: list[int], counts: torch.Tensor | None, phase: str) -> None:
+        """The router of `layer` chose the set `chosen`, `counts` [E] times each (None: once each, a decode
+        token's): update frequencies, score the guess made for this layer, if any."""
+        if counts is None:
+            self.counts[layer, chosen] += 1
+        else:
+            self.counts[layer] += counts.to(self.counts.dtype)
         guessed = self._pending.pop(layer, None)
         if guessed is None:
             return

@@ -35,3 +35,20 @@ class ExpertRuntime(Protocol):
         `shared`: the shared expert, to compute while cold experts run elsewhere. `next_layer`: for prefetching.
         """
         ...
+
+    def native_experts(self, layer: int) -> tuple[str, tuple[str, str, str], int] | None:
+        """How a decode token's native layer (kernels/cpu_layer.py) takes this layer's experts through
+        `run_decode`: (kind "ggml" or "int4", ggml types of gate, up, down, inter size); None: `run` only."""
+        ...
+
+    def run_decode(
+        self,
+        layer: int,
+        ids: list[int],
+        weights: list[float],
+        finish: Callable[[list[int], list[float]], None],
+        next_layer: NextLayer | None = None,
+    ) -> None:
+        """A decode token's routed experts `ids` with `weights`: makes them available and calls finish(pointers,
+        weights), pointers sorted by expert id (3 an expert for ggml types, 6 for INT4), weights in that order."""
+        ...

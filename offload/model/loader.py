@@ -8,10 +8,12 @@ from itertools import pairwise
 import torch
 
 from kernels import cpu_ggml
+from kernels.cpu_layer import DecodeLayer, LayerRouting
 from kernels.dequant import StoredWeight, dequantize
 from kernels.formats import FLOAT_FORMATS, GGML_BLOCKS
 from kernels.ggml_encode import quantize_q8_0
 from offload.checkpoint import Checkpoint
+from offload.config import ModelConfig
 from offload.experts.runtime import ExpertRuntime
 from offload.model.attention import MLA, MLAWeights
 from offload.model.linear import QuantLinear, Weight
@@ -99,25 +101,41 @@ def load_transformer(
             router = Router.build(cfg, raw(f"{p}.mlp.gate.weight"), raw(f"{p}.mlp.gate.e_score_correction_bias"))
             s = f"{p}.mlp.shared_experts"
             shared = (
-                MLP(linear(f"{s}.gate_proj"), linear(f"{s}.up_proj"), linear(f"{s}.down_proj"))
+                MLP.of(linear(f"{s}.gate_proj"), linear(f"{s}.up_proj"), linear(f"{s}.down_proj"))
                 if cfg.n_shared_experts
                 else None
             )
             mlp = MoE(i, router, shared, experts)
             moes.append(mlp)
         else:
-            mlp = MLP(linear(f"{p}.mlp.gate_proj"), linear(f"{p}.mlp.up_proj"), linear(f"{p}.mlp.down_proj"))
-        blocks.append(
-            Block(
-                vector(f"{p}.input_layernorm.weight"),
-                MLA(cfg, i, w, rope, absorb_int8=absorb_int8),
-                vector(f"{p}.post_attention_layernorm.weight"),
-                mlp,
-            )
-        )
+            mlp = MLP.of(linear(f"{p}.mlp.gate_proj"), linear(f"{p}.mlp.up_proj"), linear(f"{p}.mlp.down_proj"))
+        attn_norm, attn = vector(f"{p}.input_layernorm.weight"), MLA(cfg, i, w, rope, absorb_int8=absorb_int8)
+        mlp_norm = vector(f"{p}.post_attention_layernorm.weight")
+        native = decode_layer(cfg, attn_norm, attn, mlp_norm, mlp, experts) if dtype == torch.bfloat16 else None
+        blocks.append(Block(attn_norm, attn, mlp_norm, mlp, native))
     for moe, nxt in pairwise(moes):  # each MoE layer can guess the next one's experts
         moe.lookahead = Lookahead(nxt.layer, blocks[nxt.layer].mlp_norm, cfg.rms_norm_eps, nxt.router)
     embed = ckpt.embedding()  # stays on the CPU as stored, zero-copy: the rows a batch needs are read
     report(embed.nbytes)
     lm_head = dequantize(embed, dtype).to(device) if cfg.tie_word_embeddings else linear("lm_head")
     return Transformer(cfg, embed, blocks, vector("model.norm.weight"), lm_head, rope, dtype)
+
+
+def decode_layer(
+    cfg: ModelConfig, attn_norm: torch.Tensor, attn: MLA, mlp_norm: torch.Tensor, mlp: MLP | MoE, experts: ExpertRuntime
+) -> DecodeLayer | None:
+    """A decode token's layer in two native calls (kernels/cpu_layer.py) where every part has its native form: the
+    attention's (MLA.native), the norms on the CPU in bf16, the router's (Router.native_fits), the shared expert's or
+    dense MLP's (MLP.native), and the experts' (the runtime's native_experts); else None (the module path)."""
+    if attn.native is None or attn_norm.dtype != torch.bfloat16 or not attn_norm.is_cpu:
+        return None
+    if isinstance(mlp, MLP):
+        return None if mlp.native is None else DecodeLayer(attn_norm, mlp_norm, cfg.rms_norm_eps, attn.native, None, mlp.native)
+    r = mlp.router
+    kind = experts.native_experts(mlp.layer)
+    if kind is None or not r.native_fits or not r.weight.is_cpu or (mlp.shared is not None and mlp.shared.native is None):
+        return None
+    routing = LayerRouting(r.weight, r.bias, r.top_k, r.n_group, r.topk_group, r.norm_topk_prob, r.scaling, *kind)
+    return DecodeLayer(
+        attn_norm, mlp_norm, cfg.rms_norm_eps, attn.native, routing, None if mlp.shared is None else mlp.shared.native
+    )

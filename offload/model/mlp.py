@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from kernels.cpu_layer import NativeMlp
 from offload.experts.runtime import ExpertRuntime, NextLayer
 from offload.model.linear import QuantLinear, Weight, linear
 from offload.model.norm import rms_norm
@@ -20,18 +22,23 @@ class MLP:
     gate: Weight  # [I, D]
     up: Weight  # [I, D]
     down: Weight  # [D, I]
+    native: NativeMlp | None = None  # all three QuantLinears (CPU): one native call (`MLP.of` makes it)
+
+    @classmethod
+    def of(cls, gate: Weight, up: Weight, down: Weight) -> MLP:
+        """The MLP, with its native call where all three are QuantLinears."""
+        if isinstance(gate, QuantLinear) and isinstance(up, QuantLinear) and isinstance(down, QuantLinear):
+            return cls(gate, up, down, NativeMlp(gate.weight, up.weight, down.weight))
+        return cls(gate, up, down)
 
     def __call__(self, x: torch.Tensor, float_out: bool = False) -> torch.Tensor:
         """x [T, D] -> [T, D] in x's dtype, or float32 with `float_out` (the shared expert, summed in float32).
-        When all three are QuantLinears (CPU) the activations stay float32 between them: one conversion in, none
-        between the kernels."""
-        gate, up, down = self.gate, self.up, self.down
-        if isinstance(gate, QuantLinear) and isinstance(up, QuantLinear) and isinstance(down, QuantLinear):
-            xf = x.reshape(-1, x.shape[-1]).float().contiguous()  # [N, D]
-            h = F.silu(gate.matmul(xf)).mul_(up.matmul(xf))  # [N, I] float32
-            y = down.matmul(h).view(*x.shape[:-1], down.out_features)
+        With the native call the activations stay float32 from one conversion in to the output (the decode
+        layers of kernels/cpu_layer.py run the same call)."""
+        if self.native is not None and x.is_cpu:
+            y = self.native(x.reshape(-1, x.shape[-1]).float().contiguous()).view(x.shape)  # [.., D] float32
             return y if float_out else y.to(x.dtype)
-        y = linear(F.silu(linear(x, gate)) * linear(x, up), down)
+        y = linear(F.silu(linear(x, self.gate)) * linear(x, self.up), self.down)
         return y.float() if float_out else y
 
 
@@ -85,3 +92,12 @@ class MoE:
             next_layer=nxt,
         )  # [T, D] float32, shared expert included
         return out.to(x.dtype)
+
+    def decode(
+        self, h: torch.Tensor, ids: list[int], weights: list[float], finish: Callable[[list[int], list[float]], None]
+    ) -> None:
+        """A decode token whose attention, norm and routing ran natively (kernels/cpu_layer.py): its routed experts
+        through the runtime, which calls `finish` (the native second half, adding them and the shared expert to
+        h [1, D] in place) with their pointers; the next layer's guess from h as it is now."""
+        nxt = self.lookahead.bind(h) if self.lookahead is not None else None
+        self.experts.run_decode(self.layer, ids, weights, finish, nxt)

@@ -39,9 +39,7 @@ class Router:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> (expert ids [T, k] int64, weights [T, k] float32). A decode token on the CPU takes one native
         call (kernels.cpu_router) where the library builds, else the torch ops below."""
-        groups_fit = self.n_group == 1 or (self.n_group <= 64 and self.weight.shape[0] // self.n_group >= 2)
-        native_fits = self.top_k <= 64 and groups_fit
-        if x.shape[0] == 1 and x.is_cpu and self.weight.is_cpu and x.dtype in NATIVE_DTYPES and native_fits:
+        if x.shape[0] == 1 and x.is_cpu and self.weight.is_cpu and x.dtype in NATIVE_DTYPES and self.native_fits:
             native = route_cpu(
                 x, self.weight, self.bias, self.top_k, self.n_group, self.topk_group, self.norm_topk_prob, self.scaling
             )
@@ -52,6 +50,12 @@ class Router:
         if self.norm_topk_prob:
             w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
         return ids, w * self.scaling
+
+    @property
+    def native_fits(self) -> bool:
+        """Whether kernels.cpu_router takes this routing (top_k <= 64; 2..64 groups of >= 2 experts, or none)."""
+        groups_fit = self.n_group == 1 or (self.n_group <= 64 and self.weight.shape[0] // self.n_group >= 2)
+        return self.top_k <= 64 and groups_fit
 
     def select(
         self, x: torch.Tensor, top_k: int | None = None, prior: torch.Tensor | None = None

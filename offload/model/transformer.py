@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from dataclasses import dataclass
 
 import torch
 
+from kernels.cpu_layer import DecodeLayer
 from kernels.dequant import StoredWeight, dequantize
 from offload.config import ModelConfig
 from offload.model.attention import MLA
@@ -28,6 +30,7 @@ class Block:
     attn: MLA
     mlp_norm: torch.Tensor  # [D]
     mlp: MLP | MoE
+    native: DecodeLayer | None = None  # a decode token's whole layer in two native calls (CPU, bf16), same bits
 
 
 class Transformer:
@@ -50,6 +53,8 @@ class Transformer:
         self.lm_head = lm_head  # [V, D]
         self.rope = rope
         self.dtype = dtype
+        # decode tokens take the blocks' native layers where they have them (set False: the torch-and-kernels path)
+        self.native_decode = dtype == torch.bfloat16 and any(b.native is not None for b in blocks)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [T] -> their embedding rows [T, D] in float32: only the distinct rows are read and dequantized."""
@@ -105,8 +110,22 @@ class Transformer:
         cos, sin = self.rope.cos_sin(positions)  # [T, rope/2] each
         h = self.lookup(ids).to(device=device, dtype=self.dtype)  # [T, D]
         eps = self.cfg.rms_norm_eps
+        native = ids.shape[0] == 1 and self.native_decode and cache.latent.is_cpu and cache.latent.dtype == h.dtype
+        if native:
+            h = h.contiguous()  # [1, D] bf16, updated in place by the native layers
+            c0, s0 = cos[0].contiguous(), sin[0].contiguous()
+            cache.room(start, 1)
         for block in self.blocks:
             check(stop, f"layer {block.attn.layer}")
+            nb = block.native
+            if native and nb is not None:
+                layer = block.attn.layer
+                ids_k, wts_k = nb.attend(h, cache.latent[layer], cache.k_pe[layer], start, c0, s0)
+                if isinstance(block.mlp, MoE):
+                    block.mlp.decode(h, ids_k, wts_k, partial(nb.finish, h))
+                else:
+                    nb.finish(h, (), ())
+                continue
             h = h + block.attn(rms_norm(h, block.attn_norm, eps), start, cache, cos, sin, stop)
             x = rms_norm(h, block.mlp_norm, eps)
             h = h + (block.mlp(x, h) if isinstance(block.mlp, MoE) else block.mlp(x))
