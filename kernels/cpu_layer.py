@@ -141,7 +141,9 @@ class DecodeLayer:
         if routing is not None:
             e, dr = routing.weight.shape
             if dr != d or routing.weight.dtype != torch.float32 or not routing.weight.is_contiguous():
-                raise ValueError(f"router weight: expected a contiguous float32 [E, {d}], got {list(routing.weight.shape)}")
+                raise ValueError(
+                    f"router weight: expected a contiguous float32 [E, {d}], got {list(routing.weight.shape)}"
+                )
             if routing.bias.dtype != torch.float32 or tuple(routing.bias.shape) != (e,):
                 raise ValueError(f"router bias: expected float32 [{e}], got {list(routing.bias.shape)}")
             if routing.expert_kind not in EXPERT_KINDS:
@@ -194,4 +196,6 @@ class DecodeLayer:
 
     def _check_h(self, h: torch.Tensor) -> None:
         if h.dtype != torch.bfloat16 or h.numel() != self.hidden or not h.is_contiguous() or not h.is_cpu:
-            raise ValueError(f"h: expected a contiguous bf16 CPU tensor [1, {self.hidden}], got {h.dtype} {list(h.shape)}")
+            raise ValueError(
+                f"h: expected a contiguous bf16 CPU tensor [1, {self.hidden}], got {h.dtype} {list(h.shape)}"
+            )

@@ -129,13 +129,12 @@ def decode_layer(
     dense MLP's (MLP.native), and the experts' (the runtime's native_experts); else None (the module path)."""
     if attn.native is None or attn_norm.dtype != torch.bfloat16 or not attn_norm.is_cpu:
         return None
+    eps = cfg.rms_norm_eps
     if isinstance(mlp, MLP):
-        return None if mlp.native is None else DecodeLayer(attn_norm, mlp_norm, cfg.rms_norm_eps, attn.native, None, mlp.native)
-    r = mlp.router
+        return None if mlp.native is None else DecodeLayer(attn_norm, mlp_norm, eps, attn.native, None, mlp.native)
+    r, shared = mlp.router, mlp.shared
     kind = experts.native_experts(mlp.layer)
-    if kind is None or not r.native_fits or not r.weight.is_cpu or (mlp.shared is not None and mlp.shared.native is None):
+    if kind is None or not r.native_fits or not r.weight.is_cpu or (shared is not None and shared.native is None):
         return None
     routing = LayerRouting(r.weight, r.bias, r.top_k, r.n_group, r.topk_group, r.norm_topk_prob, r.scaling, *kind)
-    return DecodeLayer(
-        attn_norm, mlp_norm, cfg.rms_norm_eps, attn.native, routing, None if mlp.shared is None else mlp.shared.native
-    )
+    return DecodeLayer(attn_norm, mlp_norm, eps, attn.native, routing, None if shared is None else shared.native)

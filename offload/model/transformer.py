@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
