@@ -90,7 +90,7 @@ def main() -> None:
             print(f"  {e.self_cpu_time_total / n / 1e3:6.2f} ms  {e.count / n:6.1f} calls  {e.key}")
         import time
 
-        from kernels import cpu_ggml
+        from kernels import cpu_ggml, cpu_layer
         from offload.model import attention, linear, router
 
         spent: collections.Counter[str] = collections.Counter()
@@ -115,6 +115,13 @@ def main() -> None:
         attention.ggml_linear_batched_cpu = timed(
             "absorbed MLA (ggml_linear_batched_cpu)", attention.ggml_linear_batched_cpu
         )
+        cpu_layer.DecodeLayer.attend = timed(  # type: ignore[method-assign]
+            "native layers, first call (norm, attention, norm, routing)", cpu_layer.DecodeLayer.attend
+        )
+        cpu_layer.DecodeLayer.finish = timed(  # type: ignore[method-assign]
+            "native layers, second call (routed experts, shared expert or dense MLP)", cpu_layer.DecodeLayer.finish
+        )
+        cpu_layer.NativeMlp.__call__ = timed("MLPs on the module path (NativeMlp)", cpu_layer.NativeMlp.__call__)  # type: ignore[method-assign]
 
         class Wall:
             def enable(self) -> None:
