@@ -162,7 +162,7 @@ def test_native_layers_under_a_budget_match_the_reference_runtime(demo_gguf: Pat
                 assert torch.equal(_forced(model, tokens), ref)
                 st = runtime.stats()
                 assert st.peak_resident_bytes <= budget * eb
-                assert st.phases["decode"].from_disk > 0  # the budget made it read experts again
+                assert st.released_bytes > 0  # the budget gave experts back (and read them again when chosen)
                 assert st.phases["decode"].predicted > 0  # and it guessed the next layers' experts
 
 
