@@ -3,9 +3,9 @@
 greedy tokens, the tokens change the routed experts and the experts change how much of a step comes from the
 last-level cache, by more than most changes under test.
 
-    python benchmarks/decode_ab.py MODEL --ab attention|mlp|int4-q8 [--rounds 10] [--cpu-weights int8]
+    python benchmarks/decode_ab.py MODEL --ab layer|attention|mlp|int4-q8 [--rounds 10] [--cpu-weights int8]
 
-attention: the native one-call decode attention against the torch path; mlp: the float32 path of an MLP of
+layer: a decode token's layers in two native calls each (kernels/cpu_layer.py) against the module path; attention: the native one-call decode attention against the torch path; mlp: the float32 path of an MLP of
 QuantLinears against three Linears in bf16; int4-q8: INT4 decode experts with int8 activations against the float
 kernel. Prints each side's median over the rounds (128 prompt tokens, then 32 decode steps on fixed ids).
 """
@@ -55,12 +55,16 @@ def switches(ab: str, model: object) -> tuple[Callable[[], None], Callable[[], N
             return lambda: setattr(mlp.MLP, "__call__", f)
 
         return use(new), use(old)
+    if ab == "layer":
+        if not model.native_decode:  # type: ignore[attr-defined]
+            raise SystemExit("no layer has a native decode layer (kernels/cpu_layer.py) on this model")
+        return (lambda: setattr(model, "native_decode", True)), (lambda: setattr(model, "native_decode", False))
     if ab == "int4-q8":
         q8 = cpu_executor.int4_grouped_ffn_q8_cpu
         return (lambda: setattr(cpu_executor, "int4_grouped_ffn_q8_cpu", q8)), (
             lambda: setattr(cpu_executor, "int4_grouped_ffn_q8_cpu", lambda *a: None)
         )
-    raise SystemExit(f"--ab {ab!r}: choose attention, mlp or int4-q8")
+    raise SystemExit(f"--ab {ab!r}: choose layer, attention, mlp or int4-q8")
 
 
 def main() -> None:
