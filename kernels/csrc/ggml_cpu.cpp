@@ -1112,13 +1112,28 @@ struct ActBuf {
   }
 };
 
+// Up to how many tokens a tile runs the type's one-token register path once per token, its rows staying in L1
+// (more: rows decoded once into int8, then dotted with each token). Measured on the bench and K2.5 shapes
+// (benchmarks/ggml_vs_ours.py, Zen 4 AVX-512 VNNI): the K-types whose register paths are fast win at every T
+// (Q4_K at 4 tokens 4.9 -> 7.7 GB/s, Q6_K 5.8 -> 7.3-10.2, Q2_K 4.2 -> 6.9; at 32 tokens equal or better), Q5_K,
+// Q8_0 and IQ4_XS at a few; Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
+KI int64_t fused_tokens(int type) {
+  switch (type) {
+    case Q2_K: case Q4_K: case Q6_K: return 1 << 30;
+    case Q5_K: case Q8_0: return 8;
+    case IQ4_XS: return 2;
+    default: return 1;
+  }
+}
+
 // Rows [r0, r0 + n) (n <= kR) of weight `w` (`type`, `row_bytes` apart) times tokens `toks` (or 0..T-1 when null)
 // of `acts`; y[t * y_stride + row].
 void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
           const int64_t* toks, float* y, int64_t y_stride, Scratch& s) {
   const int64_t in = acts.in;
-  if (T == 1 && acts.block == act_block(type)) {  // one token: registers (the 256-block types sum per super-block)
-    kFusedTiles[type](w, row_bytes, r0, n, acts.at(toks ? toks[0] : 0), in, y);
+  if (T <= fused_tokens(type) && acts.block == act_block(type)) {  // registers, token by token (rows stay in L1)
+    for (int64_t t = 0; t < T; ++t)
+      kFusedTiles[type](w, row_bytes, r0, n, acts.at(toks ? toks[t] : t), in, y + t * y_stride);
     return;
   }
   Rows rows[kR];
