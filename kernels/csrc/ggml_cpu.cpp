@@ -1113,13 +1113,14 @@ struct ActBuf {
 };
 
 // Up to how many tokens a tile runs the type's one-token register path once per token, its rows staying in L1
-// (more: rows decoded once into int8, then dotted with each token). Measured on the bench and K2.5 shapes
-// (benchmarks/ggml_vs_ours.py, Zen 4 AVX-512 VNNI): the K-types whose register paths are fast win at every T
-// (Q4_K at 4 tokens 4.9 -> 7.7 GB/s, Q6_K 5.8 -> 7.3-10.2, Q2_K 4.2 -> 6.9; at 32 tokens equal or better), Q5_K,
-// Q8_0 and IQ4_XS at a few; Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
+// (more: rows decoded once into int8, then dotted with each token). Measured on K2.5's expert shape
+// (benchmarks/ggml_vs_ours.py, Zen 4, AVX-512 VNNI): the K-types with fast register paths win at few tokens (Q4_K
+// at 4 tokens 4.9 -> 7.7 GB/s, Q6_K 5.8 -> 7.3-10.2, Q2_K 4.2 -> 6.9), a prefill's expert batches; at 128 tokens
+// (its dense Linears) the decoded rows do as well or better (Q4_K prefill 88 tok/s unbounded, 97 capped at 16).
+// Q5_K, Q8_0 and IQ4_XS win at a few; Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
 KI int64_t fused_tokens(int type) {
   switch (type) {
-    case Q2_K: case Q4_K: case Q6_K: return 1 << 30;
+    case Q2_K: case Q4_K: case Q6_K: return 16;
     case Q5_K: case Q8_0: return 8;
     case IQ4_XS: return 2;
     default: return 1;
