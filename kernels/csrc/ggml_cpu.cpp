@@ -946,6 +946,14 @@ KI __m256i iq1_grid(int i0, int i1, int i2, int i3) {  // four 8-byte rows of 8 
   const auto r = [](int i) { return static_cast<int64_t>(u64(g_iq1s8[i])); };
   return _mm256_set_epi64x(r(i3), r(i2), r(i1), r(i0));
 }
+#if defined(__BMI2__)
+constexpr uint64_t kIdxHi = 0x0700070007000700ULL;  // bits 8-10 of each u16 lane: an index's top three bits
+constexpr uint64_t kNibbleHi = 0x0f000f000f000f00ULL;  // a nibble per lane at bits 8-11 (its top bit masked off)
+KI __m256i iq1_grid4(uint64_t idx) {  // four u16 indices -> iq1_grid
+  return iq1_grid(static_cast<int>(idx & 0xffff), static_cast<int>(idx >> 16 & 0xffff),
+                  static_cast<int>(idx >> 32 & 0xffff), static_cast<int>(idx >> 48));
+}
+#endif
 float fused_iq1_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls + 1) / 8 * (8 grid +- 1)
   __m256 acc = _mm256_setzero_ps();
   for (int64_t k = 0; k < in / 256; ++k) {
@@ -956,9 +964,13 @@ float fused_iq1_s(const uint8_t* row, const Act& a, int64_t in) {  // d * (2 ls 
       const unsigned qh = u16(b + 34 + 2 * l);
       const int sgn = (qh & 0x8000) ? -1 : 1;
       const uint8_t* qs = b + 2 + 4 * l;
-      const __m256i q = _mm256_add_epi8(iq1_grid(qs[0] | (qh & 7) << 8, qs[1] | ((qh >> 3) & 7) << 8,
-                                                 qs[2] | ((qh >> 6) & 7) << 8, qs[3] | ((qh >> 9) & 7) << 8),
-                                        _mm256_set1_epi8(static_cast<char>(sgn)));
+#if defined(__BMI2__)  // the four 11-bit indices as u16 lanes in two deposits (fast BMI2: the AVX-512 build's CPUs)
+      const __m256i g = iq1_grid4(_pdep_u64(u32(qs), 0x00ff00ff00ff00ffULL) | _pdep_u64(qh & 0xfff, kIdxHi));
+#else
+      const __m256i g = iq1_grid(qs[0] | (qh & 7) << 8, qs[1] | ((qh >> 3) & 7) << 8, qs[2] | ((qh >> 6) & 7) << 8,
+                                 qs[3] | ((qh >> 9) & 7) << 8);
+#endif
+      const __m256i q = _mm256_add_epi8(g, _mm256_set1_epi8(static_cast<char>(sgn)));
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
       is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, odd16((qh >> 12) & 7)));
     }
@@ -993,12 +1005,19 @@ float fused_iq1_m(const uint8_t* row, const Act& a, int64_t in) {  // scales per
     const Scales16 scales(iq1m_scales(b + 48));
     __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int l = 0; l < 8; ++l) {
+#if defined(__BMI2__)  // entries 4l .. 4l + 3: per nibble of qh 3 index bits, then the offset's sign
+      const unsigned qh = u16(b + 32 + 2 * l);
+      const __m256i q = _mm256_add_epi8(
+          iq1_grid4(_pdep_u64(u32(b + 4 * l), 0x00ff00ff00ff00ffULL) | _pdep_u64(qh & 0x7777, kNibbleHi)),
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(g_iq1m_offsets[_pext_u32(qh, 0x8888)])));
+#else
       const uint8_t h0 = b[32 + 2 * l], h1 = b[33 + 2 * l];  // entries 4l .. 4l + 3: 3 index bits + offset sign
       const __m256i q = _mm256_add_epi8(
           iq1_grid(b[4 * l] | (h0 & 7) << 8, b[4 * l + 1] | ((h0 >> 4) & 7) << 8, b[4 * l + 2] | (h1 & 7) << 8,
                    b[4 * l + 3] | ((h1 >> 4) & 7) << 8),
           _mm256_load_si256(reinterpret_cast<const __m256i*>(g_iq1m_offsets[(h0 >> 3 & 1) | (h0 >> 6 & 2) |
                                                                                (h1 >> 1 & 4) | (h1 >> 4 & 8)])));
+#endif
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 256 * k + 32 * l));
       is[l & 1] = _mm256_add_epi32(is[l & 1], dot32_sc(q, av, scales.sub(l)));
     }
