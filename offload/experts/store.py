@@ -140,6 +140,8 @@ class ExpertStore:
                         del self._loading[key]
                         self.resident_bytes -= self._size(key)
                 raise
+            if all(kind == "ram" for _, kind, _ in plan):  # every one resident (a warm decode token): done
+                return ["ram"] * len(plan)
             mine = [(key, event) for key, kind, event in plan if kind == "mine" and event is not None]
             fresh = [key for key, kind, _ in plan if kind == "fresh"]
             if mine or fresh:

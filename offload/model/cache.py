@@ -23,6 +23,7 @@ class LatentCache:
         self.latent = torch.empty(n, max_tokens, cfg.kv_lora_rank, dtype=dtype, device=device)  # [L, S, 512]
         self.k_pe = torch.empty(n, max_tokens, cfg.qk_rope_head_dim, dtype=dtype, device=device)  # [L, S, 64]
         self.filled = 0  # leading positions written in every layer (a pass that ran through all of them)
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def nbytes(self) -> int:
@@ -63,6 +64,13 @@ class LatentCache:
         if n > self.filled:
             raise ValueError(f"only {self.filled} positions are complete; asked for {n}")
         return self.latent[:, :n].to(device, copy=True), self.k_pe[:, :n].to(device, copy=True)
+
+    def rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's whole cache: latent [max_tokens, 512], k_pe [max_tokens, 64] (views, made once per layer)."""
+        views = self._rows.get(layer)
+        if views is None:
+            views = self._rows[layer] = (self.latent[layer], self.k_pe[layer])
+        return views
 
     def read(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens 0 .. length - 1 of one layer: latent [S, 512], k_pe [S, 64] (views)."""

@@ -120,7 +120,7 @@ class Transformer:
             nb = block.native
             if native and nb is not None:
                 layer = block.attn.layer
-                ids_k, wts_k = nb.attend(h, cache.latent[layer], cache.k_pe[layer], start, c0, s0)
+                ids_k, wts_k = nb.attend(h, *cache.rows(layer), start, c0, s0)
                 if isinstance(block.mlp, MoE):
                     block.mlp.decode(h, ids_k, wts_k, partial(nb.finish, h))
                 else:
