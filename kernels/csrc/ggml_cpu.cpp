@@ -702,11 +702,17 @@ KI float hsum128(__m128 v) {
 }
 
 // Q4_K, and Q5_K (FIVE: the 5th bit of sub-block j is bit j of qh[32]); both share the 6-bit scales and mins.
-template <bool FIVE>
-float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
+// NT tokens at once: a super-block's codes and scales unpacked once for all of them (a prefill's few-token expert
+// batches and its Linears), each token's sums in the same order as alone: out[j] is fused_k4 of token j, bit for bit.
+template <bool FIVE, int NT>
+KI void fused_k4_n(const uint8_t* row, const Act* a, int64_t in, float* out) {
   constexpr int BYTES = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-  __m256 acc = _mm256_setzero_ps();
-  __m128 macc = _mm_setzero_ps();
+  __m256 acc[NT];
+  __m128 macc[NT];
+  for (int j = 0; j < NT; ++j) {
+    acc[j] = _mm256_setzero_ps();
+    macc[j] = _mm_setzero_ps();
+  }
   const __m256i m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * BYTES;
@@ -716,8 +722,8 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
     const uint8_t* sm = reinterpret_cast<const uint8_t*>(u);
     const __m128i s8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm));  // one scale per 32: each twice
     const Scales16 scales(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(s8, s8)));
-    const int8_t* aq = a.q + 256 * k;
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[NT];
+    for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {  // weights 64c.. (low nibbles, scale 2c) and 64c + 32.. (high, scale 2c + 1)
       const __m256i v = load32(b + QS + 32 * c);
       __m256i q0 = _mm256_and_si256(v, m15), q1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
@@ -726,15 +732,29 @@ float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
         q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c), one), 4));
         q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * c + 1), one), 4));
       }
-      const __m256i p0 = dot_scaled(q0, aq + 64 * c, scales.sub(2 * c));
-      const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, scales.sub(2 * c + 1));
-      isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+      const __m256i s0 = scales.sub(2 * c), s1 = scales.sub(2 * c + 1);
+      for (int j = 0; j < NT; ++j) {
+        const int8_t* aq = a[j].q + 256 * k;
+        const __m256i p0 = dot_scaled(q0, aq + 64 * c, s0);
+        const __m256i p1 = dot_scaled(q1, aq + 64 * c + 32, s1);
+        isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(p0, p1));
+      }
     }
-    const float da = a.d8[64 * k];
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b) * da), acc);
-    macc = _mm_fmadd_ps(_mm_cvtepi32_ps(k4_min_dot(sm + 8, a.bs + 16 * k)), _mm_set1_ps(f16(b + 2) * da), macc);
+    for (int j = 0; j < NT; ++j) {
+      const float da = a[j].d8[64 * k];
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(f16(b) * da), acc[j]);
+      macc[j] = _mm_fmadd_ps(_mm_cvtepi32_ps(k4_min_dot(sm + 8, a[j].bs + 16 * k)), _mm_set1_ps(f16(b + 2) * da),
+                             macc[j]);
+    }
   }
-  return hsum(acc) - hsum128(macc);
+  for (int j = 0; j < NT; ++j) out[j] = hsum(acc[j]) - hsum128(macc[j]);
+}
+
+template <bool FIVE>
+float fused_k4(const uint8_t* row, const Act& a, int64_t in) {
+  float out;
+  fused_k4_n<FIVE, 1>(row, &a, in, &out);
+  return out;
 }
 
 float fused_q3_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g - 32) * (low + 4 h - 4)
@@ -1137,6 +1157,33 @@ struct ActBuf {
 // at 4 tokens 4.9 -> 7.7 GB/s, Q6_K 5.8 -> 7.3-10.2, Q2_K 4.2 -> 6.9), a prefill's expert batches; at 128 tokens
 // (its dense Linears) the decoded rows do as well or better (Q4_K prefill 88 tok/s unbounded, 97 capped at 16).
 // Q5_K, Q8_0 and IQ4_XS win at a few; Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
+// Rows [r0, r0 + n) of Q4_K / Q5_K against T tokens, four at a time through fused_k4_n and the last 1-3 in one
+// pass (each row read once per pass, from L1 after the first); y[t * y_stride + row].
+template <bool FIVE>
+void fused_k4_tokens(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
+                     const int64_t* toks, float* y, int64_t y_stride) {
+  constexpr int NT = 4;
+  for (int r = 0; r < n; ++r) {
+    const uint8_t* row = w + (r0 + r) * row_bytes;
+    int64_t t = 0;
+    for (; t + NT <= T; t += NT) {
+      Act a[NT];
+      float o[NT];
+      for (int j = 0; j < NT; ++j) a[j] = acts.at(toks ? toks[t + j] : t + j);
+      fused_k4_n<FIVE, NT>(row, a, acts.in, o);
+      for (int j = 0; j < NT; ++j) y[(t + j) * y_stride + r0 + r] = o[j];
+    }
+    const int left = static_cast<int>(T - t);  // 0..3: one pass for them too
+    Act a[NT];
+    float o[NT];
+    for (int j = 0; j < left; ++j) a[j] = acts.at(toks ? toks[t + j] : t + j);
+    if (left == 3) fused_k4_n<FIVE, 3>(row, a, acts.in, o);
+    if (left == 2) fused_k4_n<FIVE, 2>(row, a, acts.in, o);
+    if (left == 1) fused_k4_n<FIVE, 1>(row, a, acts.in, o);
+    for (int j = 0; j < left; ++j) y[(t + j) * y_stride + r0 + r] = o[j];
+  }
+}
+
 KI int64_t fused_tokens(int type) {
   switch (type) {
     case Q2_K: case Q4_K: case Q6_K: return 16;
@@ -1151,6 +1198,12 @@ KI int64_t fused_tokens(int type) {
 void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
           const int64_t* toks, float* y, int64_t y_stride, Scratch& s) {
   const int64_t in = acts.in;
+  // Q4_K / Q5_K at several tokens: four tokens per pass of each row's codes (K2.5's gate shape, Q4_K at 32 tokens
+  // 1.05 -> 1.49 GB/s, at 128 0.27 -> 0.39; Q5_K 1.13 -> 2.07 and 0.36 -> 0.46; ggml's 2.9-3.3, 0.9)
+  if ((type == Q4_K || type == Q5_K) && T > 1 && acts.block == act_block(type)) {
+    (type == Q4_K ? fused_k4_tokens<false> : fused_k4_tokens<true>)(w, row_bytes, r0, n, acts, T, toks, y, y_stride);
+    return;
+  }
   if (T <= fused_tokens(type) && acts.block == act_block(type)) {  // registers, token by token (rows stay in L1)
     for (int64_t t = 0; t < T; ++t)
       kFusedTiles[type](w, row_bytes, r0, n, acts.at(toks ? toks[t] : t), in, y + t * y_stride);
