@@ -118,4 +118,78 @@ int kimi_int4_moe_decode(const float* x, int64_t D, int64_t I, int64_t E, const 
   return 0;
 }
 
+// Several tokens: x [T, D] through E experts whose (token, weight) pairs are tokens[begin[e]:end[e]],
+// wts[begin[e]:end[e]] (sorted by expert, as kimi_ggml_moe takes them); out [T, D] = the weighted sums, pairs in
+// order. A tile's rows meet each of the expert's tokens while they are in L1 (a prefill's expert batches are a few
+// tokens). Returns 0, 1 (no memory), 2 (bad arguments).
+int kimi_int4_moe_q8(const float* x, int64_t T, int64_t D, int64_t I, int64_t E, const int64_t* ptrs,
+                     const int64_t* begin, const int64_t* end, const int64_t* tokens, const float* wts, float* out,
+                     int n_threads) {
+  if (T < 0 || D <= 0 || I <= 0 || D % 32 || I % 32 || E < 0) return 2;
+  const int64_t p0 = E ? begin[0] : 0, P = E ? end[E - 1] - p0 : 0;
+  ActBuf ax, ah;
+  int8_t* xp = static_cast<int8_t*>(std::malloc(std::max<int64_t>(T * D, 1)));
+  int8_t* hp = static_cast<int8_t*>(std::malloc(std::max<int64_t>(P * I, 1)));
+  float* gu = static_cast<float*>(std::malloc(std::max<int64_t>(P * 2 * I, 1) * sizeof(float)));  // [P, 2, I]
+  float* yd = static_cast<float*>(std::malloc(std::max<int64_t>(P * D, 1) * sizeof(float)));      // [P, D]
+  if (!ax.alloc(std::max<int64_t>(T, 1), D, 32) || !ah.alloc(std::max<int64_t>(P, 1), I, 32) || !xp || !hp || !gu ||
+      !yd) {
+    std::free(xp);
+    std::free(hp);
+    std::free(gu);
+    std::free(yd);
+    return 1;
+  }
+  auto mat = [&](int64_t e, int p) {
+    return Int4Mat{reinterpret_cast<const uint8_t*>(ptrs[6 * e + 2 * p]),
+                   reinterpret_cast<const uint16_t*>(ptrs[6 * e + 2 * p + 1])};
+  };
+  auto act = [](const ActBuf& b, int8_t* perm, int64_t i, int64_t in) {  // row i of a quantized set
+    return Act{perm + i * in, b.set.d8 + i * (in / 32) * 8, b.set.s16 + i * (in / 16), b.set.bs + i * (in / 16), 32};
+  };
+  const int64_t tiles_i = (I + kR - 1) / kR, tiles_d = (D + kR - 1) / kR;
+#pragma omp parallel num_threads(n_threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      ax.set.quantize(t, x + t * D);
+      evens_odds(ax.set.q + t * D, D, xp + t * D);
+    }
+#pragma omp for schedule(dynamic, 2)
+    for (int64_t k = 0; k < E * 2 * tiles_i; ++k) {
+      const int64_t e = k / (2 * tiles_i), p = (k / tiles_i) % 2, r0 = (k % tiles_i) * kR;
+      const int n = static_cast<int>(std::min<int64_t>(kR, I - r0));
+      for (int64_t q = begin[e]; q < end[e]; ++q)
+        int4_tile(mat(e, static_cast<int>(p)), D, r0, n, act(ax, xp, tokens[q], D), gu + (q - p0) * 2 * I + p * I);
+    }
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < P; ++q) {
+      float* g = gu + q * 2 * I;
+      for (int64_t i = 0; i < I; ++i) g[i] = silu(g[i]) * g[I + i];
+      ah.set.quantize(q, g);
+      evens_odds(ah.set.q + q * I, I, hp + q * I);
+    }
+#pragma omp for schedule(dynamic, 2)
+    for (int64_t k = 0; k < E * tiles_d; ++k) {
+      const int64_t e = k / tiles_d, r0 = (k % tiles_d) * kR;
+      const int n = static_cast<int>(std::min<int64_t>(kR, D - r0));
+      for (int64_t q = begin[e]; q < end[e]; ++q)
+        int4_tile(mat(e, 2), I, r0, n, act(ah, hp, q - p0, I), yd + (q - p0) * D);
+    }
+    const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t c0 = D * me / nt, c1 = D * (me + 1) / nt;
+    for (int64_t t = 0; t < T; ++t) std::fill(out + t * D + c0, out + t * D + c1, 0.0f);
+    for (int64_t q = 0; q < P; ++q) {
+      float* o = out + tokens[p0 + q] * D;
+      const float wt = wts[p0 + q];
+      for (int64_t c = c0; c < c1; ++c) o[c] += wt * yd[q * D + c];
+    }
+  }
+  std::free(xp);
+  std::free(hp);
+  std::free(gu);
+  std::free(yd);
+  return 0;
+}
+
 }  // extern "C"
