@@ -79,8 +79,6 @@ class _Native:
         lib.kimi_mla_decode.restype = i32
         lib.kimi_int4_moe_decode.argtypes = [p, i64, i64, i64, p, p, p, i32]  # csrc/int4_q8.h, kernels/cpu_int4.py
         lib.kimi_int4_moe_decode.restype = i32
-        lib.kimi_int4_moe_q8.argtypes = [p, i64, i64, i64, i64, p, p, p, p, p, p, i32]  # csrc/int4_q8.h
-        lib.kimi_int4_moe_q8.restype = i32
         f32 = ctypes.c_float
         lib.kimi_route.argtypes = [p, i32, i64, i64, p, p, i64, i32, i32, i32, i32, f32, p, p, p, i32]  # router_cpu.h
         lib.kimi_route.restype = i32

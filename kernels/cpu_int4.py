@@ -299,18 +299,17 @@ def int4_grouped_ffn_cpu(
 def int4_grouped_ffn_q8_cpu(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: Mapping[int, Int4Expert]
 ) -> torch.Tensor | None:
-    """Tokens x [T, D] float32 through their experts present in `experts` with int8 activations and integer dot
-    products (csrc/int4_q8.h, in the ggml kernel's library; AVX2 or AVX-512 VNNI): [T, D] float32, or None where that
-    library is not available (the caller keeps the float kernel). One token (decode) takes its own call; several
-    (a prompt) meet each row of an expert while it is in L1. What it computes is
+    """One decode token (x [1, D] float32) through its experts present in `experts` with int8 activations and
+    integer dot products (csrc/int4_q8.h, in the ggml kernel's library; AVX2 or AVX-512 VNNI): [1, D] float32, or
+    None where that library is not available (the caller keeps the float kernel). What it computes is
     `kernels.cpu_ggml.ggml_grouped_ffn_int8_ref` on the dequantized weights."""
     lib = cpu_ggml._native()
     if lib is None:
         return None
-    xt = _check_tensor("x", x, torch.float32, None, None)
-    n_tok, d = xt.shape
-    runs, tokens, wts = sorted_pairs(ids, weights, n_tok, experts)
-    y = torch.zeros(n_tok, d, dtype=torch.float32)
+    xt = _check_tensor("x", x, torch.float32, 1, None)
+    d = xt.shape[1]
+    runs, _, wts = sorted_pairs(ids, weights, 1, experts)
+    y = torch.zeros(1, d, dtype=torch.float32)
     if not runs:
         return y
     i = _check_expert(xt, *experts[runs[0][0]])[2]
@@ -320,16 +319,8 @@ def int4_grouped_ffn_q8_cpu(
     if d % 32 or i % 32:
         raise ValueError(f"int8 activations take widths that are multiples of 32; got hidden {d}, inter {i}")
     ptrs = (ctypes.c_int64 * (6 * len(runs)))(*(t.data_ptr() for e, _, _ in runs for pair in experts[e] for t in pair))
-    threads = torch.get_num_threads()
-    if n_tok == 1:
-        rc = lib.lib.kimi_int4_moe_decode(
-            xt.data_ptr(), d, i, len(runs), ctypes.addressof(ptrs), wts.data_ptr(), y.data_ptr(), threads
-        )
-    else:
-        begin, end = run_bounds(runs)
-        rc = lib.lib.kimi_int4_moe_q8(
-            xt.data_ptr(), n_tok, d, i, len(runs), ctypes.addressof(ptrs), begin.data_ptr(), end.data_ptr(),
-            tokens.data_ptr(), wts.data_ptr(), y.data_ptr(), threads,
-        )  # fmt: skip
+    rc = lib.lib.kimi_int4_moe_decode(
+        xt.data_ptr(), d, i, len(runs), ctypes.addressof(ptrs), wts.data_ptr(), y.data_ptr(), torch.get_num_threads()
+    )
     _raise_rc(rc, "int4_grouped_ffn_q8_cpu")
     return y

@@ -127,7 +127,7 @@ class CpuExecutor:
         if self.native:
             packed = {e: self.packed(layer, e) for e in experts}
             xf, idc, wf = x.float().contiguous(), ids.contiguous(), weights.float().contiguous()
-            if self.dtype != torch.float32:  # below float32: int8 activations, integer dot products
+            if x.shape[0] == 1 and self.dtype != torch.float32:  # decode: int8 activations, integer dot products
                 y = int4_grouped_ffn_q8_cpu(xf, idc, wf, packed)
                 if y is not None:
                     return y
