@@ -812,30 +812,43 @@ float fused_q6_k(const uint8_t* row, const Act& a, int64_t in) {  // d * sc_g * 
   return hsum(acc);
 }
 
-float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {  // d * (sc_g & 15) * q - dmin * (sc_g >> 4)
-  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+// NT tokens at once, as fused_k4_n: out[j] is token j's one-token sum, bit for bit.
+template <int NT>
+KI void fused_q2_k_n(const uint8_t* row, const Act* a, int64_t in, float* out) {  // d * (sc & 15) * q - dmin * (sc >> 4)
+  __m256 acc[NT], macc[NT];
+  for (int j = 0; j < NT; ++j) acc[j] = macc[j] = _mm256_setzero_ps();
   const __m256i three = _mm256_set1_epi8(3);
   for (int64_t k = 0; k < in / 256; ++k) {
     const uint8_t* b = row + k * 84;
     _mm_prefetch(reinterpret_cast<const char*>(b + kPrefetch), _MM_HINT_T0);
     const __m128i sb = load16(b);  // per 16: scale (low nibble) and minimum (high nibble)
     const Scales16 scales(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(15))));
-    const int8_t* aq = a.q + 256 * k;
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[NT];
+    for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i v = load32(b + 16 + 32 * h);
       for (int s = 0; s < 4; ++s) {
         const int sub = 4 * h + s;
         const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * s), three);
-        isum = _mm256_add_epi32(isum, dot_scaled(q, aq + 32 * sub, scales.sub(sub)));
+        const __m256i sc = scales.sub(sub);
+        for (int j = 0; j < NT; ++j) isum[j] = _mm256_add_epi32(isum[j], dot_scaled(q, a[j].q + 256 * k + 32 * sub, sc));
       }
     }
-    const float da = a.d8[64 * k];
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b + 80) * da), acc);
     const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(15)));
-    macc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_dot16(mins, a.bs + 16 * k)), _mm256_set1_ps(f16(b + 82) * da), macc);
+    for (int j = 0; j < NT; ++j) {
+      const float da = a[j].d8[64 * k];
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(f16(b + 80) * da), acc[j]);
+      macc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_dot16(mins, a[j].bs + 16 * k)), _mm256_set1_ps(f16(b + 82) * da),
+                                macc[j]);
+    }
   }
-  return hsum(acc) - hsum(macc);
+  for (int j = 0; j < NT; ++j) out[j] = hsum(acc[j]) - hsum(macc[j]);
+}
+
+float fused_q2_k(const uint8_t* row, const Act& a, int64_t in) {
+  float out;
+  fused_q2_k_n<1>(row, &a, in, &out);
+  return out;
 }
 
 // IQ2_XXS in registers: per 32 weights, four 8-byte grid rows (unsigned magnitudes) side by side; their signs go
@@ -1151,42 +1164,49 @@ struct ActBuf {
   }
 };
 
-// Up to how many tokens a tile runs the type's one-token register path once per token, its rows staying in L1
-// (more: rows decoded once into int8, then dotted with each token). Measured on K2.5's expert shape
-// (benchmarks/ggml_vs_ours.py, Zen 4, AVX-512 VNNI): the K-types with fast register paths win at few tokens (Q4_K
-// at 4 tokens 4.9 -> 7.7 GB/s, Q6_K 5.8 -> 7.3-10.2, Q2_K 4.2 -> 6.9), a prefill's expert batches; at 128 tokens
-// (its dense Linears) the decoded rows do as well or better (Q4_K prefill 88 tok/s unbounded, 97 capped at 16).
-// Q5_K, Q8_0 and IQ4_XS win at a few; Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
-// Rows [r0, r0 + n) of Q4_K / Q5_K against T tokens, four at a time through fused_k4_n and the last 1-3 in one
-// pass (each row read once per pass, from L1 after the first); y[t * y_stride + row].
-template <bool FIVE>
-void fused_k4_tokens(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
-                     const int64_t* toks, float* y, int64_t y_stride) {
+// Rows [r0, r0 + n) of a type with an NT-token register path (K::run<NT>: Q4_K, Q5_K, Q2_K) against T tokens,
+// four at a time and the last 1-3 in one pass (each row read once per pass, from L1 after the first);
+// y[t * y_stride + row].
+template <class K>
+void multi_token_rows(const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
+                      const int64_t* toks, float* y, int64_t y_stride) {
   constexpr int NT = 4;
   for (int r = 0; r < n; ++r) {
     const uint8_t* row = w + (r0 + r) * row_bytes;
     int64_t t = 0;
+    Act a[NT];
+    float o[NT];
     for (; t + NT <= T; t += NT) {
-      Act a[NT];
-      float o[NT];
       for (int j = 0; j < NT; ++j) a[j] = acts.at(toks ? toks[t + j] : t + j);
-      fused_k4_n<FIVE, NT>(row, a, acts.in, o);
+      K::template run<NT>(row, a, acts.in, o);
       for (int j = 0; j < NT; ++j) y[(t + j) * y_stride + r0 + r] = o[j];
     }
     const int left = static_cast<int>(T - t);  // 0..3: one pass for them too
-    Act a[NT];
-    float o[NT];
     for (int j = 0; j < left; ++j) a[j] = acts.at(toks ? toks[t + j] : t + j);
-    if (left == 3) fused_k4_n<FIVE, 3>(row, a, acts.in, o);
-    if (left == 2) fused_k4_n<FIVE, 2>(row, a, acts.in, o);
-    if (left == 1) fused_k4_n<FIVE, 1>(row, a, acts.in, o);
+    if (left == 3) K::template run<3>(row, a, acts.in, o);
+    if (left == 2) K::template run<2>(row, a, acts.in, o);
+    if (left == 1) K::template run<1>(row, a, acts.in, o);
     for (int j = 0; j < left; ++j) y[(t + j) * y_stride + r0 + r] = o[j];
   }
 }
+template <bool FIVE>
+struct K4Rows {
+  template <int NT>
+  static void run(const uint8_t* row, const Act* a, int64_t in, float* out) { fused_k4_n<FIVE, NT>(row, a, in, out); }
+};
+struct Q2Rows {
+  template <int NT>
+  static void run(const uint8_t* row, const Act* a, int64_t in, float* out) { fused_q2_k_n<NT>(row, a, in, out); }
+};
 
+// Up to how many tokens a tile runs the type's one-token register path once per token, its rows staying in L1
+// (more: rows decoded once into int8, then dotted with each token), for the types without an NT-token path
+// (multi_token_rows). Measured on K2.5's expert shape (benchmarks/ggml_vs_ours.py, Zen 4, AVX-512 VNNI) at a few
+// tokens, a prefill's expert batches: Q6_K at 4 tokens 5.8 -> 7.3-10.2 GB/s; Q5_K, Q8_0 and IQ4_XS win at a few;
+// Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
 KI int64_t fused_tokens(int type) {
   switch (type) {
-    case Q2_K: case Q4_K: case Q6_K: return 16;
+    case Q6_K: return 16;
     case Q5_K: case Q8_0: return 8;
     case IQ4_XS: return 2;
     default: return 1;
@@ -1198,10 +1218,14 @@ KI int64_t fused_tokens(int type) {
 void tile(int type, const uint8_t* w, int64_t row_bytes, int64_t r0, int n, const ActSet& acts, int64_t T,
           const int64_t* toks, float* y, int64_t y_stride, Scratch& s) {
   const int64_t in = acts.in;
-  // Q4_K / Q5_K at several tokens: four tokens per pass of each row's codes (K2.5's gate shape, Q4_K at 32 tokens
-  // 1.05 -> 1.49 GB/s, at 128 0.27 -> 0.39; Q5_K 1.13 -> 2.07 and 0.36 -> 0.46; ggml's 2.9-3.3, 0.9)
-  if ((type == Q4_K || type == Q5_K) && T > 1 && acts.block == act_block(type)) {
-    (type == Q4_K ? fused_k4_tokens<false> : fused_k4_tokens<true>)(w, row_bytes, r0, n, acts, T, toks, y, y_stride);
+  // Q4_K / Q5_K / Q2_K at several tokens: four tokens per pass of each row's codes (K2.5's gate shape, Q4_K at 32
+  // tokens 1.05 -> 1.49 GB/s, at 128 0.27 -> 0.39; Q5_K 1.13 -> 2.07 and 0.36 -> 0.46; Q2_K at 4 tokens 5.0 -> 9.7,
+  // at 32 0.66 -> 1.20, at 128 0.17 -> 0.26; ggml's 2.9-3.3 and 0.9 for Q4_K)
+  if ((type == Q4_K || type == Q5_K || type == Q2_K) && T > 1 && acts.block == act_block(type)) {
+    const auto rows = type == Q4_K ? multi_token_rows<K4Rows<false>>
+                      : type == Q5_K ? multi_token_rows<K4Rows<true>>
+                                     : multi_token_rows<Q2Rows>;
+    rows(w, row_bytes, r0, n, acts, T, toks, y, y_stride);
     return;
   }
   if (T <= fused_tokens(type) && acts.block == act_block(type)) {  // registers, token by token (rows stay in L1)
