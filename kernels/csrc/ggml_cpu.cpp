@@ -1202,12 +1202,12 @@ struct Q2Rows {
 // Up to how many tokens a tile runs the type's one-token register path once per token, its rows staying in L1
 // (more: rows decoded once into int8, then dotted with each token), for the types without an NT-token path
 // (multi_token_rows). Measured on K2.5's expert shape (benchmarks/ggml_vs_ours.py, Zen 4, AVX-512 VNNI) at a few
-// tokens, a prefill's expert batches: Q6_K at 4 tokens 5.8 -> 7.3-10.2 GB/s; Q5_K, Q8_0 and IQ4_XS win at a few;
+// tokens, a prefill's expert batches: Q6_K at 4 tokens 5.8 -> 7.3-10.2 GB/s; Q8_0 and IQ4_XS win at a few;
 // Q4_0, Q3_K and the other i-quants lose from 2 tokens on.
 KI int64_t fused_tokens(int type) {
   switch (type) {
     case Q6_K: return 16;
-    case Q5_K: case Q8_0: return 8;
+    case Q8_0: return 8;
     case IQ4_XS: return 2;
     default: return 1;
   }
