@@ -50,58 +50,27 @@ extern "C" {
 int kimi_ggml_mlp(const MlpArgs* args, const float* x, int64_t T, int64_t D, float* y, int n_threads) {
   const MlpArgs& m = *args;
   if (T < 0 || !mlp_valid(m, D)) return 2;
-  if (!g_tables_set) return 3;
-  const int64_t I = m.gate.out;
-  const bool one_x = act_block(m.gate.type) == act_block(m.up.type);
-  ActBuf ax, axu, ah;
-  float* gu = static_cast<float*>(std::malloc(std::max<int64_t>(T * 2 * I, 1) * sizeof(float)));  // [T, 2, I]
-  if (!gu || !ax.alloc(T, D, act_block(m.gate.type)) || (!one_x && !axu.alloc(T, D, act_block(m.up.type))) ||
-      !ah.alloc(std::max<int64_t>(T, 1), I, act_block(m.down.type))) {
-    std::free(gu);
+  if (T == 0) return 0;
+  // kimi_ggml_moe with one expert taking every token at weight 1 (y = 0 + 1 * its output: the output itself)
+  int64_t* toks = static_cast<int64_t*>(std::malloc(T * sizeof(int64_t)));
+  float* ones = static_cast<float*>(std::malloc(T * sizeof(float)));
+  if (!toks || !ones) {
+    std::free(toks);
+    std::free(ones);
     return 1;
   }
-  const int64_t rb_g = row_bytes_of(m.gate.type, D), rb_u = row_bytes_of(m.up.type, D);
-  const int64_t rb_d = row_bytes_of(m.down.type, I);
-  const int64_t ti = tiles_of(I), td = tiles_of(D);
-  int failed = 0;
-#pragma omp parallel num_threads(n_threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
-      ax.set.quantize(t, x + t * D);
-      if (!one_x) axu.set.quantize(t, x + t * D);
-    }
-    const ActSet& xu = one_x ? ax.set : axu.set;
-    Scratch s;
-    if (!s.alloc(std::max(D, I))) {
-#pragma omp atomic write
-      failed = 1;
-    }
-#pragma omp barrier
-    if (!failed) {
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < 2 * ti; ++k) {
-        const int64_t proj = k / ti, r0 = (k % ti) * kR;
-        const MlaWeight& w = proj ? m.up : m.gate;
-        tile(w.type, w.data, proj ? rb_u : rb_g, r0, static_cast<int>(std::min<int64_t>(kR, I - r0)),
-             proj ? xu : ax.set, T, nullptr, gu + proj * I, 2 * I, s);
-      }
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < T; ++t) {
-        float* g = gu + t * 2 * I;
-        for (int64_t i = 0; i < I; ++i) g[i] = silu(g[i]) * g[I + i];
-        ah.set.quantize(t, g);
-      }
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < td; ++k) {
-        const int64_t r0 = k * kR;
-        tile(m.down.type, m.down.data, rb_d, r0, static_cast<int>(std::min<int64_t>(kR, D - r0)), ah.set, T,
-             nullptr, y, D, s);
-      }
-    }
+  for (int64_t t = 0; t < T; ++t) {
+    toks[t] = t;
+    ones[t] = 1.0f;
   }
-  std::free(gu);
-  return failed;
+  const int64_t ptrs[3] = {reinterpret_cast<int64_t>(m.gate.data), reinterpret_cast<int64_t>(m.up.data),
+                           reinterpret_cast<int64_t>(m.down.data)};
+  const int types[3] = {m.gate.type, m.up.type, m.down.type};
+  const int64_t begin = 0, end = T;
+  const int rc = kimi_ggml_moe(x, T, D, m.gate.out, 1, ptrs, types, &begin, &end, toks, ones, y, n_threads);
+  std::free(toks);
+  std::free(ones);
+  return rc;
 }
 
 // The first half of a decode token's layer: h [D] bf16 (updated in place) -> x2f [D] float32 (the normed stream
