@@ -105,8 +105,12 @@ class CpuExecutor:
             return found
         if self.native:
             gate, up, down = self.packed(layer, expert)
-            x = torch.empty(1, self.ckpt.config.hidden_size)
-            check_int4_expert(x, gate, up, down)
+            cfg = self.ckpt.config
+            _, inter = check_int4_expert(torch.empty(1, cfg.hidden_size), gate, up, down)
+            if inter != cfg.moe_intermediate_size:  # the native layer passes the config's I for every expert
+                raise ValueError(
+                    f"layer {layer} expert {expert}: inter size {inter}, the config says {cfg.moe_intermediate_size}"
+                )
             found = tuple(t.data_ptr() for pair in (gate, up, down) for t in pair)
         else:
             c = self.stored(layer, expert)
